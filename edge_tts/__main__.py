@@ -1,0 +1,187 @@
+"""Command line: parse arguments, load config, call one function per command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .announcement import Announcement, check_text
+from .checks import run_checks
+from .config import Config, Secret, load_api_key, load_config
+from .daemon import Daemon, build_engines
+from .errors import BadAnnouncement, ConfigError
+from .player import Player, WavWriter
+from .speaker import Event, Speaker
+
+log = logging.getLogger("edge_tts")
+
+
+class RedactSecrets(logging.Filter):
+    """Last line of defence: no secret value leaves through a log record."""
+
+    def __init__(self, secrets: list[Secret]) -> None:
+        super().__init__()
+        self._values = [s.reveal() for s in secrets if s.reveal()]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(v in message for v in self._values):
+            for value in self._values:
+                message = message.replace(value, "********")
+            record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(verbose: bool, secrets: list[Secret]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("websockets", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _secrets(config: Config, api_key: Secret | None) -> list[Secret]:
+    return [s for s in (api_key, config.mqtt.password) if s is not None]
+
+
+async def _serve(config: Config, api_key: Secret | None) -> None:
+    daemon = Daemon(config, api_key)
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await daemon.run()
+    log.info("stopped")
+
+
+def cmd_serve(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+    log.info("edge-tts %s serving device %r (config %s)", __version__, config.device.name,
+             config.source or "built-in defaults")
+    asyncio.run(_serve(config, api_key))
+    return 0
+
+
+async def _say(config: Config, api_key: Secret | None, text: str, voice: str | None,
+               out: Path | None) -> int:
+    engines, keeper = build_engines(config, api_key)
+    sink = WavWriter(out, config.audio.sample_rate) if out else Player(config.audio)
+    failures: list[str] = []
+
+    def report(event: Event, _: Announcement | None) -> None:
+        if event.event == "failed" and event.error:
+            failures.append(event.error)
+
+    speaker = Speaker(config, engines, sink, report)
+    try:
+        await speaker.speak(Announcement(text=text, voice=voice))
+    finally:
+        await keeper.close()
+        if isinstance(sink, Player):
+            await sink.close()
+    for reason in failures:
+        print(f"edge-tts: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_say(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+
+    if args.voice is not None and args.voice not in config.voices:
+        raise ConfigError(f"unknown voice {args.voice!r} (known: {', '.join(config.voices)})")
+    try:
+        text = check_text(" ".join(args.text), config.announcements.max_chars)
+    except BadAnnouncement as exc:
+        print(f"edge-tts: {exc.reason}", file=sys.stderr)
+        return 2
+    out = Path(args.output) if args.output else None
+    return asyncio.run(_say(config, api_key, text, args.voice, out))
+
+
+def cmd_check(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+    problems = asyncio.run(run_checks(config, api_key, print))
+    if problems:
+        print(f"{problems} problem(s) found", file=sys.stderr)
+        return 1
+    print("all checks passed")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    try:
+        import sounddevice as sd
+    except OSError as exc:
+        print(f"edge-tts: PortAudio is not installed ({exc}); apt install libportaudio2",
+              file=sys.stderr)
+        return 1
+    default_out = sd.default.device[1]
+    found = 0
+    for index, dev in enumerate(sd.query_devices()):
+        if dev["max_output_channels"] > 0:
+            found += 1
+            mark = "*" if index == default_out else " "
+            hostapi = sd.query_hostapis(dev["hostapi"])["name"]
+            print(f"{mark}{index:3d}  {dev['name']}  ({hostapi}, {dev['max_output_channels']} ch, "
+                  f"{dev['default_samplerate']:.0f} Hz)")
+    if not found:
+        print("no audio output devices found", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-tts", description=__doc__)
+    p.add_argument("--version", action="version", version=f"edge-tts {__version__}")
+    p.add_argument("--verbose", action="store_true", help="log debug detail")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help)
+        cmd.add_argument("-c", "--config", help="config file (default: $EDGE_TTS_CONFIG, "
+                         "/etc/edge-tts/config.yaml, config/edge-tts.yaml)")
+        cmd.add_argument("--verbose", action="store_true", help="log debug detail")
+        return cmd
+
+    with_config("serve", "run the daemon in the foreground")
+    say = with_config("say", "speak once through the same path as the daemon")
+    say.add_argument("-v", "--voice", help="voice profile name (default: default_voice)")
+    say.add_argument("-o", "--output", metavar="OUT.wav", help="write a WAV file instead of playing")
+    say.add_argument("text", nargs="+", help="what to say")
+    with_config("check", "validate config, reach the broker and the cloud, find the audio device")
+    sub.add_parser("devices", help="list audio output devices")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "devices":
+        return cmd_devices(args)
+    try:
+        config = load_config(args.config)
+        api_key = load_api_key(config.dashscope, os.environ)
+    except ConfigError as exc:
+        print(f"edge-tts: config error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.verbose, _secrets(config, api_key))
+    commands = {"serve": cmd_serve, "say": cmd_say, "check": cmd_check}
+    try:
+        return commands[args.command](args, config, api_key)
+    except ConfigError as exc:
+        print(f"edge-tts: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

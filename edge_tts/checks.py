@@ -1,0 +1,105 @@
+"""`edge-tts check`: config, broker, cloud and audio device, each with a clear verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import aiomqtt
+
+from .config import Config, Secret
+from .engines import SynthesisRequest
+from .engines.cosyvoice import finish_task, run_task
+from .errors import CloudUnavailable
+from .keeper import ConnectionKeeper
+from .mqtt import describe_error, make_client
+
+Report = Callable[[str], object]
+
+
+async def check_broker(config: Config) -> str | None:
+    m = config.mqtt
+    try:
+        async with asyncio.timeout(m.keepalive_s):
+            async with make_client(m, timeout=10):
+                pass
+    except aiomqtt.MqttError as exc:
+        return f"broker {m.host}:{m.port}: {describe_error(exc)}"
+    except TimeoutError:
+        return f"broker {m.host}:{m.port}: no answer"
+    return None
+
+
+async def check_cloud(config: Config, api_key: Secret | None) -> str | None:
+    """Open a connection and start and finish an empty task: proves the URL, the key and the
+    default voice's model without synthesizing (or paying for) anything."""
+    ds = config.dashscope
+    keeper = ConnectionKeeper(ds.inference_url, api_key, keep_warm=False,
+                              connect_timeout_s=ds.connect_timeout_s)
+    voice = config.voices[config.default_voice]
+    try:
+        ws = await keeper.connect()
+    except CloudUnavailable as exc:
+        return f"cloud: {exc.reason}"
+    try:
+        if voice.engine != "cosyvoice":
+            return None
+        request = SynthesisRequest(text="", voice=voice, sample_rate=config.audio.sample_rate)
+        async with asyncio.timeout(ds.first_audio_timeout_s):
+            await ws.send(json.dumps(run_task(request)))
+            while True:
+                frame = await ws.recv()
+                if isinstance(frame, bytes):
+                    continue
+                header = json.loads(frame)["header"]
+                if header["event"] == "task-failed":
+                    return (f"cloud: voice {voice.name!r} was refused: "
+                            f"{header.get('error_code')}: {header.get('error_message')}")
+                if header["event"] == "task-started":
+                    await ws.send(json.dumps(finish_task(request.task_id)))
+                if header["event"] == "task-finished":
+                    return None
+    except TimeoutError:
+        return f"cloud: DashScope did not answer within {ds.first_audio_timeout_s:g} s"
+    except Exception as exc:  # a broken connection, a malformed answer: report, don't crash
+        return f"cloud: {type(exc).__name__}: {exc}"
+    finally:
+        await ws.close()
+
+
+def check_audio(config: Config) -> str | None:
+    try:
+        import sounddevice as sd
+    except OSError:
+        return "audio: PortAudio is not installed (apt install libportaudio2)"
+    try:
+        sd.query_devices(config.audio.device, "output")
+        sd.check_output_settings(device=config.audio.device, channels=1, dtype="int16",
+                                 samplerate=config.audio.sample_rate)
+    except (ValueError, sd.PortAudioError) as exc:
+        return f"audio: device {config.audio.device!r} cannot play: {exc} (see `edge-tts devices`)"
+    return None
+
+
+async def run_checks(config: Config, api_key: Secret | None, report: Report) -> int:
+    """Run every check, report each line, and return how many problems were found."""
+    report(f"ok   config {config.source or '(built-in defaults)'}: device {config.device.name!r}, "
+           f"{len(config.voices)} voice(s)")
+    results = [
+        ("broker", f"{config.mqtt.host}:{config.mqtt.port}", await check_broker(config)),
+        ("cloud", config.dashscope.inference_url, await check_cloud(config, api_key)),
+        ("audio", f"device {config.audio.device!r}", await asyncio.to_thread(check_audio, config)),
+    ]
+    for voice in config.voices.values():
+        if voice.engine != "cosyvoice":
+            report(f"warn voice {voice.name!r}: engine {voice.engine!r} is not available in "
+                   "this version")
+    problems = 0
+    for name, what, problem in results:
+        if problem:
+            problems += 1
+            report(f"FAIL {problem}")
+        else:
+            report(f"ok   {name} {what}")
+    return problems

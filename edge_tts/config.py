@@ -1,0 +1,456 @@
+"""Configuration: YAML → validated, typed, frozen dataclasses; errors name the key path."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATHS = (Path("/etc/edge-tts/config.yaml"), Path("config/edge-tts.yaml"))
+
+REGION_URLS = {
+    "intl": (
+        "wss://dashscope-intl.aliyuncs.com/api-ws/v1/inference",
+        "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime",
+    ),
+    "cn": (
+        "wss://dashscope.aliyuncs.com/api-ws/v1/inference",
+        "wss://dashscope.aliyuncs.com/api-ws/v1/realtime",
+    ),
+}
+ENGINES = ("cosyvoice", "qwen", "sambert", "piper")
+# PCM sample rates every documented model family offers.
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+API_KEY_CREDENTIAL = "dashscope-api-key"
+
+
+class Secret:
+    """A string that never shows itself in logs, reprs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "localhost"
+    port: int = 1883
+    username: str | None = None
+    password: Secret | None = None
+    tls: TlsConfig | None = None
+    topic_prefix: str = "edge-tts"
+    discovery_prefix: str | None = "homeassistant"
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True)
+class DashscopeConfig:
+    region: str = "intl"
+    inference_url: str = REGION_URLS["intl"][0]
+    realtime_url: str = REGION_URLS["intl"][1]
+    api_key_file: str | None = None
+    keep_warm: bool = True
+    idle_timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    first_audio_timeout_s: float = 10.0
+    stall_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A named voice profile: which engine speaks, with which model, voice and parameters."""
+
+    name: str
+    engine: str
+    model: str | None = None
+    voice: str | None = None
+    rate: float = 1.0
+    pitch: float = 1.0
+    volume: int = 50
+    instructions: str | None = None
+    seed: int | None = None
+    language_hints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    device: str | int = "default"
+    sample_rate: int = 24000
+    chime: str | None = None
+    lead_in_ms: int = 120
+    jitter_ms: int = 60
+    keep_open_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: str = "/var/cache/edge-tts"
+    max_mb: int = 200
+
+
+@dataclass(frozen=True)
+class AnnouncementsConfig:
+    max_chars: int = 2000
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    dashscope: DashscopeConfig = field(default_factory=DashscopeConfig)
+    voices: Mapping[str, Voice] = field(default_factory=dict)
+    default_voice: str = "default"
+    fallback_voice: str | None = None
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    announcements: AnnouncementsConfig = field(default_factory=AnnouncementsConfig)
+    source: Path | None = None
+
+
+class _Section:
+    """Reads one mapping of the YAML, checking each key's type and range against its path."""
+
+    def __init__(self, data: Any, path: str, known: tuple[str, ...]) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or 'config'}: must be a mapping of keys to values")
+        for key in data:
+            if key not in known:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                more = f" (did you mean {hint[0]}?)" if hint else f" (known: {', '.join(known)})"
+                raise ConfigError(f"{self._join(path, str(key))}: unknown key{more}")
+        self.data = data
+        self.path = path
+
+    @staticmethod
+    def _join(path: str, key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    def where(self, key: str) -> str:
+        return self._join(self.path, key)
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.where(key)}: {reason}")
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def text(self, key: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str | None:
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "must be a non-empty string")
+        if choices and value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.fail(key, f"must be an integer {lo}-{hi}")
+        return value
+
+    def number(self, key: str, default: float, lo: float, hi: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise self.fail(key, f"must be a number {lo:g}-{hi:g}")
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "must be true or false")
+        return value
+
+    def section(self, key: str, known: tuple[str, ...]) -> _Section:
+        return _Section(self.data.get(key), self.where(key), known)
+
+    def read_file(self, key: str) -> str | None:
+        """The stripped content of the file named by `key`, never echoed in errors."""
+        name = self.text(key, None)
+        if name is None:
+            return None
+        try:
+            return Path(name).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise self.fail(key, f"cannot read {name}: {reason}") from None
+
+
+def _device(root: _Section) -> DeviceConfig:
+    s = root.section("device", ("name",))
+    name = s.text("name", None) or socket.gethostname().split(".")[0] or "edge-tts"
+    if any(c in name for c in "/#+") or not name.isprintable():
+        raise s.fail("name", "must not contain '/', '#', '+' or control characters")
+    return DeviceConfig(name=name)
+
+
+def _mqtt(root: _Section) -> MqttConfig:
+    s = root.section(
+        "mqtt",
+        ("host", "port", "username", "password", "password_file", "tls", "topic_prefix",
+         "discovery_prefix", "keepalive_s"),
+    )
+    if s.has("password") and s.has("password_file"):
+        raise s.fail("password", "set either password or password_file, not both")
+    password = s.read_file("password_file")
+    if s.has("password"):
+        raw = s.data["password"]
+        if not isinstance(raw, str | int):
+            raise s.fail("password", "must be a string")
+        password = str(raw)
+    tls: TlsConfig | None = None
+    raw_tls = s.data.get("tls", False)
+    if raw_tls is True:
+        tls = TlsConfig()
+    elif isinstance(raw_tls, dict):
+        t = s.section("tls", ("ca_file", "cert_file", "key_file"))
+        for key in ("ca_file", "cert_file", "key_file"):
+            name = t.text(key, None)
+            if name is not None and not Path(name).is_file():
+                raise t.fail(key, f"no such file: {name}")
+        tls = TlsConfig(t.text("ca_file", None), t.text("cert_file", None), t.text("key_file", None))
+    elif raw_tls not in (False, None):
+        raise s.fail("tls", "must be false, true, or a mapping with ca_file, cert_file, key_file")
+    prefix = s.text("topic_prefix", "edge-tts") or "edge-tts"
+    if any(c in prefix for c in "#+") or prefix.endswith("/"):
+        raise s.fail("topic_prefix", "must not contain '#' or '+' or end with '/'")
+    return MqttConfig(
+        host=s.text("host", "localhost") or "localhost",
+        port=s.integer("port", 1883, 1, 65535),
+        username=s.text("username", None),
+        password=Secret(password) if password is not None else None,
+        tls=tls,
+        topic_prefix=prefix,
+        discovery_prefix=s.text("discovery_prefix", "homeassistant"),
+        keepalive_s=s.integer("keepalive_s", 30, 5, 3600),
+    )
+
+
+def _ws_url(s: _Section, key: str, default: str) -> str:
+    url = s.text(key, None)
+    if url is None:
+        return default
+    if not url.startswith(("ws://", "wss://")):
+        raise s.fail(key, f"must be a ws:// or wss:// URL (got {url!r})")
+    return url
+
+
+def _dashscope(root: _Section) -> DashscopeConfig:
+    s = root.section(
+        "dashscope",
+        ("region", "inference_url", "realtime_url", "api_key_file", "keep_warm", "idle_timeout_s",
+         "connect_timeout_s", "first_audio_timeout_s", "stall_timeout_s"),
+    )
+    region = s.text("region", "intl", choices=tuple(REGION_URLS)) or "intl"
+    inference, realtime = REGION_URLS[region]
+    return DashscopeConfig(
+        region=region,
+        inference_url=_ws_url(s, "inference_url", inference),
+        realtime_url=_ws_url(s, "realtime_url", realtime),
+        api_key_file=s.text("api_key_file", None),
+        keep_warm=s.boolean("keep_warm", True),
+        idle_timeout_s=s.number("idle_timeout_s", 60, 2, 3600),
+        connect_timeout_s=s.number("connect_timeout_s", 5, 0.1, 60),
+        first_audio_timeout_s=s.number("first_audio_timeout_s", 10, 0.1, 120),
+        stall_timeout_s=s.number("stall_timeout_s", 5, 0.1, 120),
+    )
+
+
+def _voice(s: _Section, name: str) -> Voice:
+    v = s.section(
+        name,
+        ("engine", "model", "voice", "rate", "pitch", "volume", "instructions", "seed",
+         "language_hints"),
+    )
+    engine = v.text("engine", None, choices=ENGINES)
+    if engine is None:
+        raise v.fail("engine", f"is required: one of {', '.join(ENGINES)}")
+    if engine != "piper":
+        for key in ("model", "voice"):
+            if v.text(key, None) is None:
+                raise v.fail(key, f"is required for engine {engine}")
+    hints = v.data.get("language_hints", [])
+    if isinstance(hints, str):
+        hints = [hints]
+    if not isinstance(hints, list) or not all(isinstance(h, str) and h for h in hints):
+        raise v.fail("language_hints", "must be a list of language codes such as [en]")
+    seed = v.data.get("seed")
+    if seed is not None:
+        seed = v.integer("seed", 0, 0, 65535)
+    return Voice(
+        name=name,
+        engine=engine,
+        model=v.text("model", None),
+        voice=v.text("voice", None),
+        rate=v.number("rate", 1.0, 0.5, 2.0),
+        pitch=v.number("pitch", 1.0, 0.5, 2.0),
+        volume=v.integer("volume", 50, 0, 100),
+        instructions=v.text("instructions", None),
+        seed=seed,
+        language_hints=tuple(hints),
+    )
+
+
+def _voices(root: _Section) -> dict[str, Voice]:
+    raw = root.data.get("voices")
+    if raw is None:
+        raw = {"default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"}}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("voices: must be a mapping of voice names to voice profiles")
+    s = _Section(raw, "voices", tuple(str(k) for k in raw))
+    return {str(name): _voice(s, str(name)) for name in raw}
+
+
+def _audio(root: _Section) -> AudioConfig:
+    s = root.section(
+        "audio", ("device", "sample_rate", "chime", "lead_in_ms", "jitter_ms", "keep_open_s")
+    )
+    device: str | int = s.data.get("device", "default")
+    if isinstance(device, bool) or not isinstance(device, str | int) or device == "":
+        raise s.fail("device", "must be an ALSA device name or a device index")
+    rate = s.integer("sample_rate", 24000, 8000, 48000)
+    if rate not in SAMPLE_RATES:
+        raise s.fail("sample_rate", f"must be one of {', '.join(map(str, SAMPLE_RATES))}")
+    return AudioConfig(
+        device=device,
+        sample_rate=rate,
+        chime=s.text("chime", None),
+        lead_in_ms=s.integer("lead_in_ms", 120, 0, 2000),
+        jitter_ms=s.integer("jitter_ms", 60, 0, 1000),
+        keep_open_s=s.number("keep_open_s", 10, 0, 86400),
+    )
+
+
+def _cache(root: _Section) -> CacheConfig:
+    s = root.section("cache", ("dir", "max_mb"))
+    return CacheConfig(
+        dir=s.text("dir", "/var/cache/edge-tts") or "/var/cache/edge-tts",
+        max_mb=s.integer("max_mb", 200, 1, 1_000_000),
+    )
+
+
+def parse_config(data: Any, source: Path | None = None) -> Config:
+    """Validate a parsed YAML document into a Config, or raise ConfigError naming the key."""
+    root = _Section(
+        data,
+        "",
+        ("device", "mqtt", "dashscope", "voices", "default_voice", "fallback_voice", "audio",
+         "cache", "announcements"),
+    )
+    voices = _voices(root)
+    default_voice = root.text("default_voice", "default") or "default"
+    if default_voice not in voices:
+        raise root.fail("default_voice", f"names no voice in voices (known: {', '.join(voices)})")
+    fallback = root.text("fallback_voice", None)
+    if fallback is not None and fallback not in voices:
+        raise root.fail("fallback_voice", f"names no voice in voices (known: {', '.join(voices)})")
+    ann = root.section("announcements", ("max_chars",))
+    return Config(
+        device=_device(root),
+        mqtt=_mqtt(root),
+        dashscope=_dashscope(root),
+        voices=voices,
+        default_voice=default_voice,
+        fallback_voice=fallback,
+        audio=_audio(root),
+        cache=_cache(root),
+        announcements=AnnouncementsConfig(max_chars=ann.integer("max_chars", 2000, 1, 100_000)),
+        source=source,
+    )
+
+
+def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """-c FILE, else $EDGE_TTS_CONFIG, else /etc/edge-tts/config.yaml, else config/edge-tts.yaml."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("EDGE_TTS_CONFIG"):
+        return Path(environ["EDGE_TTS_CONFIG"])
+    for path in DEFAULT_CONFIG_PATHS:
+        if path.is_file():
+            return path
+    return None
+
+
+def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Find, read and validate the config; with no file anywhere, the built-in defaults."""
+    environ = os.environ if environ is None else environ
+    path = find_config(explicit, environ)
+    if path is None:
+        return parse_config({})
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    return parse_config(data, source=path)
+
+
+def load_api_key(dashscope: DashscopeConfig, environ: Mapping[str, str]) -> Secret | None:
+    """dashscope.api_key_file, else $DASHSCOPE_API_KEY, else the systemd credential."""
+    candidates: list[tuple[str, Path | None, str | None]] = []
+    if dashscope.api_key_file:
+        candidates.append(("dashscope.api_key_file", Path(dashscope.api_key_file), None))
+    else:
+        candidates.append(("DASHSCOPE_API_KEY", None, environ.get("DASHSCOPE_API_KEY")))
+        creds = environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            candidates.append(("systemd credential", Path(creds) / API_KEY_CREDENTIAL, None))
+    for label, path, value in candidates:
+        if path is not None:
+            try:
+                value = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                if label.startswith("dashscope"):
+                    reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                    raise ConfigError(f"{label}: cannot read {path}: {reason}") from None
+                continue
+        if value and value.strip():
+            return Secret(value.strip())
+    return None

@@ -1,0 +1,32 @@
+"""Speech engines: each turns a SynthesisRequest into PCM chunks as the service sends them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..config import Voice
+
+
+def new_task_id() -> str:
+    """A fresh 32-hex task id, as the service requires for every task."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """What to synthesize: the text, the voice profile, the PCM rate, per-message overrides."""
+
+    text: str
+    voice: Voice
+    sample_rate: int
+    instructions: str | None = None
+    task_id: str = field(default_factory=new_task_id)
+
+
+class Engine(Protocol):
+    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[bytes]:
+        """16-bit mono little-endian PCM at request.sample_rate, chunk by chunk as it arrives."""
+        ...

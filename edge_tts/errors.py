@@ -1,0 +1,36 @@
+"""The few exception types edge-tts raises; each carries a reason a user can read."""
+
+from __future__ import annotations
+
+
+class EdgeTTSError(Exception):
+    """Base of every error edge-tts raises on purpose."""
+
+
+class ConfigError(EdgeTTSError):
+    """The configuration is invalid; the message names the key path and the reason."""
+
+
+class BadAnnouncement(EdgeTTSError):
+    """An MQTT payload that cannot be spoken; `reason` goes into the `failed` event."""
+
+    def __init__(self, reason: str, id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.id = id
+
+
+class SynthesisError(EdgeTTSError):
+    """A synthesis that did not complete; `reason` is what the user reads in the event."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CloudUnavailable(SynthesisError):
+    """The cloud could not be reached or refused us (network, key, handshake)."""
+
+
+class AudioDeviceError(EdgeTTSError):
+    """The audio output device cannot be opened or written."""

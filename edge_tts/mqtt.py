@@ -1,0 +1,179 @@
+"""The broker session: subscribe to say/stop, publish availability, state and events, and
+reconnect with backoff whenever the broker goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiomqtt
+
+from .config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_START_S = 0.5
+_BACKOFF_CAP_S = 30.0
+_OUTBOX_MAX = 1000
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one device, derived from the prefix and the device name."""
+
+    say: str
+    all_say: str
+    stop: str
+    availability: str
+    state: str
+    event: str
+
+    @classmethod
+    def of(cls, prefix: str, device: str) -> Topics:
+        base = f"{prefix}/{device}"
+        return cls(
+            say=f"{base}/say",
+            all_say=f"{prefix}/all/say",
+            stop=f"{base}/stop",
+            availability=f"{base}/availability",
+            state=f"{base}/state",
+            event=f"{base}/event",
+        )
+
+
+OnMessage = Callable[[str, bytes], Awaitable[None]]
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(cafile=config.tls.ca_file)
+    if config.tls.cert_file:
+        context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+    return context
+
+
+def make_client(config: MqttConfig, *, identifier: str | None = None,
+                will: aiomqtt.Will | None = None, timeout: float | None = None) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        config.host,
+        config.port,
+        username=config.username,
+        password=config.password.reveal() if config.password else None,
+        identifier=identifier,
+        will=will,
+        keepalive=config.keepalive_s,
+        tls_context=tls_context(config),
+        timeout=timeout,
+    )
+
+
+def describe_error(exc: aiomqtt.MqttError) -> str:
+    """A readable cause for a broker error (never containing credentials)."""
+    text = str(exc)
+    if "Not authorized" in text or "Bad user name or password" in text:
+        return "the broker refused the username or password"
+    return text or type(exc).__name__
+
+
+class MqttLink:
+    """Keeps a session with the broker for one device and hands `say`/`stop` messages on."""
+
+    def __init__(self, config: MqttConfig, device: str, on_message: OnMessage) -> None:
+        self._config = config
+        self.topics = Topics.of(config.topic_prefix, device)
+        self._device = device
+        self._on_message = on_message
+        self._client: aiomqtt.Client | None = None
+        self._state: bytes | None = None
+        self.connected = asyncio.Event()
+        self._was_up = False
+        self._outbox: deque[tuple[str, bytes, bool]] = deque(maxlen=_OUTBOX_MAX)
+        self._outbox_ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with exponential backoff until cancelled."""
+        backoff = _BACKOFF_START_S
+        while True:
+            self._was_up = False
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                log.warning("MQTT broker %s:%d: %s", self._config.host, self._config.port,
+                            describe_error(exc))
+            self._client = None
+            self.connected.clear()
+            if self._was_up:
+                backoff = _BACKOFF_START_S
+            delay = backoff * random.uniform(0.8, 1.2)
+            log.info("MQTT reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, _BACKOFF_CAP_S)
+
+    async def _session(self) -> None:
+        will = aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True)
+        client = make_client(self._config, identifier=f"edge-tts-{self._device}", will=will)
+        async with client:
+            self._client = client
+            self._was_up = True
+            await client.publish(self.topics.availability, b"online", qos=1, retain=True)
+            await client.subscribe(
+                [(self.topics.say, 1), (self.topics.all_say, 1), (self.topics.stop, 1)]
+            )
+            log.info("MQTT connected to %s:%d, listening on %s", self._config.host,
+                     self._config.port, self.topics.say)
+            self.connected.set()
+            sender = asyncio.create_task(self._send_outbox(client))
+            try:
+                await self._receive(client)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await sender
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        try:
+            async for message in client.messages:
+                payload = message.payload
+                if isinstance(payload, str):
+                    payload = payload.encode()
+                elif not isinstance(payload, bytes | bytearray):
+                    payload = b"" if payload is None else str(payload).encode()
+                await self._on_message(str(message.topic), bytes(payload))
+        except asyncio.CancelledError:
+            # A clean shutdown says so itself; the last will covers the unclean ones.
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await client.publish(self.topics.availability, b"offline", qos=1, retain=True)
+            raise
+
+    async def _send_outbox(self, client: aiomqtt.Client) -> None:
+        """Publish queued events and state in order; what a lost connection interrupts stays
+        queued and goes out after the reconnect."""
+        while True:
+            await self._outbox_ready.wait()
+            while self._outbox:
+                topic, payload, retain = self._outbox[0]
+                await client.publish(topic, payload, qos=1, retain=retain)
+                self._outbox.popleft()
+            self._outbox_ready.clear()
+
+    def publish_event(self, event: dict[str, object]) -> None:
+        self._post(self.topics.event, json.dumps(event).encode(), retain=False)
+
+    def publish_state(self, state: dict[str, object]) -> None:
+        self._state = json.dumps(state).encode()
+        self._post(self.topics.state, self._state, retain=True)
+
+    def _post(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        if len(self._outbox) == self._outbox.maxlen:
+            log.warning("MQTT outbox full; dropping the oldest message")
+        self._outbox.append((topic, payload, retain))
+        self._outbox_ready.set()

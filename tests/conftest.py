@@ -1,0 +1,251 @@
+"""Fixtures that read like a user's setup: a Mosquitto broker, the DashScope service (faked
+over a real WebSocket), a speaker (the ALSA `file` device), and a config file tying them up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import yaml
+
+from fake_dashscope import FakeDashScope
+
+TESTS = Path(__file__).parent
+ALSA_CONF = TESTS / "alsa" / "capture.conf"
+API_KEY = "sk-test-0123456789abcdef"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before anything loads PortAudio: every stream in this process and its children goes
+    # to the ALSA file device.
+    os.environ["ALSA_CONFIG_PATH"] = str(ALSA_CONF)
+    os.environ.pop("DASHSCOPE_API_KEY", None)
+    os.environ.pop("EDGE_TTS_CONFIG", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A Mosquitto broker of the test's own, on a free port, that can be stopped and restarted."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self._conf = workdir / "mosquitto.conf"
+        self._conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self._proc = subprocess.Popen([exe, "-c", str(self._conf)], stderr=subprocess.PIPE)
+        assert self._proc.stderr is not None
+        # Mosquitto says when it listens; wait for that line, not for a guessed time.
+        for line in self._proc.stderr:
+            if b"running" in line:
+                break
+        else:
+            raise RuntimeError(f"mosquitto did not start (exit {self._proc.wait()})")
+        # Keep draining its log so a chatty broker never blocks on a full pipe.
+        threading.Thread(target=self._proc.stderr.read, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+            self._proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+async def dashscope() -> AsyncIterator[FakeDashScope]:
+    fake = FakeDashScope(API_KEY)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+class Capture:
+    """What reached the ALSA output: raw 16-bit samples, as the file device wrote them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> bytes:
+        return self.path.read_bytes() if self.path.exists() else b""
+
+
+@pytest.fixture
+def capture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Capture:
+    path = tmp_path / "alsa-out.raw"
+    monkeypatch.setenv("EDGE_TTS_ALSA_CAPTURE", str(path))
+    return Capture(path)
+
+
+def split_speech(raw: bytes) -> tuple[int, bytes, int]:
+    """(leading silent bytes, the speech with any silent gap padding removed, trailing silent
+    bytes). The fake's speech has no zero sample, so silence is unambiguous."""
+    samples = [raw[i:i + 2] for i in range(0, len(raw) - len(raw) % 2, 2)]
+    zero = b"\x00\x00"
+    lead = next((i for i, s in enumerate(samples) if s != zero), len(samples))
+    trail = next((i for i, s in enumerate(reversed(samples)) if s != zero), len(samples))
+    body = samples[lead:len(samples) - trail] if lead < len(samples) else []
+    return lead * 2, b"".join(s for s in body if s != zero), trail * 2
+
+
+def write_config(path: Path, broker: Broker, dashscope: FakeDashScope, **overrides: Any) -> Path:
+    config: dict[str, Any] = {
+        "device": {"name": "kitchen"},
+        "mqtt": {"host": broker.host, "port": broker.port, "discovery_prefix": None},
+        "dashscope": {"inference_url": dashscope.url, "keep_warm": True,
+                      "first_audio_timeout_s": 5, "stall_timeout_s": 1},
+        "voices": {
+            "default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"},
+            "bright": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longxiaochun"},
+        },
+        "audio": {"device": "default", "sample_rate": 24000, "lead_in_ms": 100, "jitter_ms": 40,
+                  "keep_open_s": 0},
+        "announcements": {"max_chars": 200},
+    }
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        config.setdefault(section, {})[key] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class EventLog:
+    """Every event, state and availability message the daemon published, in order."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    availability: list[str] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def wait_for(self, predicate: Any, timeout: float = 15) -> None:
+        async with asyncio.timeout(timeout):
+            async with self.changed:
+                await self.changed.wait_for(predicate)
+
+    async def event(self, announcement_id: str, kind: str, timeout: float = 15) -> dict[str, Any]:
+        def found() -> bool:
+            return any(e["id"] == announcement_id and e["event"] == kind for e in self.events)
+        await self.wait_for(found, timeout)
+        return next(e for e in self.events if e["id"] == announcement_id and e["event"] == kind)
+
+    async def outcome(self, announcement_id: str, timeout: float = 15) -> dict[str, Any]:
+        """The finished or failed event of an announcement."""
+        def ended() -> bool:
+            return any(e["id"] == announcement_id and e["event"] in ("finished", "failed")
+                       for e in self.events)
+        await self.wait_for(ended, timeout)
+        return next(e for e in self.events
+                    if e["id"] == announcement_id and e["event"] in ("finished", "failed"))
+
+    def of(self, announcement_id: str) -> list[str]:
+        return [e["event"] for e in self.events if e["id"] == announcement_id]
+
+
+class Home:
+    """Home Assistant's side of MQTT: publishes announcements and records what comes back."""
+
+    def __init__(self, client: aiomqtt.Client, log: EventLog) -> None:
+        self.client = client
+        self.log = log
+
+    async def say(self, payload: str | bytes | dict[str, Any], device: str = "kitchen") -> None:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        await self.client.publish(f"edge-tts/{device}/say", payload, qos=1)
+
+    async def stop(self, device: str = "kitchen") -> None:
+        await self.client.publish(f"edge-tts/{device}/stop", b"", qos=1)
+
+
+@pytest.fixture
+async def home(broker: Broker) -> AsyncIterator[Home]:
+    log = EventLog()
+    async with aiomqtt.Client(broker.host, broker.port, identifier="home-assistant") as client:
+        await client.subscribe("edge-tts/kitchen/#", qos=1)
+
+        async def record() -> None:
+            async for message in client.messages:
+                topic = str(message.topic)
+                payload = message.payload
+                assert isinstance(payload, bytes | bytearray)
+                async with log.changed:
+                    if topic.endswith("/event"):
+                        log.events.append(json.loads(payload))
+                    elif topic.endswith("/state"):
+                        log.states.append(json.loads(payload))
+                    elif topic.endswith("/availability"):
+                        log.availability.append(payload.decode())
+                    log.changed.notify_all()
+
+        task = asyncio.create_task(record())
+        yield Home(client, log)
+        task.cancel()
+
+
+class DaemonProcess:
+    """`edge-tts serve` running as a user runs it, in its own process."""
+
+    def __init__(self, config: Path, env: dict[str, str]) -> None:
+        self.config = config
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr = b""
+
+    async def start(self, home: Home) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_tts", "serve", "-c", str(self.config),
+            env=self.env, stderr=asyncio.subprocess.PIPE,
+        )
+        await home.log.wait_for(lambda: "online" in home.log.availability)
+
+    async def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        assert self.proc.stderr is not None
+        self.stderr = await self.proc.stderr.read()
+        return await self.proc.wait()
+
+
+@pytest.fixture
+async def daemon(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> AsyncIterator[DaemonProcess]:
+    """The daemon with a key, pointed at the broker, the fake cloud and the capture device."""
+    config = write_config(tmp_path / "config.yaml", broker, dashscope)
+    env = dict(os.environ, DASHSCOPE_API_KEY=API_KEY)
+    proc = DaemonProcess(config, env)
+    await proc.start(home)
+    yield proc
+    await proc.stop()

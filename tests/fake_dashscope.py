@@ -1,0 +1,287 @@
+"""An in-process DashScope server speaking the documented CosyVoice WebSocket protocol.
+
+It checks what clients send as the service does (authorization, message shapes, task ids,
+the order of actions), answers with the documented events, and sends deterministic PCM for
+each text so a test can assert the exact bytes that reached the speaker. It keeps a record
+of connections and tasks. Behaviour for a test is chosen by markers in the text:
+  [fail]   task-failed instead of audio
+  [stall]  one chunk of audio, then silence (the task never ends)
+  [drop]   one chunk of audio, then the TCP connection is cut without a close frame
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.http11 import Request, Response
+
+PATH = "/api-ws/v1/inference"
+_TASK_ID = re.compile(r"^[0-9a-zA-Z-]{16,64}$")
+
+
+def pcm_for(text: str, voice: str = "longanyang", sample_rate: int = 24000) -> bytes:
+    """The fake's speech for a text: a tone whose pitch depends on voice and text, 60 ms a
+    character (at least 300 ms), with no zero sample, so silence around it is unambiguous."""
+    seed = int.from_bytes(hashlib.sha256(f"{voice}|{text}".encode()).digest()[:4], "big")
+    freq = 180 + seed % 400
+    n = int(sample_rate * max(0.3, 0.06 * len(text)))
+    out = bytearray()
+    for i in range(n):
+        s = int(9000 * math.sin(2 * math.pi * freq * i / sample_rate))
+        if s == 0:
+            s = 1
+        out += s.to_bytes(2, "little", signed=True)
+    return bytes(out)
+
+
+@dataclass
+class TaskRecord:
+    task_id: str
+    model: str
+    parameters: dict[str, Any]
+    texts: list[str] = field(default_factory=list)
+    outcome: str = "running"  # running | finished | failed | dropped | stalled
+
+
+@dataclass
+class ConnectionRecord:
+    opened_at: float
+    authorization: str
+    tasks: list[TaskRecord] = field(default_factory=list)
+    closed_at: float | None = None
+
+
+class FakeDashScope:
+    """Start with `await fake.start()`; `fake.url` is the inference URL to configure."""
+
+    def __init__(
+        self,
+        api_key: str = "sk-test-0123456789abcdef",
+        *,
+        first_packet_delay_s: float = 0.0,
+        chunk_bytes: int = 4800,
+        idle_timeout_s: float = 60.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.api_key = api_key
+        self.first_packet_delay_s = first_packet_delay_s
+        self.chunk_bytes = chunk_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.refuse_connections = False
+        self.connections: list[ConnectionRecord] = []
+        self.handshakes = 0
+        self._host = host
+        self._port = port
+        self._server: Server | None = None
+        self.task_done = asyncio.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self._host}:{self._port}{PATH}"
+
+    @property
+    def tasks(self) -> list[TaskRecord]:
+        return [t for c in self.connections for t in c.tasks]
+
+    async def start(self) -> str:
+        self._server = await websockets.serve(
+            self._handle, self._host, self._port, process_request=self._check_request,
+            max_size=None,
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        return self.url
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def wait_tasks(self, count: int, timeout: float = 10) -> list[TaskRecord]:
+        """Wait until `count` tasks have ended (any outcome)."""
+        async with asyncio.timeout(timeout):
+            async with self.task_done:
+                await self.task_done.wait_for(
+                    lambda: sum(t.outcome != "running" for t in self.tasks) >= count
+                )
+        return self.tasks
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.handshakes += 1
+        if self.refuse_connections:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable\n")
+        if request.path.rstrip("/") != PATH:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "no such endpoint\n")
+        auth = request.headers.get("Authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or key != self.api_key:
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Invalid API-key provided.\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        record = ConnectionRecord(time.monotonic(), ws.request.headers["Authorization"])
+        self.connections.append(record)
+        try:
+            await self._serve(ws, record)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            record.closed_at = time.monotonic()
+            for task in record.tasks:
+                if task.outcome == "running":
+                    task.outcome = "dropped"
+            async with self.task_done:
+                self.task_done.notify_all()
+
+    async def _serve(self, ws: ServerConnection, record: ConnectionRecord) -> None:
+        task: TaskRecord | None = None
+        speech: asyncio.Task[str] | None = None  # audio for the texts so far, in order
+        while True:
+            try:
+                async with asyncio.timeout(None if task else self.idle_timeout_s):
+                    raw = await ws.recv()
+            except TimeoutError:
+                await ws.close(1000, "idle timeout")  # the service's 60 s idle rule
+                return
+            if isinstance(raw, bytes):
+                await self._fail(ws, task, "InvalidParameter", "binary frames are not accepted")
+                return
+            try:
+                message = json.loads(raw)
+                header = message["header"]
+                action = header["action"]
+                task_id = header["task_id"]
+                payload = message.get("payload", {})
+            except (ValueError, KeyError, TypeError):
+                await self._fail(ws, task, "InvalidParameter", "malformed message")
+                return
+            if action == "run-task":
+                problem = self._check_run_task(record, task, header, payload)
+                if problem:
+                    await self._fail(ws, None, "InvalidParameter", problem, task_id=task_id)
+                    return
+                task = TaskRecord(task_id, payload["model"], payload["parameters"])
+                record.tasks.append(task)
+                speech = None
+                await ws.send(_event("task-started", task_id))
+            elif task is None or task_id != task.task_id:
+                await self._fail(ws, task, "InvalidParameter",
+                                 f"Invalid action('{action}')! Please follow the protocol!",
+                                 task_id=task_id)
+                return
+            elif action == "continue-task":
+                text = payload.get("input", {}).get("text")
+                if not isinstance(text, str):
+                    await self._fail(ws, task, "InvalidParameter", "continue-task without text")
+                    return
+                if task.parameters.get("enable_ssml") and task.texts:
+                    await self._fail(ws, task, "InvalidParameter",
+                                     "Text request limit violated, expected 1.")
+                    return
+                task.texts.append(text)
+                # Duplex: audio for each text starts as soon as it arrives, in order.
+                speech = asyncio.create_task(self._synthesize(ws, task, text, speech))
+            elif action == "finish-task":
+                outcome = await speech if speech else "finished"
+                task.outcome = outcome
+                async with self.task_done:
+                    self.task_done.notify_all()
+                if outcome in ("failed", "dropped"):
+                    return
+                if outcome == "stalled":
+                    await ws.wait_closed()  # hold the connection open, say nothing more
+                    return
+                characters = sum(len(t) for t in task.texts)
+                await ws.send(_event("task-finished", task.task_id,
+                                     payload={"output": {}, "usage": {"characters": characters}}))
+                task = None
+            else:
+                await self._fail(ws, task, "InvalidParameter", f"unknown action {action!r}")
+                return
+
+    def _check_run_task(self, record: ConnectionRecord, task: TaskRecord | None,
+                        header: dict[str, Any], payload: dict[str, Any]) -> str | None:
+        if task is not None:
+            return "Invalid action('run-task')! Please follow the protocol!"
+        if header.get("streaming") != "duplex":
+            return "header.streaming must be duplex"
+        if not _TASK_ID.match(str(header.get("task_id"))):
+            return "header.task_id is invalid"
+        if any(t.task_id == header["task_id"] for t in self.tasks):
+            return "task_id is already in use"
+        for key, value in (("task_group", "audio"), ("task", "tts"),
+                           ("function", "SpeechSynthesizer")):
+            if payload.get(key) != value:
+                return f"payload.{key} must be {value}"
+        params = payload.get("parameters")
+        if not isinstance(payload.get("model"), str) or not isinstance(params, dict):
+            return "payload.model and payload.parameters are required"
+        if not isinstance(params.get("voice"), str):
+            return "parameters.voice is required"
+        if params.get("format", "mp3") not in ("pcm", "wav", "mp3", "opus"):
+            return "parameters.format is invalid"
+        if not isinstance(params.get("sample_rate", 22050), int):
+            return "parameters.sample_rate is invalid"
+        return None
+
+    async def _synthesize(self, ws: ServerConnection, task: TaskRecord, text: str,
+                          before: asyncio.Task[str] | None) -> str:
+        if before is not None:
+            outcome = await before
+            if outcome != "finished":
+                return outcome
+        try:
+            return await self._send_speech(ws, task, text, first=before is None)
+        except websockets.ConnectionClosed:
+            return "dropped"
+
+    async def _send_speech(self, ws: ServerConnection, task: TaskRecord, text: str, *,
+                           first: bool) -> str:
+        if "[fail]" in text:
+            await self._fail(ws, task, "InternalError", "synthesis failed (fake [fail] marker)")
+            return "failed"
+        if not text:
+            return "finished"
+        if first and self.first_packet_delay_s:
+            await asyncio.sleep(self.first_packet_delay_s)  # the model's time to first audio
+        params = task.parameters
+        pcm = pcm_for(text, params["voice"], params.get("sample_rate", 22050))
+        await ws.send(_event("result-generated", task.task_id,
+                             payload={"output": {"sentence": {"begin_time": 0, "end_time": 0,
+                                                              "words": []}}}))
+        for offset in range(0, len(pcm), self.chunk_bytes):
+            await ws.send(pcm[offset:offset + self.chunk_bytes])
+            if "[stall]" in text:
+                return "stalled"
+            if "[drop]" in text:
+                ws.transport.abort()  # no close frame, as when a route dies
+                return "dropped"
+        return "finished"
+
+    async def _fail(self, ws: ServerConnection, task: TaskRecord | None, code: str, message: str,
+                    *, task_id: str | None = None) -> None:
+        if task is not None:
+            task.outcome = "failed"
+        await ws.send(json.dumps({
+            "header": {"task_id": task_id or (task.task_id if task else ""), "event": "task-failed",
+                       "error_code": code, "error_message": message, "attributes": {}},
+            "payload": {},
+        }))
+        # The service closes the connection after a failure; it cannot be reused.
+        await ws.close(1011, "task failed")
+
+
+def _event(name: str, task_id: str, payload: dict[str, Any] | None = None) -> str:
+    return json.dumps({"header": {"task_id": task_id, "event": name, "attributes": {}},
+                       "payload": payload or {}})

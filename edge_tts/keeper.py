@@ -87,6 +87,9 @@ class ConnectionKeeper:
                 # DashScope ends idle connections itself; our pings only detect dead peers.
                 ping_interval=20,
                 ping_timeout=20,
+                # A connection retired mid-task may have the server's audio still queued
+                # behind the close frame; don't wait long for a polite goodbye.
+                close_timeout=1,
             )
         except websockets.InvalidStatus as exc:
             self.stats.failures += 1

@@ -38,9 +38,9 @@ _GAP_MS = 20
 class AudioSink(Protocol):
     async def play(
         self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
-    ) -> None:
-        """Play the PCM chunks to the end; on_first_audio gets the monotonic time the first
-        speech byte was handed to the device."""
+    ) -> bool:
+        """Play the PCM chunks to the end (True) or until stopped (False); on_first_audio
+        gets the monotonic time the first speech byte was handed to the device."""
         ...
 
     def stop(self) -> None:
@@ -104,10 +104,11 @@ class Player:
         self._close_timer: asyncio.TimerHandle | None = None
         self._stopped = threading.Event()
         self._chunks: queue.Queue[object] | None = None
+        self._feeder: asyncio.Task[None] | None = None
 
     async def play(
         self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
-    ) -> None:
+    ) -> bool:
         loop = asyncio.get_running_loop()
         if self._close_timer is not None:
             self._close_timer.cancel()
@@ -115,32 +116,44 @@ class Player:
         self._stopped.clear()
         chunks: queue.Queue[object] = queue.Queue()
         self._chunks = chunks
-        frames = _Frames()
         writer = asyncio.ensure_future(
             asyncio.to_thread(self._write_all, chunks, volume, loop, on_first_audio)
         )
+        self._feeder = asyncio.create_task(self._feed(audio, chunks, writer))
         try:
-            async for chunk in audio:
-                if writer.done() or self._stopped.is_set():
-                    break
-                data = frames.cut(chunk)
-                if data:
-                    chunks.put(data)
+            await self._feeder
         except asyncio.CancelledError:
-            self.stop()
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                self.stop()
+                raise
+            # else stop() cut the feeder: a normal, early end.
         finally:
+            self._feeder = None
             chunks.put(_END)
             # The writer ends at _END or on stop; it must not outlive this call.
             await asyncio.shield(writer)
             self._chunks = None
             if self._stream is not None:
                 self._close_timer = loop.call_later(self._config.keep_open_s, self._close_later)
+        return not self._stopped.is_set()
+
+    async def _feed(self, audio: AsyncIterator[bytes], chunks: queue.Queue[object],
+                    writer: asyncio.Future[None]) -> None:
+        frames = _Frames()
+        async for chunk in audio:
+            if writer.done():
+                break  # the device failed; the writer's error is raised by play()
+            data = frames.cut(chunk)
+            if data:
+                chunks.put(data)
 
     def stop(self) -> None:
         self._stopped.set()
         if self._chunks is not None:
             self._chunks.put(_END)
+        if self._feeder is not None:
+            self._feeder.cancel()
 
     def _close_later(self) -> None:
         self._close_timer = None
@@ -246,6 +259,7 @@ class WavWriter:
                 on_first_audio(time.monotonic())
             pcm += apply_volume(frames.cut(chunk), volume)
         await asyncio.to_thread(self._write, bytes(pcm))
+        return not self._stopped
 
     def _write(self, pcm: bytes) -> None:
         with wave.open(str(self._path), "wb") as out:

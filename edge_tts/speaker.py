@@ -66,11 +66,16 @@ class Speaker:
 
         try:
             async with aclosing(engine.synthesize(request)) as audio:
-                await self._sink.play(audio, volume=a.volume if a.volume is not None else 100,
-                                      on_first_audio=started)
+                complete = await self._sink.play(
+                    audio, volume=a.volume if a.volume is not None else 100, on_first_audio=started
+                )
         except (SynthesisError, AudioDeviceError) as exc:
             reason = exc.reason if isinstance(exc, SynthesisError) else str(exc)
             return self._fail(a, reason)
+        if not complete:
+            log.info("announcement %s: stopped", a.id)
+            self._emit(Event(a.id, "dropped", source="cloud", error="stopped"), a)
+            return False
         log.info("announcement %s: finished", a.id)
         self._emit(Event(a.id, "finished", source="cloud"), a)
         return True

@@ -97,7 +97,7 @@ class FakeDashScope:
     async def start(self) -> str:
         self._server = await websockets.serve(
             self._handle, self._host, self._port, process_request=self._check_request,
-            max_size=None,
+            max_size=None, close_timeout=1,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         return self.url

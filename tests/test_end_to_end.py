@@ -111,6 +111,21 @@ async def test_a_stalled_cloud_ends_in_a_failed_event_not_a_hang(
     assert (await home.log.outcome("next"))["event"] == "finished"
 
 
+async def test_stop_cuts_the_current_announcement_and_drops_the_queue(
+    daemon: DaemonProcess, home: Home
+) -> None:
+    await home.say({"text": "A very long story [stall]", "id": "long"})
+    await home.say({"text": "Waiting in line.", "id": "queued"})
+    await home.log.event("long", "started")
+    await home.stop()
+    dropped = await home.log.event("long", "dropped")
+    assert dropped["error"] == "stopped"
+    assert (await home.log.event("queued", "dropped"))["error"] == "stopped"
+    assert "failed" not in home.log.of("long")  # cut by the stop, not by the stall timeout
+    await home.say({"text": "After the stop.", "id": "after"})
+    assert (await home.log.outcome("after"))["event"] == "finished"
+
+
 async def test_all_topic_reaches_every_device(daemon: DaemonProcess, home: Home, capture: Capture) -> None:
     await home.say({"text": "Dinner is ready.", "id": "all-1"}, device="all")
     assert (await home.log.outcome("all-1"))["event"] == "finished"

@@ -1,0 +1,128 @@
+"""The CosyVoice client against the fake service over a real WebSocket."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+
+from conftest import API_KEY
+from edge_tts.config import Secret, Voice
+from edge_tts.engines import SynthesisRequest
+from edge_tts.engines.cosyvoice import CosyVoiceEngine
+from edge_tts.errors import CloudUnavailable, SynthesisError
+from edge_tts.keeper import ConnectionKeeper
+from fake_dashscope import FakeDashScope, pcm_for
+
+VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
+
+
+def engine_for(fake: FakeDashScope, key: str | None = API_KEY, **timeouts: float) -> CosyVoiceEngine:
+    keeper = ConnectionKeeper(fake.url, Secret(key) if key else None, idle_timeout_s=60)
+    return CosyVoiceEngine(keeper, first_audio_timeout_s=timeouts.get("first", 5),
+                           stall_timeout_s=timeouts.get("stall", 1))
+
+
+async def collect(audio: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in audio])
+
+
+def request(text: str, voice: Voice = VOICE, **kw: object) -> SynthesisRequest:
+    return SynthesisRequest(text=text, voice=voice, sample_rate=24000, **kw)  # type: ignore[arg-type]
+
+
+async def test_streams_the_services_pcm_chunk_by_chunk(dashscope: FakeDashScope) -> None:
+    engine = engine_for(dashscope)
+    chunks = [c async for c in engine.synthesize(request("Good morning."))]
+    assert len(chunks) > 1  # handed on as they arrive, not gathered
+    assert b"".join(chunks) == pcm_for("Good morning.")
+
+
+async def test_run_task_carries_the_voice_profile(dashscope: FakeDashScope) -> None:
+    voice = Voice(name="v", engine="cosyvoice", model="cosyvoice-v3-plus", voice="longxiaochun",
+                  rate=1.2, pitch=0.9, volume=70, instructions="Speak calmly", seed=42,
+                  language_hints=("en",))
+    await collect(engine_for(dashscope).synthesize(request("Hi there.", voice)))
+    (task,) = dashscope.tasks
+    assert task.model == "cosyvoice-v3-plus"
+    assert task.parameters == {
+        "text_type": "PlainText", "voice": "longxiaochun", "format": "pcm", "sample_rate": 24000,
+        "volume": 70, "rate": 1.2, "pitch": 0.9, "seed": 42, "instruction": "Speak calmly",
+        "language_hints": ["en"],
+    }
+    assert task.texts == ["Hi there."]
+
+
+async def test_per_message_instructions_override_the_voices(dashscope: FakeDashScope) -> None:
+    await collect(engine_for(dashscope).synthesize(request("Hi.", instructions="Whisper")))
+    assert dashscope.tasks[0].parameters["instruction"] == "Whisper"
+
+
+async def test_connection_is_reused_with_a_fresh_task_id_per_task(dashscope: FakeDashScope) -> None:
+    engine = engine_for(dashscope)
+    for text in ("One.", "Two.", "Three."):
+        assert await collect(engine.synthesize(request(text))) == pcm_for(text)
+    assert len(dashscope.connections) == 1
+    ids = [t.task_id for t in dashscope.tasks]
+    assert len(set(ids)) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+async def test_task_failed_raises_and_retires_the_connection(dashscope: FakeDashScope) -> None:
+    engine = engine_for(dashscope)
+    with pytest.raises(SynthesisError, match="InternalError"):
+        await collect(engine.synthesize(request("Oops [fail]")))
+    assert await collect(engine.synthesize(request("Fine."))) == pcm_for("Fine.")
+    assert len(dashscope.connections) == 2
+
+
+async def test_stall_ends_within_the_stall_timeout(dashscope: FakeDashScope) -> None:
+    engine = engine_for(dashscope, stall=0.3)
+    with pytest.raises(SynthesisError, match="stall_timeout_s"):
+        await collect(engine.synthesize(request("Hang [stall]")))
+    assert await collect(engine.synthesize(request("Next."))) == pcm_for("Next.")
+    assert len(dashscope.connections) == 2  # the stalled connection was not reused
+
+
+async def test_first_audio_deadline(dashscope: FakeDashScope) -> None:
+    dashscope.first_packet_delay_s = 2
+    with pytest.raises(SynthesisError, match="first_audio_timeout_s"):
+        await collect(engine_for(dashscope, first=0.3).synthesize(request("Slow.")))
+
+
+async def test_connection_cut_without_close_frame(dashscope: FakeDashScope) -> None:
+    engine = engine_for(dashscope)
+    with pytest.raises(CloudUnavailable, match="closed during the task"):
+        await collect(engine.synthesize(request("Cut [drop]")))
+    assert await collect(engine.synthesize(request("Again."))) == pcm_for("Again.")
+
+
+async def test_wrong_key_is_reported_without_the_key(dashscope: FakeDashScope) -> None:
+    with pytest.raises(CloudUnavailable) as refused:
+        await collect(engine_for(dashscope, key="sk-wrong-secret").synthesize(request("Hi.")))
+    assert "refused the API key" in refused.value.reason
+    assert "sk-wrong-secret" not in str(refused.value) and "sk-wrong-secret" not in repr(refused.value)
+
+
+async def test_no_key_says_how_to_add_one(dashscope: FakeDashScope) -> None:
+    with pytest.raises(CloudUnavailable, match="DASHSCOPE_API_KEY"):
+        await collect(engine_for(dashscope, key=None).synthesize(request("Hi.")))
+    assert dashscope.handshakes == 0
+
+
+async def test_unreachable_cloud(dashscope: FakeDashScope) -> None:
+    url = dashscope.url
+    await dashscope.stop()
+    keeper = ConnectionKeeper(url, Secret(API_KEY))
+    engine = CosyVoiceEngine(keeper, first_audio_timeout_s=1, stall_timeout_s=1)
+    with pytest.raises(CloudUnavailable, match="cannot reach DashScope"):
+        await collect(engine.synthesize(request("Hi.")))
+
+
+async def test_consumer_leaving_early_retires_the_connection(dashscope: FakeDashScope) -> None:
+    engine = engine_for(dashscope)
+    audio = engine.synthesize(request("A long sentence that is cut off half way."))
+    await anext(audio)
+    await audio.aclose()  # what a stop does
+    assert await collect(engine.synthesize(request("Next."))) == pcm_for("Next.")
+    assert len(dashscope.connections) == 2

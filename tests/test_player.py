@@ -1,0 +1,121 @@
+"""The player through the real audio path: sounddevice → PortAudio → ALSA → file device."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from array import array
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Capture, split_speech
+from edge_tts.config import AudioConfig
+from edge_tts.errors import AudioDeviceError, SynthesisError
+from edge_tts.player import Player, WavWriter, apply_volume
+from fake_dashscope import pcm_for
+
+BYTES_PER_MS = 48  # 24 kHz, 16-bit, mono
+CONFIG = AudioConfig(device="default", sample_rate=24000, lead_in_ms=100, jitter_ms=40,
+                     keep_open_s=0)
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_cold_device_gets_a_lead_in_then_the_exact_pcm(capture: Capture) -> None:
+    pcm = pcm_for("Hello.")
+    await Player(CONFIG).play(chunks(pcm[:1001], pcm[1001:3000], pcm[3000:]))  # odd cuts
+    raw = capture.read()
+    assert raw == bytes(100 * BYTES_PER_MS) + pcm
+
+
+async def test_first_audio_is_reported_once_at_hand_off(capture: Capture) -> None:
+    seen: list[float] = []
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    await Player(CONFIG).play(chunks(pcm_for("a"), pcm_for("b")), on_first_audio=seen.append)
+    assert len(seen) == 1 and seen[0] >= before
+
+
+async def test_volume_is_applied_as_gain(capture: Capture) -> None:
+    pcm = pcm_for("Quieter.")
+    await Player(CONFIG).play(chunks(pcm), volume=50)
+    halved = array("h", (int(s * 0.5) for s in array("h", pcm))).tobytes()
+    assert capture.read() == bytes(100 * BYTES_PER_MS) + halved
+
+
+async def test_a_late_chunk_is_bridged_with_silence_not_an_underrun(capture: Capture) -> None:
+    first, second = pcm_for("one"), pcm_for("two")
+    released = asyncio.Event()
+
+    async def slow_network() -> AsyncIterator[bytes]:
+        yield first
+        # The network holds the next chunk back longer than the device has audio queued.
+        await asyncio.wait_for(released.wait(), timeout=(len(first) / BYTES_PER_MS + 300) / 1000)
+        yield second
+
+    with pytest.raises(TimeoutError):
+        await Player(CONFIG).play(slow_network())
+    raw = capture.read()
+    lead = 100 * BYTES_PER_MS
+    assert raw[:lead] == bytes(lead)
+    assert raw[lead:lead + len(first)] == first
+    gap = raw[lead + len(first):]
+    assert gap and gap == bytes(len(gap))  # silence was written while waiting
+
+
+async def test_failure_before_any_audio_plays_nothing(capture: Capture) -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        raise SynthesisError("no")
+        yield b""
+
+    with pytest.raises(SynthesisError):
+        await Player(CONFIG).play(failing())
+    assert capture.read() == b""
+
+
+async def test_stop_cuts_playback(capture: Capture) -> None:
+    player = Player(CONFIG)
+    more = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield pcm_for("first part")
+        player.stop()
+        await more.wait()  # never released: stop must not wait for the rest
+        yield pcm_for("never")
+
+    assert await asyncio.wait_for(player.play(endless()), timeout=5) is False
+    assert pcm_for("never") not in capture.read()
+
+
+async def test_warm_device_uses_the_jitter_cushion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # keep_open_s > 0: the second announcement reuses the open device.
+    config = AudioConfig(device="default", sample_rate=24000, lead_in_ms=100, jitter_ms=40,
+                         keep_open_s=30)
+    capture = tmp_path / "warm.raw"
+    monkeypatch.setenv("EDGE_TTS_ALSA_CAPTURE", str(capture))
+    player = Player(config)
+    one, two = pcm_for("one"), pcm_for("two")
+    await player.play(chunks(one))
+    await player.play(chunks(two))
+    await player.close()
+    assert capture.read_bytes() == bytes(100 * BYTES_PER_MS) + one + bytes(40 * BYTES_PER_MS) + two
+
+
+async def test_missing_device_is_a_clear_error(capture: Capture) -> None:
+    config = AudioConfig(device="no-such-device", sample_rate=24000, keep_open_s=0)
+    with pytest.raises(AudioDeviceError, match="cannot open audio device 'no-such-device'"):
+        await Player(config).play(chunks(pcm_for("x")))
+
+
+async def test_wav_writer_writes_the_pcm(tmp_path: Path) -> None:
+    out = tmp_path / "out.wav"
+    pcm = pcm_for("Saved.")
+    await WavWriter(out, 24000).play(chunks(pcm[:7], pcm[7:]))
+    with wave.open(str(out)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24000)
+        assert wav.readframes(wav.getnframes()) == pcm

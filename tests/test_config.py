@@ -1,0 +1,150 @@
+"""Config validation: every bad value is refused with its key path and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_tts.config import (
+    REGION_URLS,
+    ConfigError,
+    Secret,
+    find_config,
+    load_api_key,
+    load_config,
+    parse_config,
+)
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_shipped_config_loads_with_every_contract_key() -> None:
+    config = load_config(str(ROOT / "config" / "edge-tts.yaml"), {})
+    assert config.device.name == "kitchen"
+    assert config.mqtt.topic_prefix == "edge-tts" and config.mqtt.discovery_prefix == "homeassistant"
+    assert config.dashscope.inference_url == REGION_URLS["intl"][0]
+    assert set(config.voices) == {"default", "butler", "offline"}
+    assert config.default_voice == "default" and config.fallback_voice == "offline"
+    assert config.audio.sample_rate == 24000 and config.cache.max_mb == 200
+
+
+def test_no_file_anywhere_gives_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert find_config(None, {}) in (None, Path("/etc/edge-tts/config.yaml"))
+    config = parse_config({})
+    assert config.voices["default"].model == "cosyvoice-v3-flash"
+    assert config.device.name  # the hostname
+
+
+def test_search_order(tmp_path: Path) -> None:
+    assert find_config("a.yaml", {"EDGE_TTS_CONFIG": "b.yaml"}) == Path("a.yaml")
+    assert find_config(None, {"EDGE_TTS_CONFIG": "b.yaml"}) == Path("b.yaml")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"mqtt": {"port": 70000}}, "mqtt.port: must be an integer 1-65535"),
+        ({"mqtt": {"port": "1883"}}, "mqtt.port: must be an integer 1-65535"),
+        ({"mqtt": {"prot": 1883}}, "mqtt.prot: unknown key (did you mean port?)"),
+        ({"mqtt": {"tls": {"ca_file": "/nonexistent/ca.pem"}}}, "mqtt.tls.ca_file: no such file"),
+        ({"mqtt": {"password": "a", "password_file": "/x"}}, "mqtt.password: set either"),
+        ({"dashscope": {"region": "eu"}}, "dashscope.region: must be one of intl, cn"),
+        ({"dashscope": {"inference_url": "http://x"}}, "dashscope.inference_url: must be a ws://"),
+        ({"dashscope": {"keep_warm": "yes"}}, "dashscope.keep_warm: must be true or false"),
+        ({"voices": {"a": {"engine": "espeak"}}, "default_voice": "a"}, "voices.a.engine: must be one of"),
+        ({"voices": {"a": {"engine": "cosyvoice", "voice": "x"}}, "default_voice": "a"},
+         "voices.a.model: is required for engine cosyvoice"),
+        ({"voices": {"a": {"engine": "cosyvoice", "model": "m", "voice": "v", "rate": 3}},
+          "default_voice": "a"}, "voices.a.rate: must be a number 0.5-2"),
+        ({"default_voice": "nobody"}, "default_voice: names no voice in voices"),
+        ({"audio": {"sample_rate": 12345}}, "audio.sample_rate: must be one of"),
+        ({"audio": {"device": True}}, "audio.device: must be an ALSA device name or a device index"),
+        ({"device": {"name": "a/b"}}, "device.name: must not contain '/'"),
+        ({"announcements": {"max_chars": 0}}, "announcements.max_chars: must be an integer"),
+        ([1, 2], "config: must be a mapping"),
+    ],
+)
+def test_bad_values_are_refused_with_key_path_and_reason(data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data)
+    assert str(refused.value).startswith(message)
+
+
+@given(st.one_of(st.integers(), st.text(), st.floats(allow_nan=False), st.booleans(), st.none()))
+def test_any_port_value_is_accepted_or_refused_by_name(value: object) -> None:
+    try:
+        config = parse_config({"mqtt": {"port": value}})
+    except ConfigError as exc:
+        assert str(exc) == "mqtt.port: must be an integer 1-65535"
+    else:
+        assert value is None or (isinstance(value, int) and 1 <= value <= 65535)
+        assert 1 <= config.mqtt.port <= 65535
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=10))
+def test_arbitrary_yaml_never_escapes_as_anything_but_config_error(data: object) -> None:
+    try:
+        parse_config({"mqtt": data, "voices": data, "audio": data})
+    except ConfigError:
+        pass
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("mqtt:\n  port: [1883\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+, column \d+"):
+        load_config(str(path), {})
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(str(tmp_path / "nope.yaml"), {})
+
+
+def test_region_picks_the_documented_urls() -> None:
+    cn = parse_config({"dashscope": {"region": "cn"}}).dashscope
+    assert cn.inference_url == "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+    assert cn.realtime_url == "wss://dashscope.aliyuncs.com/api-ws/v1/realtime"
+    custom = parse_config({"dashscope": {"inference_url": "ws://127.0.0.1:9/api-ws/v1/inference"}})
+    assert custom.dashscope.inference_url == "ws://127.0.0.1:9/api-ws/v1/inference"
+
+
+def test_api_key_order_file_then_env_then_credential(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "dashscope-api-key").write_text("sk-cred\n")
+    keyfile = tmp_path / "key"
+    keyfile.write_text("  sk-file \n")
+    env = {"DASHSCOPE_API_KEY": "sk-env", "CREDENTIALS_DIRECTORY": str(creds)}
+    with_file = parse_config({"dashscope": {"api_key_file": str(keyfile)}}).dashscope
+    plain = parse_config({}).dashscope
+    assert load_api_key(with_file, env) == Secret("sk-file")
+    assert load_api_key(plain, env) == Secret("sk-env")
+    assert load_api_key(plain, {"CREDENTIALS_DIRECTORY": str(creds)}) == Secret("sk-cred")
+    assert load_api_key(plain, {}) is None
+
+
+def test_unreadable_key_file_is_refused_without_content(tmp_path: Path) -> None:
+    ds = parse_config({"dashscope": {"api_key_file": str(tmp_path / "missing")}}).dashscope
+    with pytest.raises(ConfigError, match="dashscope.api_key_file: cannot read"):
+        load_api_key(ds, {})
+
+
+def test_secrets_never_show_themselves(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("hunter2")
+    config = parse_config({"mqtt": {"username": "u", "password_file": str(pw)}})
+    assert config.mqtt.password is not None and config.mqtt.password.reveal() == "hunter2"
+    assert "hunter2" not in repr(config) and "hunter2" not in str(config.mqtt.password)
+
+
+def test_shipped_config_is_valid_yaml_with_comments() -> None:
+    text = (ROOT / "config" / "edge-tts.yaml").read_text()
+    assert isinstance(yaml.safe_load(text), dict)

@@ -1,0 +1,157 @@
+"""The `edge-tts` command as a user types it: say, check, devices, and a bad config."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, Broker, Capture, split_speech, write_config
+from fake_dashscope import FakeDashScope, pcm_for
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def all(self) -> str:
+        return self.out + self.err
+
+
+async def edge_tts(*args: str, key: str | None = API_KEY, cwd: Path | None = None) -> Run:
+    env = dict(os.environ)
+    if key is not None:
+        env["DASHSCOPE_API_KEY"] = key
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_tts", *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def test_say_to_a_wav_file_writes_the_clouds_exact_pcm(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    out = tmp_path / "hello.wav"
+    run = await edge_tts("say", "-c", str(config), "-o", str(out), "Hello", "there.")
+    assert run.code == 0, run.err
+    with wave.open(str(out)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24000)
+        assert wav.readframes(wav.getnframes()) == pcm_for("Hello there.")
+
+
+async def test_say_plays_through_alsa_with_the_chosen_voice(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, capture: Capture
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    run = await edge_tts("say", "-c", str(config), "-v", "bright", "Dinner is ready.")
+    assert run.code == 0, run.err
+    _, speech, _ = split_speech(capture.read())
+    assert speech == pcm_for("Dinner is ready.", voice="longxiaochun")
+
+
+async def test_say_without_a_key_tells_where_to_put_one(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    run = await edge_tts("say", "-c", str(config), "-o", str(tmp_path / "x.wav"), "Hi.", key=None)
+    assert run.code == 1
+    assert "DASHSCOPE_API_KEY" in run.err
+    assert "Traceback" not in run.err
+    assert not dashscope.tasks
+
+
+async def test_say_with_an_unknown_voice_is_refused(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    run = await edge_tts("say", "-c", str(config), "-v", "pirate", "Ahoy.")
+    assert run.code == 2
+    assert "unknown voice 'pirate'" in run.err and "default" in run.err
+    assert not dashscope.tasks
+
+
+async def test_check_passes_on_a_working_setup_without_synthesizing(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    run = await edge_tts("check", "-c", str(config))
+    assert run.code == 0, run.all
+    assert f"ok   broker 127.0.0.1:{broker.port}" in run.out
+    assert f"ok   cloud {dashscope.url}" in run.out
+    assert "ok   audio device 'default'" in run.out
+    assert "all checks passed" in run.out
+    # One task started and finished with no text: nothing synthesized, nothing paid for.
+    assert [(t.texts, t.outcome) for t in dashscope.tasks] == [([], "finished")]
+
+
+async def test_check_reports_a_refused_key_without_showing_it(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    wrong = "sk-wrong-key-abcdef0123456789"
+    run = await edge_tts("check", "-c", str(config), key=wrong)
+    assert run.code == 1
+    assert "FAIL cloud: DashScope refused the API key (HTTP 401)" in run.out
+    assert wrong not in run.all and API_KEY not in run.all
+    assert "ok   broker" in run.out  # the other checks still ran
+
+
+async def test_check_reports_an_unreachable_broker_and_cloud(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    broker.stop()
+    await dashscope.stop()
+    run = await edge_tts("check", "-c", str(config))
+    assert run.code == 1
+    assert f"FAIL broker 127.0.0.1:{broker.port}:" in run.out
+    assert "FAIL cloud: cannot reach DashScope at 127.0.0.1" in run.out
+    assert "2 problem(s) found" in run.err
+
+
+async def test_check_reports_a_missing_audio_device(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, audio__device="no-such-speaker")
+    run = await edge_tts("check", "-c", str(config))
+    assert run.code == 1
+    assert "FAIL audio: device 'no-such-speaker' cannot play" in run.out
+
+
+async def test_a_bad_config_is_refused_with_its_key_path_and_no_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("mqtt:\n  port: 99999\n")
+    for command in (["serve"], ["check"], ["say", "hi"]):
+        run = await edge_tts(command[0], "-c", str(config), *command[1:])
+        assert run.code == 2
+        assert run.err.strip() == "edge-tts: config error: mqtt.port: must be an integer 1-65535"
+
+
+async def test_config_is_found_through_the_environment(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path / "elsewhere.yaml", broker, dashscope)
+    monkeypatch.setenv("EDGE_TTS_CONFIG", str(config))
+    run = await edge_tts("say", "-o", str(tmp_path / "x.wav"), "Found it.", cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert dashscope.tasks[-1].texts == ["Found it."]
+
+
+async def test_devices_lists_the_default_output() -> None:
+    run = await edge_tts("devices")
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    marked = [line for line in lines if line.startswith("*")]
+    assert len(marked) == 1 and "default" in marked[0]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
 
 from .announcement import Announcement, parse_payload
 from .config import Config, Secret
 from .engines import Engine
 from .engines.cosyvoice import CosyVoiceEngine
 from .errors import BadAnnouncement
-from .keeper import ConnectionKeeper
+from .keeper import ConnectionKeeper, KeeperStats
 from .mqtt import MqttLink
 from .player import AudioSink, Player
 from .speaker import Event, Speaker
@@ -19,7 +21,9 @@ from .speaker import Event, Speaker
 log = logging.getLogger(__name__)
 
 
-def build_engines(config: Config, api_key: Secret | None) -> tuple[dict[str, Engine], ConnectionKeeper]:
+def build_engines(
+    config: Config, api_key: Secret | None, on_change: Callable[[KeeperStats], None] | None = None
+) -> tuple[dict[str, Engine], ConnectionKeeper]:
     """The engines the configured voices need, sharing one keeper for the inference endpoint."""
     ds = config.dashscope
     keeper = ConnectionKeeper(
@@ -28,6 +32,7 @@ def build_engines(config: Config, api_key: Secret | None) -> tuple[dict[str, Eng
         keep_warm=ds.keep_warm,
         idle_timeout_s=ds.idle_timeout_s,
         connect_timeout_s=ds.connect_timeout_s,
+        on_change=on_change,
     )
     engines: dict[str, Engine] = {
         "cosyvoice": CosyVoiceEngine(
@@ -44,7 +49,9 @@ class Daemon:
 
     def __init__(self, config: Config, api_key: Secret | None, sink: AudioSink | None = None) -> None:
         self.config = config
-        engines, self.keeper = build_engines(config, api_key)
+        engines, self.keeper = build_engines(config, api_key, self._stats_changed)
+        self._started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._stats_pending = False
         self.player = sink or Player(config.audio)
         self.link = MqttLink(config.mqtt, config.device.name, self._on_message)
         self.speaker = Speaker(config, engines, self.player, self._emit)
@@ -60,6 +67,7 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.link.run())
+                tasks.create_task(self.keeper.run())
                 tasks.create_task(self._speak_queue())
         finally:
             with contextlib.suppress(Exception):
@@ -101,6 +109,16 @@ class Daemon:
             await self.speaker.speak(a)
             if self.queue.empty():
                 self.link.publish_state({"state": "idle", "id": None, "text": None})
+
+    def _stats_changed(self, _: KeeperStats) -> None:
+        # Several changes in one step of the loop go out as one message.
+        if not self._stats_pending:
+            self._stats_pending = True
+            asyncio.get_running_loop().call_soon(self._publish_stats)
+
+    def _publish_stats(self) -> None:
+        self._stats_pending = False
+        self.link.publish_stats({"since": self._started_at, "cloud": self.keeper.stats.as_dict()})
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
         self.link.publish_event(event.as_dict())

@@ -31,6 +31,14 @@ class SynthesisError(EdgeTTSError):
 class CloudUnavailable(SynthesisError):
     """The cloud could not be reached or refused us (network, key, handshake)."""
 
+    def __init__(self, reason: str, *, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.refused = refused
+
+
+class ConnectionLost(CloudUnavailable):
+    """An open connection died during a task; the task may be retried on a fresh one."""
+
 
 class AudioDeviceError(EdgeTTSError):
     """The audio output device cannot be opened or written."""

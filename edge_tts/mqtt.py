@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -15,12 +14,11 @@ from dataclasses import dataclass
 
 import aiomqtt
 
+from .backoff import Backoff
 from .config import MqttConfig
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_START_S = 0.5
-_BACKOFF_CAP_S = 30.0
 _OUTBOX_MAX = 1000
 
 
@@ -34,6 +32,7 @@ class Topics:
     availability: str
     state: str
     event: str
+    stats: str
 
     @classmethod
     def of(cls, prefix: str, device: str) -> Topics:
@@ -45,6 +44,7 @@ class Topics:
             availability=f"{base}/availability",
             state=f"{base}/state",
             event=f"{base}/event",
+            stats=f"{base}/stats",
         )
 
 
@@ -100,7 +100,7 @@ class MqttLink:
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with exponential backoff until cancelled."""
-        backoff = _BACKOFF_START_S
+        backoff = Backoff(start=0.5, cap=30.0)
         while True:
             self._was_up = False
             try:
@@ -111,11 +111,10 @@ class MqttLink:
             self._client = None
             self.connected.clear()
             if self._was_up:
-                backoff = _BACKOFF_START_S
-            delay = backoff * random.uniform(0.8, 1.2)
+                backoff.reset()
+            delay = backoff.next()
             log.info("MQTT reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
-            backoff = min(backoff * 2, _BACKOFF_CAP_S)
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True)
@@ -171,6 +170,9 @@ class MqttLink:
     def publish_state(self, state: dict[str, object]) -> None:
         self._state = json.dumps(state).encode()
         self._post(self.topics.state, self._state, retain=True)
+
+    def publish_stats(self, stats: dict[str, object]) -> None:
+        self._post(self.topics.stats, json.dumps(stats).encode(), retain=True)
 
     def _post(self, topic: str, payload: bytes, *, retain: bool) -> None:
         if len(self._outbox) == self._outbox.maxlen:

@@ -25,9 +25,13 @@ class Event:
     source: str | None = None  # cache | cloud | fallback
     first_audio_ms: int | None = None
     error: str | None = None
+    connection: str | None = None  # started, from the cloud: warm | new | replaced
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        fields = asdict(self)
+        if self.connection is None:
+            del fields["connection"]
+        return fields
 
 
 EventSink = Callable[[Event, Announcement | None], None]
@@ -61,8 +65,10 @@ class Speaker:
 
         def started(at: float) -> None:
             ms = round((at - a.received_at) * 1000)
-            log.info("announcement %s: first audio after %d ms", a.id, ms)
-            self._emit(Event(a.id, "started", source="cloud", first_audio_ms=ms), a)
+            log.info("announcement %s: first audio after %d ms (%s connection)", a.id, ms,
+                     request.trace.connection)
+            self._emit(Event(a.id, "started", source="cloud", first_audio_ms=ms,
+                             connection=request.trace.connection), a)
 
         try:
             async with aclosing(engine.synthesize(request)) as audio:

@@ -7,6 +7,8 @@ of connections and tasks. Behaviour for a test is chosen by markers in the text:
   [fail]   task-failed instead of audio
   [stall]  one chunk of audio, then silence (the task never ends)
   [drop]   one chunk of audio, then the TCP connection is cut without a close frame
+and by methods: `cut_next_task(after_chunks)` cuts the next task's connection once,
+`kill_connections()` cuts every open connection, as when a route dies.
 """
 
 from __future__ import annotations
@@ -79,8 +81,14 @@ class FakeDashScope:
         self.chunk_bytes = chunk_bytes
         self.idle_timeout_s = idle_timeout_s
         self.refuse_connections = False
+        self.handshake_delay_s = 0.0  # a slow route: time before the upgrade is answered
         self.connections: list[ConnectionRecord] = []
         self.handshakes = 0
+        self.handshakes_in_flight = 0
+        self.max_handshakes_in_flight = 0
+        self.idle_closes = 0  # connections the server closed for idleness
+        self._cut_next: int | None = None
+        self._open: set[ServerConnection] = set()
         self._host = host
         self._port = port
         self._server: Server | None = None
@@ -108,6 +116,27 @@ class FakeDashScope:
             await self._server.wait_closed()
             self._server = None
 
+    async def wait_for(self, predicate: Any, timeout: float = 10) -> None:
+        """Wait until `predicate()` holds; checked whenever a connection or task changes."""
+        async with asyncio.timeout(timeout):
+            async with self.task_done:
+                await self.task_done.wait_for(predicate)
+
+    def cut_next_task(self, after_chunks: int = 1) -> None:
+        """The next task's connection is cut, without a close frame, after this many chunks."""
+        self._cut_next = after_chunks
+
+    def kill_connections(self) -> None:
+        for ws in list(self._open):
+            ws.transport.abort()
+
+    def open_connections(self) -> list[ConnectionRecord]:
+        return [c for c in self.connections if c.closed_at is None]
+
+    async def _notify(self) -> None:
+        async with self.task_done:
+            self.task_done.notify_all()
+
     async def wait_tasks(self, count: int, timeout: float = 10) -> list[TaskRecord]:
         """Wait until `count` tasks have ended (any outcome)."""
         async with asyncio.timeout(timeout):
@@ -117,8 +146,22 @@ class FakeDashScope:
                 )
         return self.tasks
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _check_request(self, connection: ServerConnection,
+                             request: Request) -> Response | None:
         self.handshakes += 1
+        self.handshakes_in_flight += 1
+        self.max_handshakes_in_flight = max(self.max_handshakes_in_flight,
+                                            self.handshakes_in_flight)
+        await self._notify()
+        try:
+            if self.handshake_delay_s:
+                await asyncio.sleep(self.handshake_delay_s)
+            return self._verdict(connection, request)
+        finally:
+            self.handshakes_in_flight -= 1
+            await self._notify()
+
+    def _verdict(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.refuse_connections:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable\n")
         if request.path.rstrip("/") != PATH:
@@ -132,12 +175,15 @@ class FakeDashScope:
     async def _handle(self, ws: ServerConnection) -> None:
         record = ConnectionRecord(time.monotonic(), ws.request.headers["Authorization"])
         self.connections.append(record)
+        self._open.add(ws)
+        await self._notify()
         try:
             await self._serve(ws, record)
         except websockets.ConnectionClosed:
             pass
         finally:
             record.closed_at = time.monotonic()
+            self._open.discard(ws)
             for task in record.tasks:
                 if task.outcome == "running":
                     task.outcome = "dropped"
@@ -152,6 +198,7 @@ class FakeDashScope:
                 async with asyncio.timeout(None if task else self.idle_timeout_s):
                     raw = await ws.recv()
             except TimeoutError:
+                self.idle_closes += 1
                 await ws.close(1000, "idle timeout")  # the service's 60 s idle rule
                 return
             if isinstance(raw, bytes):
@@ -257,6 +304,10 @@ class FakeDashScope:
             await asyncio.sleep(self.first_packet_delay_s)  # the model's time to first audio
         params = task.parameters
         pcm = pcm_for(text, params["voice"], params.get("sample_rate", 22050))
+        cut_after, self._cut_next = (self._cut_next, None) if first else (None, self._cut_next)
+        if cut_after == 0:
+            ws.transport.abort()
+            return "dropped"
         await ws.send(_event("result-generated", task.task_id,
                              payload={"output": {"sentence": {"begin_time": 0, "end_time": 0,
                                                               "words": []}}}))
@@ -264,7 +315,7 @@ class FakeDashScope:
             await ws.send(pcm[offset:offset + self.chunk_bytes])
             if "[stall]" in text:
                 return "stalled"
-            if "[drop]" in text:
+            if "[drop]" in text or (cut_after is not None and offset // self.chunk_bytes + 1 >= cut_after):
                 ws.transport.abort()  # no close frame, as when a route dies
                 return "dropped"
         return "finished"

@@ -15,6 +15,13 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass
+class SynthesisTrace:
+    """How a synthesis went, filled in by the engine for the announcement's events."""
+
+    connection: str | None = None  # warm | new | replaced (the warm one died, a new one spoke)
+
+
 @dataclass(frozen=True)
 class SynthesisRequest:
     """What to synthesize: the text, the voice profile, the PCM rate, per-message overrides."""
@@ -24,6 +31,7 @@ class SynthesisRequest:
     sample_rate: int
     instructions: str | None = None
     task_id: str = field(default_factory=new_task_id)
+    trace: SynthesisTrace = field(default_factory=SynthesisTrace, compare=False)
 
 
 class Engine(Protocol):

@@ -7,13 +7,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import websockets
 
-from ..errors import CloudUnavailable, SynthesisError
+from ..errors import ConnectionLost, SynthesisError
 from ..keeper import ConnectionKeeper
-from . import SynthesisRequest
+from . import SynthesisRequest, new_task_id
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ _FIRST = "dashscope.first_audio_timeout_s"
 _STALL = "dashscope.stall_timeout_s"
 
 
-def run_task(request: SynthesisRequest) -> dict[str, Any]:
+def run_task(request: SynthesisRequest, task_id: str | None = None) -> dict[str, Any]:
     """The run-task message: duplex streaming, PCM at the requested rate, the voice's parameters."""
     voice = request.voice
     parameters: dict[str, Any] = {
@@ -42,7 +43,7 @@ def run_task(request: SynthesisRequest) -> dict[str, Any]:
     if voice.language_hints:
         parameters["language_hints"] = list(voice.language_hints)
     return {
-        "header": {"action": "run-task", "task_id": request.task_id, "streaming": "duplex"},
+        "header": {"action": "run-task", "task_id": task_id or request.task_id, "streaming": "duplex"},
         "payload": {
             "task_group": "audio",
             "task": "tts",
@@ -79,12 +80,37 @@ class CosyVoiceEngine:
         self._stall_timeout_s = stall_timeout_s
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[bytes]:
-        task_id = request.task_id
+        """Stream the request's audio. A connection that dies during the task is replaced once:
+        the task runs again on a new connection and the audio already handed on is skipped."""
+        task_id, delivered, retried = request.task_id, 0, False
+        while True:
+            skip = delivered
+            try:
+                async with aclosing(self._run(request, task_id, replacing=retried)) as audio:
+                    async for chunk in audio:
+                        if skip:
+                            cut, skip = min(skip, len(chunk)), max(0, skip - len(chunk))
+                            chunk = chunk[cut:]
+                            if not chunk:
+                                continue
+                        delivered += len(chunk)
+                        yield chunk
+                return
+            except ConnectionLost as exc:
+                if retried:
+                    raise
+                retried, task_id = True, new_task_id()
+                log.warning("%s; running the task again on a new connection (after %d bytes)",
+                            exc.reason, delivered)
+
+    async def _run(self, request: SynthesisRequest, task_id: str, *,
+                   replacing: bool) -> AsyncIterator[bytes]:
         async with self._keeper.lease() as lease:
             ws = lease.ws
+            request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
             deadline = time.monotonic() + self._first_audio_timeout_s
             try:
-                await ws.send(json.dumps(run_task(request)))
+                await ws.send(json.dumps(run_task(request, task_id)))
                 await self._await_started(ws, task_id, deadline)
                 await ws.send(json.dumps(continue_task(task_id, request.text)))
                 await ws.send(json.dumps(finish_task(task_id)))
@@ -105,7 +131,7 @@ class CosyVoiceEngine:
                         return
             except websockets.ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd else 1006
-                raise CloudUnavailable(
+                raise ConnectionLost(
                     f"connection to DashScope closed during the task (code {code})"
                 ) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable
 
 import aiomqtt
@@ -13,22 +14,53 @@ from .engines import SynthesisRequest
 from .engines.cosyvoice import finish_task, run_task
 from .errors import CloudUnavailable
 from .keeper import ConnectionKeeper
-from .mqtt import describe_error, make_client
+from .mqtt import Topics, describe_error, make_client
 
 Report = Callable[[str], object]
 
 
-async def check_broker(config: Config) -> str | None:
+async def check_broker(config: Config) -> tuple[str | None, str | None]:
+    """(problem, what the running daemon of this device last said about itself)."""
     m = config.mqtt
     try:
         async with asyncio.timeout(m.keepalive_s):
-            async with make_client(m, timeout=10):
-                pass
+            async with make_client(m, timeout=10) as client:
+                return None, await _daemon_status(client, Topics.of(m.topic_prefix,
+                                                                    config.device.name))
     except aiomqtt.MqttError as exc:
-        return f"broker {m.host}:{m.port}: {describe_error(exc)}"
+        return f"broker {m.host}:{m.port}: {describe_error(exc)}", None
     except TimeoutError:
-        return f"broker {m.host}:{m.port}: no answer"
-    return None
+        return f"broker {m.host}:{m.port}: no answer", None
+
+
+async def _daemon_status(client: aiomqtt.Client, topics: Topics) -> str:
+    """The daemon's retained availability and stats, read without waiting on a guess: the
+    broker sends retained messages before it echoes our own probe published after them."""
+    probe = f"{topics.stats}/check-{uuid.uuid4().hex[:8]}"
+    await client.subscribe([(topics.availability, 1), (topics.stats, 1)])
+    await client.subscribe(probe, qos=1)
+    await client.publish(probe, b"", qos=1)
+    retained: dict[str, bytes] = {}
+    async for message in client.messages:
+        topic = str(message.topic)
+        if topic == probe:
+            break
+        if isinstance(message.payload, bytes | bytearray):
+            retained[topic] = bytes(message.payload)
+    availability = retained.get(topics.availability, b"").decode(errors="replace")
+    if availability != "online":
+        return f"the daemon is not running ({availability or 'never seen'} on {topics.availability})"
+    try:
+        stats = json.loads(retained[topics.stats])
+        cloud = stats["cloud"]
+        return (f"the daemon is online since {stats['since']}: "
+                f"{'warm connection' if cloud['warm'] else 'no warm connection'}; "
+                f"{cloud['opened']} connections opened, {cloud['renewals']} renewals, "
+                f"{cloud['reused']} announcements on a warm connection, {cloud['waited']} waited "
+                f"for a handshake, {cloud['failures']} failures"
+                + (f" (last: {cloud['last_error']})" if cloud.get("last_error") else ""))
+    except (KeyError, ValueError, TypeError):
+        return "the daemon is online (no stats published yet)"
 
 
 async def check_cloud(config: Config, api_key: Secret | None) -> str | None:
@@ -86,8 +118,9 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
     """Run every check, report each line, and return how many problems were found."""
     report(f"ok   config {config.source or '(built-in defaults)'}: device {config.device.name!r}, "
            f"{len(config.voices)} voice(s)")
+    broker_problem, daemon = await check_broker(config)
     results = [
-        ("broker", f"{config.mqtt.host}:{config.mqtt.port}", await check_broker(config)),
+        ("broker", f"{config.mqtt.host}:{config.mqtt.port}", broker_problem),
         ("cloud", config.dashscope.inference_url, await check_cloud(config, api_key)),
         ("audio", f"device {config.audio.device!r}", await asyncio.to_thread(check_audio, config)),
     ]
@@ -102,4 +135,6 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
             report(f"FAIL {problem}")
         else:
             report(f"ok   {name} {what}")
+    if daemon:
+        report(f"info {daemon}")
     return problems

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,7 @@ class EventLog:
     events: list[dict[str, Any]] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
     availability: list[str] = field(default_factory=list)
+    stats: list[dict[str, Any]] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def wait_for(self, predicate: Any, timeout: float = 15) -> None:
@@ -194,29 +196,41 @@ class Home:
         await self.client.publish(f"edge-tts/{device}/stop", b"", qos=1)
 
 
+async def record_messages(client: aiomqtt.Client, log: EventLog) -> None:
+    """Append every event, state, stats and availability message the client receives."""
+    async for message in client.messages:
+        topic = str(message.topic)
+        payload = message.payload
+        assert isinstance(payload, bytes | bytearray)
+        async with log.changed:
+            if topic.endswith("/event"):
+                log.events.append(json.loads(payload))
+            elif topic.endswith("/state"):
+                log.states.append(json.loads(payload))
+            elif topic.endswith("/stats"):
+                log.stats.append(json.loads(payload))
+            elif topic.endswith("/availability"):
+                log.availability.append(payload.decode())
+            log.changed.notify_all()
+
+
+@asynccontextmanager
+async def home_assistant(broker: Broker, identifier: str = "home-assistant") -> AsyncIterator[Home]:
+    """Home Assistant's MQTT client, subscribed to the kitchen's topics, recording them."""
+    log = EventLog()
+    async with aiomqtt.Client(broker.host, broker.port, identifier=identifier) as client:
+        await client.subscribe("edge-tts/kitchen/#", qos=1)
+        task = asyncio.create_task(record_messages(client, log))
+        try:
+            yield Home(client, log)
+        finally:
+            task.cancel()
+
+
 @pytest.fixture
 async def home(broker: Broker) -> AsyncIterator[Home]:
-    log = EventLog()
-    async with aiomqtt.Client(broker.host, broker.port, identifier="home-assistant") as client:
-        await client.subscribe("edge-tts/kitchen/#", qos=1)
-
-        async def record() -> None:
-            async for message in client.messages:
-                topic = str(message.topic)
-                payload = message.payload
-                assert isinstance(payload, bytes | bytearray)
-                async with log.changed:
-                    if topic.endswith("/event"):
-                        log.events.append(json.loads(payload))
-                    elif topic.endswith("/state"):
-                        log.states.append(json.loads(payload))
-                    elif topic.endswith("/availability"):
-                        log.availability.append(payload.decode())
-                    log.changed.notify_all()
-
-        task = asyncio.create_task(record())
-        yield Home(client, log)
-        task.cancel()
+    async with home_assistant(broker) as h:
+        yield h
 
 
 class DaemonProcess:

@@ -6,7 +6,7 @@ import asyncio
 import shutil
 import subprocess
 
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, home_assistant, split_speech
 from fake_dashscope import FakeDashScope, pcm_for
 
 LEAD_IN_BYTES = 100 * 48  # audio.lead_in_ms in the test config, at 24 kHz 16-bit mono
@@ -138,32 +138,10 @@ async def test_daemon_survives_a_broker_restart(
     broker.stop()
     broker.start()
     # Home Assistant's own client reconnects too; this test uses a fresh one.
-    import aiomqtt
-
-    from conftest import EventLog
-
-    log = EventLog()
-    async with aiomqtt.Client(broker.host, broker.port, identifier="ha-2") as client:
-        await client.subscribe("edge-tts/kitchen/#", qos=1)
-        again = Home(client, log)
-
-        async def record() -> None:
-            import json
-            async for message in client.messages:
-                async with log.changed:
-                    topic = str(message.topic)
-                    payload = bytes(message.payload)  # type: ignore[arg-type]
-                    if topic.endswith("/event"):
-                        log.events.append(json.loads(payload))
-                    elif topic.endswith("/availability"):
-                        log.availability.append(payload.decode())
-                    log.changed.notify_all()
-
-        recorder = asyncio.create_task(record())
-        await log.wait_for(lambda: "online" in log.availability, timeout=20)
+    async with home_assistant(broker, identifier="ha-2") as again:
+        await again.log.wait_for(lambda: "online" in again.log.availability, timeout=20)
         await again.say({"text": "Back again.", "id": "again"})
-        assert (await log.outcome("again"))["event"] == "finished"
-        recorder.cancel()
+        assert (await again.log.outcome("again"))["event"] == "finished"
     assert split_speech(capture.read())[1] == pcm_for("Back again.")
 
 

@@ -83,6 +83,17 @@ def describe_error(exc: aiomqtt.MqttError) -> str:
     return text or type(exc).__name__
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a task and wait for its end. On Python 3.11 a cancellation that lands while an
+    aiomqtt publish completes can be swallowed (asyncio.wait_for's race), leaving the task
+    running; it is cancelled again until it ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("MQTT sender ended: %s", task.exception())
+
+
 class MqttLink:
     """Keeps a session with the broker for one device and hands `say`/`stop` messages on."""
 
@@ -133,9 +144,7 @@ class MqttLink:
             try:
                 await self._receive(client)
             finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await sender
+                await _cancel(sender)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         try:

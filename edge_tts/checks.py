@@ -14,6 +14,7 @@ from .engines import SynthesisRequest
 from .engines.cosyvoice import finish_task, run_task
 from .errors import CloudUnavailable
 from .keeper import ConnectionKeeper
+from .player import check_sounddevice
 from .mqtt import Topics, describe_error, make_client
 
 Report = Callable[[str], object]
@@ -101,17 +102,8 @@ async def check_cloud(config: Config, api_key: Secret | None) -> str | None:
 
 
 def check_audio(config: Config) -> str | None:
-    try:
-        import sounddevice as sd
-    except OSError:
-        return "audio: PortAudio is not installed (apt install libportaudio2)"
-    try:
-        sd.query_devices(config.audio.device, "output")
-        sd.check_output_settings(device=config.audio.device, channels=1, dtype="int16",
-                                 samplerate=config.audio.sample_rate)
-    except (ValueError, sd.PortAudioError) as exc:
-        return f"audio: device {config.audio.device!r} cannot play: {exc} (see `edge-tts devices`)"
-    return None
+    problem = check_sounddevice(config.audio)
+    return f"audio: {problem}" if problem else None
 
 
 async def run_checks(config: Config, api_key: Secret | None, report: Report) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from .announcement import Announcement, parse_payload
+from .cache import open_cache
 from .config import Config, Secret
 from .engines import Engine
 from .engines.cosyvoice import CosyVoiceEngine
@@ -54,7 +55,8 @@ class Daemon:
         self._stats_pending = False
         self.player = sink or Player(config.audio)
         self.link = MqttLink(config.mqtt, config.device.name, self._on_message)
-        self.speaker = Speaker(config, engines, self.player, self._emit)
+        self.cache = open_cache(config.cache)
+        self.speaker = Speaker(config, engines, self.player, self._emit, self.cache)
         self.queue: asyncio.Queue[Announcement] = asyncio.Queue()
         if api_key is None:
             log.warning(
@@ -65,6 +67,8 @@ class Daemon:
     async def run(self) -> None:
         """Serve until cancelled; then say offline and close every connection."""
         try:
+            if isinstance(self.player, Player):
+                await self.player.prepare()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.link.run())
                 tasks.create_task(self.keeper.run())

@@ -90,6 +90,20 @@ def open_sounddevice(config: AudioConfig) -> Any:
     return stream
 
 
+def check_sounddevice(config: AudioConfig) -> str | None:
+    """Load PortAudio and check the configured device can play our format; the problem, if any."""
+    try:
+        import sounddevice as sd
+    except OSError:
+        return "PortAudio is not installed (apt install libportaudio2)"
+    try:
+        sd.check_output_settings(device=config.device, channels=1, dtype="int16",
+                                 samplerate=config.sample_rate)
+    except (ValueError, sd.PortAudioError) as exc:
+        return f"device {config.device!r} cannot play: {exc} (see `edge-tts devices`)"
+    return None
+
+
 class Player:
     """Plays announcements on the local audio device, one at a time."""
 
@@ -105,6 +119,14 @@ class Player:
         self._stopped = threading.Event()
         self._chunks: queue.Queue[object] | None = None
         self._feeder: asyncio.Task[None] | None = None
+
+    async def prepare(self) -> None:
+        """Load PortAudio before the first announcement (loading it takes tens of ms that must
+        not fall on an announcement) and say early if the device cannot play."""
+        if self._open_stream is open_sounddevice:
+            problem = await asyncio.to_thread(check_sounddevice, self._config)
+            if problem:
+                log.error("audio: %s; announcements will fail until it can", problem)
 
     async def play(
         self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
@@ -249,7 +271,7 @@ class WavWriter:
 
     async def play(
         self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
-    ) -> None:
+    ) -> bool:
         frames = _Frames()
         pcm = bytearray()
         async for chunk in audio:
@@ -270,3 +292,17 @@ class WavWriter:
 
     def stop(self) -> None:
         self._stopped = True
+
+
+class Discard:
+    """An AudioSink that takes the audio and plays nothing: `edge-tts cache warm`."""
+
+    async def play(
+        self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
+    ) -> bool:
+        async for _ in audio:
+            pass
+        return True
+
+    def stop(self) -> None:
+        pass

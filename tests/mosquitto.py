@@ -1,0 +1,48 @@
+"""A Mosquitto broker of a test's (or a benchmark's) own, on a free port."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A Mosquitto broker of the test's own, on a free port, that can be stopped and restarted."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self._conf = workdir / "mosquitto.conf"
+        self._conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self._proc = subprocess.Popen([exe, "-c", str(self._conf)], stderr=subprocess.PIPE)
+        assert self._proc.stderr is not None
+        # Mosquitto says when it listens; wait for that line, not for a guessed time.
+        for line in self._proc.stderr:
+            if b"running" in line:
+                break
+        else:
+            raise RuntimeError(f"mosquitto did not start (exit {self._proc.wait()})")
+        # Keep draining its log so a chatty broker never blocks on a full pipe.
+        threading.Thread(target=self._proc.stderr.read, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+            self._proc = None

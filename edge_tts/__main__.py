@@ -9,15 +9,19 @@ import logging
 import os
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
+
+import yaml
 
 from . import __version__
 from .announcement import Announcement, check_text
+from .cache import PhraseCache, open_cache
 from .checks import run_checks
 from .config import Config, Secret, load_api_key, load_config
 from .daemon import Daemon, build_engines
 from .errors import BadAnnouncement, ConfigError
-from .player import Player, WavWriter
+from .player import Discard, Player, WavWriter
 from .speaker import Event, Speaker
 
 log = logging.getLogger("edge_tts")
@@ -83,7 +87,7 @@ async def _say(config: Config, api_key: Secret | None, text: str, voice: str | N
         if event.event == "failed" and event.error:
             failures.append(event.error)
 
-    speaker = Speaker(config, engines, sink, report)
+    speaker = Speaker(config, engines, sink, report, open_cache(config.cache))
     try:
         await speaker.speak(Announcement(text=text, voice=voice))
     finally:
@@ -115,6 +119,79 @@ def cmd_check(args: argparse.Namespace, config: Config, api_key: Secret | None) 
         return 1
     print("all checks passed")
     return 0
+
+
+def _phrases(path: Path) -> list[str]:
+    """A YAML list of phrases, or a text file with one per line (# starts a comment)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+            raise ConfigError(f"{path}: must be a YAML list of phrases")
+        return [p for p in data if p.strip()]
+    return [line for line in (raw.strip() for raw in text.splitlines())
+            if line and not line.startswith("#")]
+
+
+async def _warm(config: Config, api_key: Secret | None, cache: PhraseCache, phrases: list[str],
+                voice: str | None) -> int:
+    engines, keeper = build_engines(config, api_key)
+    failed = 0
+
+    def report(event: Event, a: Announcement | None) -> None:
+        nonlocal failed
+        if event.event == "failed":
+            failed += 1
+            print(f"  failed: {a.text if a else ''!r}: {event.error}", file=sys.stderr)
+
+    counted = cache.stats()
+    speaker = Speaker(config, engines, Discard(), report, cache)
+    try:
+        for phrase in phrases:
+            await speaker.speak(Announcement(text=phrase, voice=voice))
+    finally:
+        await keeper.close()
+    after = cache.stats()
+    new = after.misses - counted.misses - failed
+    print(f"{len(phrases)} phrases: {new} synthesized and cached, "
+          f"{after.hits - counted.hits} already cached, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_cache(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+    cache = open_cache(config.cache)
+    if cache is None:
+        print("edge-tts: the cache is off (cache.max_mb: 0) or cannot be written", file=sys.stderr)
+        return 1
+    if args.action == "stats":
+        st = cache.stats()
+        when = (lambda t: datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+                if t else "-")
+        rate = f"{st.hit_rate:.0%}" if st.hit_rate is not None else "-"
+        print(f"cache      {cache.root}\n"
+              f"entries    {st.entries}\n"
+              f"size       {st.bytes / 2**20:.1f} MB of {st.max_bytes / 2**20:.0f} MB\n"
+              f"hits       {st.hits}\n"
+              f"misses     {st.misses}\n"
+              f"hit rate   {rate}\n"
+              f"oldest     {when(st.oldest)}\n"
+              f"newest     {when(st.newest)}")
+        return 0
+    if args.action == "clear":
+        print(f"removed {cache.clear()} entries from {cache.root}")
+        return 0
+    if args.voice is not None and args.voice not in config.voices:
+        raise ConfigError(f"unknown voice {args.voice!r} (known: {', '.join(config.voices)})")
+    if not args.file:
+        raise ConfigError("cache warm needs a FILE of phrases")
+    phrases = [check_text(p, config.announcements.max_chars) for p in _phrases(Path(args.file))]
+    return asyncio.run(_warm(config, api_key, cache, phrases, args.voice))
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -159,6 +236,11 @@ def parser() -> argparse.ArgumentParser:
     say.add_argument("text", nargs="+", help="what to say")
     with_config("check", "validate config, reach the broker and the cloud, find the audio device")
     sub.add_parser("devices", help="list audio output devices")
+    cache = with_config("cache", "inspect, empty, or pre-fill the phrase cache")
+    cache.add_argument("action", choices=("stats", "clear", "warm"))
+    cache.add_argument("file", nargs="?", metavar="FILE",
+                       help="warm: phrases, one per line or a YAML list")
+    cache.add_argument("-v", "--voice", help="warm: voice profile name (default: default_voice)")
     return p
 
 
@@ -173,11 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-tts: config error: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.verbose, _secrets(config, api_key))
-    commands = {"serve": cmd_serve, "say": cmd_say, "check": cmd_check}
+    commands = {"serve": cmd_serve, "say": cmd_say, "check": cmd_check, "cache": cmd_cache}
     try:
         return commands[args.command](args, config, api_key)
     except ConfigError as exc:
         print(f"edge-tts: {exc}", file=sys.stderr)
+        return 2
+    except BadAnnouncement as exc:
+        print(f"edge-tts: {exc.reason}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -16,7 +16,7 @@ from .errors import BadAnnouncement
 log = logging.getLogger(__name__)
 
 PRIORITIES = ("low", "normal", "high", "critical")
-_KNOWN_KEYS = {"text", "voice", "volume", "priority", "chime", "id", "instructions"}
+_KNOWN_KEYS = {"text", "voice", "volume", "priority", "chime", "id", "instructions", "cache"}
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
 
 
@@ -35,6 +35,7 @@ class Announcement:
     priority: str = "normal"
     chime: bool | str | None = None
     instructions: str | None = None
+    cache: bool = True  # false: neither read nor write the phrase cache
     received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
@@ -124,6 +125,7 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, ann
         raise BadAnnouncement(f"'priority' must be one of {', '.join(PRIORITIES)}")
     chime = _field(obj, "chime", (bool, str), "true, false or a WAV path")
     instructions = _field(obj, "instructions", str, "a string")
+    cache = _field(obj, "cache", bool, "true or false")
     return Announcement(
         text=check_text(text, max_chars),
         id=announcement_id,
@@ -132,4 +134,5 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, ann
         priority=priority,
         chime=chime,
         instructions=instructions,
+        cache=cache is not False,
     )

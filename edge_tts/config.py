@@ -364,7 +364,7 @@ def _cache(root: _Section) -> CacheConfig:
     s = root.section("cache", ("dir", "max_mb"))
     return CacheConfig(
         dir=s.text("dir", "/var/cache/edge-tts") or "/var/cache/edge-tts",
-        max_mb=s.integer("max_mb", 200, 1, 1_000_000),
+        max_mb=s.integer("max_mb", 200, 0, 1_000_000),
     )
 
 

@@ -82,6 +82,7 @@ class FakeDashScope:
         self.idle_timeout_s = idle_timeout_s
         self.refuse_connections = False
         self.handshake_delay_s = 0.0  # a slow route: time before the upgrade is answered
+        self.chunk_interval_s = 0.0  # pace between audio chunks (0: as fast as possible)
         self.connections: list[ConnectionRecord] = []
         self.handshakes = 0
         self.handshakes_in_flight = 0
@@ -312,6 +313,8 @@ class FakeDashScope:
                              payload={"output": {"sentence": {"begin_time": 0, "end_time": 0,
                                                               "words": []}}}))
         for offset in range(0, len(pcm), self.chunk_bytes):
+            if offset and self.chunk_interval_s:
+                await asyncio.sleep(self.chunk_interval_s)
             await ws.send(pcm[offset:offset + self.chunk_bytes])
             if "[stall]" in text:
                 return "stalled"

@@ -30,6 +30,7 @@ class SynthesisRequest:
     voice: Voice
     sample_rate: int
     instructions: str | None = None
+    ssml: bool = False
     task_id: str = field(default_factory=new_task_id)
     trace: SynthesisTrace = field(default_factory=SynthesisTrace, compare=False)
 

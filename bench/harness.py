@@ -1,0 +1,158 @@
+"""What every benchmark needs: a broker, the fake cloud in its own process, the real daemon
+in this process with a player that notes when the first PCM reaches the audio device, and
+a table of medians and p95."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+# Before PortAudio loads: the default ALSA device is a file, as on a speakerless CI machine.
+os.environ["ALSA_CONFIG_PATH"] = str(ROOT / "tests" / "alsa" / "capture.conf")
+os.environ.setdefault("EDGE_TTS_ALSA_CAPTURE", "/dev/null")
+
+from edge_tts.config import Config, Secret, load_config  # noqa: E402
+from edge_tts.daemon import Daemon  # noqa: E402
+from edge_tts.player import FirstAudio, Player  # noqa: E402
+from mosquitto import Broker  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from fake_cloud import API_KEY  # noqa: E402
+
+
+@contextmanager
+def fake_cloud(first_packet_ms: float, idle_s: float = 60, rtt_ms: float = 0) -> Iterator[str]:
+    """The fake DashScope server (behind a delaying proxy when rtt_ms) in its own process."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fake_cloud.py"), "--first-packet-ms",
+         str(first_packet_ms), "--idle-s", str(idle_s), "--rtt-ms", str(rtt_ms)],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def broker() -> Iterator[Broker]:
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Broker(Path(tmp))
+        b.start()
+        try:
+            yield b
+        finally:
+            b.stop()
+
+
+def bench_config(workdir: Path, b: Broker, url: str, **sections: dict[str, Any]) -> Config:
+    raw: dict[str, Any] = {
+        "device": {"name": "bench"},
+        "mqtt": {"host": b.host, "port": b.port, "discovery_prefix": None},
+        "dashscope": {"inference_url": url},
+        "voices": {"default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash",
+                               "voice": "longanyang"}},
+        "cache": {"dir": str(workdir / "cache")},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(str(path))
+
+
+class TimedPlayer(Player):
+    """The real player, noting when each announcement's first PCM was handed to the device."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.audio)
+        self.first_audio: asyncio.Queue[float] = asyncio.Queue()
+        self.done: asyncio.Queue[bool] = asyncio.Queue()
+
+    async def play(self, audio: AsyncIterator[bytes], *, volume: int = 100,
+                   on_first_audio: FirstAudio | None = None) -> bool:
+        def first(at: float) -> None:
+            self.first_audio.put_nowait(at)
+            if on_first_audio is not None:
+                on_first_audio(at)
+
+        complete = await super().play(audio, volume=volume, on_first_audio=first)
+        self.done.put_nowait(complete)
+        return complete
+
+
+@dataclass
+class RunningDaemon:
+    daemon: Daemon
+    player: TimedPlayer
+    client: aiomqtt.Client
+    topic: str
+
+    async def announce(self, text: str) -> float:
+        """Publish like Home Assistant; ms from the publish to the first PCM at the device."""
+        start = time.monotonic()
+        await self.client.publish(self.topic, text.encode(), qos=1)
+        first = await asyncio.wait_for(self.player.first_audio.get(), 30)
+        await asyncio.wait_for(self.player.done.get(), 60)
+        return (first - start) * 1000
+
+
+@asynccontextmanager
+async def running_daemon(config: Config) -> AsyncIterator[RunningDaemon]:
+    """The daemon as `edge-tts serve` runs it, in this process, connected to the broker."""
+    player = TimedPlayer(config)
+    daemon = Daemon(config, Secret(API_KEY), sink=player)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.link.connected.wait(), 10)
+        async with aiomqtt.Client(config.mqtt.host, config.mqtt.port) as client:
+            yield RunningDaemon(daemon, player, client, daemon.link.topics.say)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await player.close()
+
+
+@dataclass
+class Row:
+    name: str
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def p95(self) -> float:
+        ordered = sorted(self.values)
+        return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def table(title: str, rows: list[Row], reference_ms: float | None = None) -> str:
+    """A Markdown table: n, median, p95, min, max (ms), and the median over a reference."""
+    extra = f" | median − {reference_ms:g} ms" if reference_ms is not None else ""
+    lines = [f"### {title}", "",
+             f"| case | n | median ms | p95 ms | min ms | max ms{extra} |",
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
+    for r in rows:
+        over = f" | {r.median - reference_ms:+.1f}" if reference_ms is not None else ""
+        lines.append(f"| {r.name} | {len(r.values)} | {r.median:.1f} | {r.p95:.1f} | "
+                     f"{min(r.values):.1f} | {max(r.values):.1f}{over} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""Announce latency with the warm connection, against the official SDK in the same run.
+
+    .venv/bin/python bench/warm_connection.py [-n 20] [--rtt-ms 0 50]
+
+From the MQTT publish to the first PCM byte handed to the audio device, with the fake cloud
+answering its first audio packet 300 ms after the text (its "model time"):
+  (a) the first announcement after the daemon starts,
+  (b) warm announcements, one after another,
+  (c) an announcement after more than two idle windows of silence (server idle timeout 2 s);
+and the dashscope SDK's time to first audio (from call() to the first on_data) for a cold
+SpeechSynthesizer and one borrowed from its SpeechSynthesizerObjectPool. Each network
+condition runs with its own fake cloud; --rtt-ms adds round-trip time through a proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from harness import API_KEY, ROOT, Row, bench_config, broker, fake_cloud, running_daemon, table
+
+FIRST_PACKET_MS = 300.0
+IDLE_S = 2.0
+TEXT = "Door open."
+
+
+async def ours(url: str, n: int) -> list[Row]:
+    first, warm, idle = Row("(a) edge-tts, first after start"), Row("(b) edge-tts, warm"), \
+        Row(f"(c) edge-tts, after {2 * IDLE_S + 0.5:g} s idle (> 2 idle windows)")
+    with broker() as b, tempfile.TemporaryDirectory() as tmp:
+        config = bench_config(Path(tmp), b, url, dashscope={"idle_timeout_s": IDLE_S})
+        for _ in range(n):
+            async with running_daemon(config) as d:
+                first.values.append(await d.announce(TEXT))
+        async with running_daemon(config) as d:
+            await d.daemon.keeper.wait_warm()
+            await d.announce(TEXT)  # the audio device opened; (a) measured that already
+            for _ in range(n):
+                warm.values.append(await d.announce(TEXT))
+            for _ in range(n):
+                await asyncio.sleep(2 * IDLE_S + 0.5)  # the silence is what is measured
+                idle.values.append(await d.announce(TEXT))
+            stats = d.daemon.keeper.stats
+            print(f"  keeper: {stats.opened} opened, {stats.renewals} renewals, "
+                  f"{stats.waited} waited, {stats.lost} lost, {stats.failures} failures",
+                  file=sys.stderr)
+    return [first, warm, idle]
+
+
+def sdk(url: str, n: int) -> list[Row]:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "sdk_first_audio.py"), url,
+                          API_KEY, str(n), TEXT], check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return [Row("dashscope SDK, cold SpeechSynthesizer", result["cold"]),
+            Row("dashscope SDK, warm from its object pool", result["pool"])]
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("--rtt-ms", type=float, nargs="+", default=[0, 50])
+    args = p.parse_args()
+    for rtt in args.rtt_ms:
+        print(f"running with {rtt:g} ms added round trip...", file=sys.stderr)
+        with fake_cloud(FIRST_PACKET_MS, idle_s=IDLE_S, rtt_ms=rtt) as url:
+            rows = await ours(url, args.n) + sdk(url, args.n)
+        title = (f"Time to first audio, fake cloud first packet {FIRST_PACKET_MS:g} ms, "
+                 f"{rtt:g} ms added round trip")
+        print(table(title, rows, reference_ms=FIRST_PACKET_MS))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,335 @@
+"""The phrase cache: the PCM of every completed synthesis, on disk, so a phrase heard before
+starts at once, costs nothing and plays with the cloud gone.
+
+An entry is one file, `<dir>/<key[:2]>/<key>.pcm`: a header (magic, sample rate, length,
+SHA-256 of the PCM) and the PCM. It is written under a temporary name, flushed to disk and
+renamed into place only after the synthesis finished cleanly, so a crash or power cut leaves
+either no entry or a whole one; the length and checksum are verified before a byte is played,
+and a bad entry is removed and synthesized afresh. Recency is the file's mtime (touched on
+every hit): eviction removes the least recently used first and survives restarts. Several
+processes (the daemon, `edge-tts say`, `edge-tts cache`) share a cache safely: renames are
+atomic, readers of an evicted file keep their open copy, and the hit/miss counters are
+updated under a file lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import CacheConfig
+from .engines import SynthesisRequest
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"EDGETTS1"
+_HEADER = struct.Struct("<8sIQ32s")  # magic, sample rate, PCM length, SHA-256 of the PCM
+_CHUNK_BYTES = 4800  # 100 ms at 24 kHz: what a hit hands the player at a time
+_STALE_PART_S = 600  # a temporary file this old belongs to a process that died
+
+
+def normalize_text(text: str) -> str:
+    """Whitespace differences do not change speech; nothing else is touched."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def cache_key(request: SynthesisRequest) -> str:
+    """Everything that changes the sound, and nothing that does not (the playback volume is
+    a local gain, so one entry serves every volume)."""
+    v = request.voice
+    identity = {
+        "engine": v.engine,
+        "model": v.model,
+        "voice": v.voice,
+        "rate": v.rate,
+        "pitch": v.pitch,
+        "cloud_volume": v.volume,
+        "instructions": request.instructions or v.instructions,
+        "seed": v.seed,
+        "language_hints": list(v.language_hints),
+        "ssml": request.ssml,
+        "sample_rate": request.sample_rate,
+        "text": normalize_text(request.text),
+    }
+    blob = json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    entries: int
+    bytes: int
+    max_bytes: int
+    hits: int
+    misses: int
+    oldest: float | None  # last use, seconds since the epoch
+    newest: float | None
+
+    @property
+    def hit_rate(self) -> float | None:
+        total = self.hits + self.misses
+        return self.hits / total if total else None
+
+
+def open_cache(config: CacheConfig) -> PhraseCache | None:
+    """The cache at `cache.dir`; if that cannot be written (a user running the shipped config
+    without root), the user's own cache directory; None if the cache is off or impossible."""
+    if config.max_mb == 0:
+        return None
+    max_bytes = config.max_mb * 1024 * 1024
+    wanted = Path(config.dir)
+    fallback = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-tts"
+    for root in dict.fromkeys([wanted, fallback]):
+        try:
+            cache = PhraseCache.open(root, max_bytes)
+        except OSError as exc:
+            log.warning("cache: cannot use %s (%s)", root, exc.strerror or exc)
+            continue
+        if root != wanted:
+            log.warning("cache: using %s instead of %s", root, wanted)
+        return cache
+    log.warning("cache: off, no directory could be written; every phrase goes to the cloud")
+    return None
+
+
+class PhraseCache:
+    """Entries on disk under `root`, at most `max_bytes` in all."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._parts = root / "tmp"
+        self._counters = root / "counters.json"
+
+    @classmethod
+    def open(cls, root: Path, max_bytes: int) -> PhraseCache:
+        """Create the directories (raises OSError if that is impossible) and sweep what a
+        crashed writer left behind."""
+        cache = cls(root, max_bytes)
+        cache._parts.mkdir(parents=True, exist_ok=True)
+        probe = cache._parts / f"probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        now = time.time()
+        for part in cache._parts.glob("*.part"):
+            with contextlib.suppress(OSError):
+                if now - part.stat().st_mtime > _STALE_PART_S:
+                    part.unlink()
+        return cache
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pcm"
+
+    # --- reading -----------------------------------------------------------------------
+
+    def load(self, key: str, sample_rate: int) -> bytes | None:
+        """The entry's PCM, verified whole; None on a miss. A bad entry is removed."""
+        path = self.path(key)
+        try:
+            with path.open("rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cache: cannot read %s (%s); synthesizing instead", path, exc)
+            return None
+        problem = _verify(blob, sample_rate)
+        if problem:
+            log.warning("cache entry %s is damaged (%s); removed, synthesizing afresh",
+                        key[:12], problem)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)  # most recently used
+        return blob[_HEADER.size:]
+
+    # --- writing -----------------------------------------------------------------------
+
+    async def record(self, audio: AsyncIterator[bytes], key: str,
+                     sample_rate: int) -> AsyncIterator[bytes]:
+        """`audio` passed on as it comes, and kept as an entry only once it has ended cleanly:
+        a failed, cut or stopped synthesis leaves nothing behind. A cache that cannot be
+        written (disk full, permissions) never costs the announcement."""
+        entry: EntryWriter | None = None
+        try:
+            entry = EntryWriter(self, key, sample_rate)
+        except OSError as exc:
+            log.warning("cache: cannot write in %s (%s); playing without keeping", self.root, exc)
+        try:
+            async with contextlib.aclosing(audio) as chunks:
+                async for chunk in chunks:
+                    if entry is not None:
+                        try:
+                            entry.append(chunk)
+                        except OSError as exc:
+                            log.warning("cache: writing failed (%s); playing without keeping", exc)
+                            entry.discard()
+                            entry = None
+                    yield chunk
+            if entry is not None:
+                try:
+                    await entry.commit()
+                except OSError as exc:
+                    log.warning("cache: keeping the phrase failed (%s)", exc)
+        finally:
+            if entry is not None:
+                entry.discard()
+
+    def evict(self) -> int:
+        """Remove least recently used entries until the cache fits; returns how many."""
+        entries = list(self._entries())
+        total = sum(size for _, size, _ in entries)
+        removed = 0
+        for path, size, _ in sorted(entries, key=lambda e: e[2]):
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+            total -= size
+        if removed:
+            log.info("cache: evicted %d least recently used entries", removed)
+        return removed
+
+    def _entries(self) -> Iterator[tuple[Path, int, float]]:
+        for path in self.root.glob("??/*.pcm"):
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                yield path, st.st_size, st.st_mtime
+
+    # --- counting ----------------------------------------------------------------------
+
+    def count(self, *, hits: int = 0, misses: int = 0) -> None:
+        """Add to the shared hit and miss counters (a file, updated under a lock)."""
+        try:
+            with self._locked_counters() as counters:
+                counters["hits"] += hits
+                counters["misses"] += misses
+        except OSError as exc:
+            log.warning("cache: cannot update %s (%s)", self._counters, exc)
+
+    @contextlib.contextmanager
+    def _locked_counters(self) -> Iterator[dict[str, int]]:
+        fd = os.open(self._counters, os.O_RDWR | os.O_CREAT, 0o644)
+        with os.fdopen(fd, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                counters = json.loads(f.read() or "{}")
+            except ValueError:
+                counters = {}
+            counters = {"hits": int(counters.get("hits", 0)), "misses": int(counters.get("misses", 0))}
+            yield counters
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(counters))
+
+    def stats(self) -> CacheStats:
+        entries = list(self._entries())
+        times = [mtime for _, _, mtime in entries]
+        with self._locked_counters() as counters:
+            hits, misses = counters["hits"], counters["misses"]
+        return CacheStats(len(entries), sum(size for _, size, _ in entries), self.max_bytes,
+                          hits, misses, min(times, default=None), max(times, default=None))
+
+    def clear(self) -> int:
+        """Remove every entry and reset the counters; returns how many entries went."""
+        removed = 0
+        for path, _, _ in list(self._entries()):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        with self._locked_counters() as counters:
+            counters["hits"] = counters["misses"] = 0
+        return removed
+
+
+class EntryWriter:
+    """One entry being written: PCM appended as it arrives, published by `commit()`."""
+
+    def __init__(self, cache: PhraseCache, key: str, sample_rate: int) -> None:
+        self._cache = cache
+        self._key = key
+        self._sample_rate = sample_rate
+        cache._parts.mkdir(parents=True, exist_ok=True)
+        self._part = cache._parts / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+        self._file = self._part.open("wb")
+        self._file.write(b"\0" * _HEADER.size)  # filled in at commit
+        self._hash = hashlib.sha256()
+        self._length = 0
+        self._sealed = False
+
+    def append(self, pcm: bytes) -> None:
+        self._file.write(pcm)
+        self._hash.update(pcm)
+        self._length += len(pcm)
+
+    async def commit(self) -> None:
+        """Publish the entry, off the event loop; once begun, a cancellation of the caller
+        does not interrupt it half way."""
+        self._sealed = True
+        await asyncio.shield(asyncio.to_thread(self._commit))
+
+    def _commit(self) -> None:
+        """Header in, flushed to disk, renamed into place: from here on a whole entry."""
+        f = self._file
+        f.seek(0)
+        f.write(_HEADER.pack(_MAGIC, self._sample_rate, self._length, self._hash.digest()))
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        target = self._cache.path(self._key)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(self._part, target)
+        _fsync_dir(target.parent)
+        self._cache.evict()
+
+    def discard(self) -> None:
+        if self._sealed:
+            return
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._part.unlink()
+
+
+def _verify(blob: bytes, sample_rate: int) -> str | None:
+    if len(blob) < _HEADER.size:
+        return f"{len(blob)} bytes, shorter than its header"
+    magic, rate, length, digest = _HEADER.unpack_from(blob)
+    if magic != _MAGIC:
+        return "not an edge-tts cache entry"
+    if rate != sample_rate:
+        return f"recorded at {rate} Hz, not {sample_rate} Hz"
+    if len(blob) - _HEADER.size != length:
+        return f"{len(blob) - _HEADER.size} bytes of PCM where the header says {length}"
+    if hashlib.sha256(memoryview(blob)[_HEADER.size:]).digest() != digest:
+        return "checksum mismatch"
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def replay(pcm: bytes) -> AsyncIterator[bytes]:
+    """A cached entry as the player takes audio: chunk by chunk."""
+    for offset in range(0, len(pcm), _CHUNK_BYTES):
+        yield pcm[offset:offset + _CHUNK_BYTES]
+        await asyncio.sleep(0)

@@ -23,6 +23,7 @@ from .daemon import Daemon, build_engines
 from .errors import BadAnnouncement, ConfigError
 from .player import Discard, Player, WavWriter
 from .speaker import Event, Speaker
+from .systemd import Notifier, log_handler
 
 log = logging.getLogger("edge_tts")
 
@@ -32,6 +33,9 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: list[Secret]) -> None:
         super().__init__()
+        self.update(secrets)
+
+    def update(self, secrets: list[Secret]) -> None:
         self._values = [s.reveal() for s in secrets if s.reveal()]
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -43,37 +47,60 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def setup_logging(verbose: bool, secrets: list[Secret]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactSecrets(secrets))
+def setup_logging(verbose: bool, secrets: list[Secret]) -> RedactSecrets:
+    handler = log_handler()
+    redact = RedactSecrets(secrets)
+    handler.addFilter(redact)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("websockets", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return redact
 
 
 def _secrets(config: Config, api_key: Secret | None) -> list[Secret]:
     return [s for s in (api_key, config.mqtt.password) if s is not None]
 
 
-async def _serve(config: Config, api_key: Secret | None) -> None:
-    daemon = Daemon(config, api_key)
+async def _serve(args: argparse.Namespace, config: Config, api_key: Secret | None,
+                 redact: RedactSecrets) -> None:
+    daemon = Daemon(config, api_key, notifier=Notifier())
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        daemon.notifier.reloading()
+        try:
+            new = load_config(args.config)
+            new_key = load_api_key(new.dashscope, os.environ)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            daemon.refuse_reload(str(exc))
+            return
+        redact.update(_secrets(new, new_key) + _secrets(daemon.config, api_key))
+        await daemon.reload(new, new_key)
+
+    def on_hangup() -> None:
+        job = loop.create_task(reload())
+        reloads.add(job)
+        job.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     with contextlib.suppress(asyncio.CancelledError):
         await daemon.run()
     log.info("stopped")
 
 
-def cmd_serve(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+def cmd_serve(args: argparse.Namespace, config: Config, api_key: Secret | None,
+              redact: RedactSecrets) -> int:
     log.info("edge-tts %s serving device %r (config %s)", __version__, config.device.name,
              config.source or "built-in defaults")
-    asyncio.run(_serve(config, api_key))
+    asyncio.run(_serve(args, config, api_key, redact))
     return 0
 
 
@@ -254,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edge-tts: config error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.verbose, _secrets(config, api_key))
-    commands = {"serve": cmd_serve, "say": cmd_say, "check": cmd_check, "cache": cmd_cache}
+    redact = setup_logging(args.verbose, _secrets(config, api_key))
+    commands = {"say": cmd_say, "check": cmd_check, "cache": cmd_cache}
     try:
+        if args.command == "serve":
+            return cmd_serve(args, config, api_key, redact)
         return commands[args.command](args, config, api_key)
     except ConfigError as exc:
         print(f"edge-tts: {exc}", file=sys.stderr)

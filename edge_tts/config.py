@@ -130,6 +130,13 @@ class AnnouncementsConfig:
 
 
 @dataclass(frozen=True)
+class FallbackConfig:
+    first_audio_ms: int = 1500  # a cloud voice silent this long hands over to fallback_voice
+    preload: bool = False  # load the offline model at start instead of on first use
+    release_after_s: float = 300.0  # forget the offline model after this long unused
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -137,6 +144,7 @@ class Config:
     voices: Mapping[str, Voice] = field(default_factory=dict)
     default_voice: str = "default"
     fallback_voice: str | None = None
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     announcements: AnnouncementsConfig = field(default_factory=AnnouncementsConfig)
@@ -333,7 +341,8 @@ def _voice(s: _Section, name: str) -> Voice:
 def _voices(root: _Section) -> dict[str, Voice]:
     raw = root.data.get("voices")
     if raw is None:
-        raw = {"default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"}}
+        raw = {"default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"},
+               "offline": {"engine": "piper"}}
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("voices: must be a mapping of voice names to voice profiles")
     s = _Section(raw, "voices", tuple(str(k) for k in raw))
@@ -373,16 +382,18 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     root = _Section(
         data,
         "",
-        ("device", "mqtt", "dashscope", "voices", "default_voice", "fallback_voice", "audio",
-         "cache", "announcements"),
+        ("device", "mqtt", "dashscope", "voices", "default_voice", "fallback_voice", "fallback",
+         "audio", "cache", "announcements"),
     )
     voices = _voices(root)
     default_voice = root.text("default_voice", "default") or "default"
     if default_voice not in voices:
         raise root.fail("default_voice", f"names no voice in voices (known: {', '.join(voices)})")
-    fallback = root.text("fallback_voice", None)
+    # A voice named "offline" is the fallback unless the config says otherwise.
+    fallback = root.text("fallback_voice", "offline" if "offline" in voices else None)
     if fallback is not None and fallback not in voices:
         raise root.fail("fallback_voice", f"names no voice in voices (known: {', '.join(voices)})")
+    fb = root.section("fallback", ("first_audio_ms", "preload", "release_after_s"))
     ann = root.section("announcements", ("max_chars",))
     return Config(
         device=_device(root),
@@ -391,6 +402,11 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         voices=voices,
         default_voice=default_voice,
         fallback_voice=fallback,
+        fallback=FallbackConfig(
+            first_audio_ms=fb.integer("first_audio_ms", 1500, 100, 60_000),
+            preload=fb.boolean("preload", False),
+            release_after_s=fb.number("release_after_s", 300, 0, 86400),
+        ),
         audio=_audio(root),
         cache=_cache(root),
         announcements=AnnouncementsConfig(max_chars=ann.integer("max_chars", 2000, 1, 100_000)),

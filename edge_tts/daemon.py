@@ -1,4 +1,5 @@
-"""Wiring for `edge-tts serve`: MQTT → queue → speaker → player, events back to MQTT."""
+"""Wiring for `edge-tts serve`: MQTT → queue → speaker → player, events back to MQTT; owns
+start-up (readiness), reload and shutdown."""
 
 from __future__ import annotations
 
@@ -6,20 +7,25 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from pathlib import Path
 
 from .announcement import Announcement, parse_payload
-from .cache import open_cache
+from .cache import PhraseCache, open_cache
 from .config import Config, Secret
 from .engines import Engine
 from .engines.cosyvoice import CosyVoiceEngine
-from .errors import BadAnnouncement
+from .engines.piper import PiperEngine
+from .errors import BadAnnouncement, SynthesisError
 from .keeper import ConnectionKeeper, KeeperStats
 from .mqtt import MqttLink
 from .player import AudioSink, Player
 from .speaker import Event, Speaker
+from .systemd import Notifier
 
 log = logging.getLogger(__name__)
+
+_SHUTDOWN_S = 1.5  # what closing connections may take after a SIGTERM, in all
 
 
 def build_engines(
@@ -40,44 +46,138 @@ def build_engines(
             keeper,
             first_audio_timeout_s=ds.first_audio_timeout_s,
             stall_timeout_s=ds.stall_timeout_s,
-        )
+        ),
+        "piper": PiperEngine(release_after_s=config.fallback.release_after_s),
     }
     return engines, keeper
 
 
 class Daemon:
-    """The long-running service: one MQTT session, one queue, one speaker."""
+    """The long-running service: one MQTT session, one queue, one speaker. A reload swaps the
+    parts the new config changes and keeps the queue."""
 
-    def __init__(self, config: Config, api_key: Secret | None, sink: AudioSink | None = None) -> None:
+    def __init__(self, config: Config, api_key: Secret | None, sink: AudioSink | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
-        engines, self.keeper = build_engines(config, api_key, self._stats_changed)
+        self._api_key = api_key
+        self._own_player = sink is None
+        self.player: AudioSink = sink or Player(config.audio)
+        self.notifier = notifier or Notifier({})
+        self.queue: asyncio.Queue[Announcement] = asyncio.Queue()
         self._started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._stats_pending = False
-        self.player = sink or Player(config.audio)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._speaking: Announcement | None = None
+        self._spoken_today = (date.today(), 0)
+        self._cache_summary = ""
+        self._note = ""  # shown in the status until the next successful reload
         self.link = MqttLink(config.mqtt, config.device.name, self._on_message)
-        self.cache = open_cache(config.cache)
-        self.speaker = Speaker(config, engines, self.player, self._emit, self.cache)
-        self.queue: asyncio.Queue[Announcement] = asyncio.Queue()
-        if api_key is None:
-            log.warning(
-                "no DashScope API key: cloud voices cannot speak. Put the key in a file named by "
-                "dashscope.api_key_file, or set DASHSCOPE_API_KEY"
-            )
+        self.engines, self.keeper = build_engines(config, api_key, self._stats_changed)
+        self.cache: PhraseCache | None = open_cache(config.cache)
+        self.speaker = self._speaker()
+        _warn_without_key(api_key)
+
+    def _speaker(self) -> Speaker:
+        return Speaker(self.config, self.engines, self.player, self._emit, self.cache)
+
+    # --- life ------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until cancelled; then say offline and close every connection."""
         try:
             if isinstance(self.player, Player):
                 await self.player.prepare()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.link.run())
-                tasks.create_task(self.keeper.run())
-                tasks.create_task(self._speak_queue())
+            await self._preload_fallback()
+            self._start("link", self.link.run())
+            self._start("keeper", self.keeper.run())
+            self._start("speak", self._speak_queue())
+            self._start("watchdog", self.notifier.keep_alive())
+            await self.link.connected.wait()
+            await asyncio.to_thread(self._summarize_cache)
+            self.notifier.ready(self._status())
+            log.info("ready: %s", self._status())
+            # A part that dies unexpectedly takes the daemon down, so systemd restarts it.
+            while True:
+                done, _ = await asyncio.wait(set(self._tasks.values()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                    self._tasks = {k: t for k, t in self._tasks.items() if t is not task}
+                if not self._tasks:
+                    return
         finally:
-            with contextlib.suppress(Exception):
+            self.notifier.stopping()
+            await self._shut_down()
+
+    async def _preload_fallback(self) -> None:
+        name = self.config.fallback_voice
+        voice = self.config.voices.get(name) if name else None
+        piper = self.engines.get("piper")
+        if self.config.fallback.preload and voice is not None and isinstance(piper, PiperEngine) \
+                and voice.engine == "piper":
+            try:
+                await piper.preload(Path(voice.model) if voice.model else None)
+            except SynthesisError as exc:
+                log.error("fallback voice %s cannot be loaded: %s", voice.name, exc.reason)
+
+    def _start(self, name: str, coro: object) -> None:
+        self._tasks[name] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+
+    async def _restart(self, name: str, coro: object) -> None:
+        old = self._tasks.pop(name, None)
+        if old is not None:
+            old.cancel()
+            await asyncio.gather(old, return_exceptions=True)
+        self._start(name, coro)
+
+    async def _shut_down(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SHUTDOWN_S):
+                await asyncio.gather(*tasks, return_exceptions=True)
                 await self.keeper.close()
-            if isinstance(self.player, Player):
-                await self.player.close()
+        if self._own_player and isinstance(self.player, Player):
+            await self.player.close()
+
+    async def reload(self, config: Config, api_key: Secret | None) -> None:
+        """Apply a new, already validated config; the queue and the announcement being spoken
+        are kept."""
+        old, self.config = self.config, config
+        self._note = ""
+        self.notifier.reloading()
+        if config.mqtt != old.mqtt or config.device != old.device:
+            log.info("reload: reconnecting to the broker")
+            self.link = MqttLink(config.mqtt, config.device.name, self._on_message)
+            await self._restart("link", self.link.run())
+            await self.link.connected.wait()
+        if config.dashscope != old.dashscope or api_key != self._api_key:
+            log.info("reload: new cloud connection settings")
+            old_keeper = self.keeper
+            self._api_key = api_key
+            self.engines, self.keeper = build_engines(config, api_key, self._stats_changed)
+            await self._restart("keeper", self.keeper.run())
+            await old_keeper.close()
+            _warn_without_key(api_key)
+        if config.audio != old.audio and self._own_player and isinstance(self.player, Player):
+            log.info("reload: new audio settings")
+            old_player, self.player = self.player, Player(config.audio)
+            await self.player.prepare()
+            await old_player.close()
+        if config.cache != old.cache:
+            self.cache = open_cache(config.cache)
+        self.speaker = self._speaker()
+        await asyncio.to_thread(self._summarize_cache)
+        self.notifier.ready(self._status())
+        log.info("configuration reloaded from %s", config.source or "built-in defaults")
+
+    def refuse_reload(self, reason: str) -> None:
+        self._note = f"reload refused: {reason}"
+        self.notifier.ready(self._status())
+
+    # --- announcements ---------------------------------------------------------------------
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.link.topics.stop:
@@ -109,10 +209,44 @@ class Daemon:
     async def _speak_queue(self) -> None:
         while True:
             a = await self.queue.get()
+            self._speaking = a
             self.link.publish_state({"state": "speaking", "id": a.id, "text": a.text})
-            await self.speaker.speak(a)
+            self.notifier.status(self._status())
+            try:
+                await self.speaker.speak(a)
+            finally:
+                self._speaking = None
+            today, count = self._spoken_today
+            self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
+            await asyncio.to_thread(self._summarize_cache)
             if self.queue.empty():
                 self.link.publish_state({"state": "idle", "id": None, "text": None})
+            self.notifier.status(self._status())
+
+    # --- what the daemon tells about itself ------------------------------------------------
+
+    def _status(self) -> str:
+        """One line for `systemctl status`."""
+        if self._speaking is not None:
+            state = f"speaking {self._speaking.id}"
+        elif not self.link.connected.is_set():
+            state = "waiting for the MQTT broker"
+        else:
+            state = "idle"
+        cloud = "warm connection" if self.keeper.stats.warm else "no cloud connection"
+        if self.keeper.stats.last_error and not self.keeper.stats.warm:
+            cloud = f"cloud: {self.keeper.stats.last_error}"
+        today, count = self._spoken_today
+        spoken = count if today == date.today() else 0
+        parts = [state, cloud, self._cache_summary, f"{spoken} announcements today", self._note]
+        return "; ".join(p for p in parts if p)
+
+    def _summarize_cache(self) -> None:
+        if self.cache is None:
+            self._cache_summary = "cache off"
+            return
+        stats = self.cache.stats()
+        self._cache_summary = f"cache {stats.bytes / 2**20:.0f} MB, {stats.entries} entries"
 
     def _stats_changed(self, _: KeeperStats) -> None:
         # Several changes in one step of the loop go out as one message.
@@ -123,6 +257,15 @@ class Daemon:
     def _publish_stats(self) -> None:
         self._stats_pending = False
         self.link.publish_stats({"since": self._started_at, "cloud": self.keeper.stats.as_dict()})
+        self.notifier.status(self._status())
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
         self.link.publish_event(event.as_dict())
+
+
+def _warn_without_key(api_key: Secret | None) -> None:
+    if api_key is None:
+        log.warning(
+            "no DashScope API key: cloud voices cannot speak. Put the key in a file named by "
+            "dashscope.api_key_file, or set DASHSCOPE_API_KEY"
+        )

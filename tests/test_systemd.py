@@ -1,0 +1,269 @@
+"""Living under systemd: sd_notify readiness, watchdog, status, reload and stop, journal
+priorities, the unit file's checks, and the install script into a temporary root."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from edge_tts.config import load_config
+from fake_dashscope import FakeDashScope, pcm_for
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "edge-tts.service"
+WATCHDOG_S = 1.0
+
+
+class NotifySocket:
+    """The socket systemd listens on for sd_notify, as a test reads it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    async def next(self, timeout: float = 15) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            data = await loop.sock_recv(self.sock, 4096)
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self.messages.append((loop.time(), fields))
+        return fields
+
+    async def until(self, key: str, timeout: float = 15) -> dict[str, str]:
+        """Read messages until one carries `key`; returns it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                fields = await self.next(timeout)
+                if key in fields:
+                    return fields
+
+    def seen(self, key: str) -> list[float]:
+        return [t for t, fields in self.messages if key in fields]
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> AsyncIterator[NotifySocket]:
+    # AF_UNIX paths are short; the test's own directory may be too deep.
+    short = Path(f"/tmp/edge-tts-notify-{os.getpid()}-{id(tmp_path)}")
+    ns = NotifySocket(short)
+    yield ns  # type: ignore[misc]
+    ns.sock.close()
+    short.unlink(missing_ok=True)
+
+
+def notified_env(notify: NotifySocket) -> dict[str, str]:
+    return dict(os.environ, DASHSCOPE_API_KEY=API_KEY, NOTIFY_SOCKET=str(notify.path),
+                WATCHDOG_USEC=str(int(WATCHDOG_S * 1e6)))
+
+
+async def test_ready_only_after_the_broker_then_watchdog_and_a_clean_stop(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, notify: NotifySocket, home: Home
+) -> None:
+    config = write_config(tmp_path / "config.yaml", broker, dashscope)
+    broker.stop()
+    daemon = DaemonProcess(config, notified_env(notify))
+    daemon.proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_tts", "serve", "-c", str(config), env=daemon.env,
+        stderr=asyncio.subprocess.PIPE)
+    # The daemon's own watchdog pings are the clock: three of them pass without READY while
+    # the broker is away.
+    for _ in range(3):
+        assert "READY" not in await notify.until("WATCHDOG")
+    broker.start()
+    ready = await notify.until("READY", timeout=40)
+    assert ready["READY"] == "1"
+    assert re.match(r"idle; (warm connection|no cloud connection); cache 0 MB, 0 entries; "
+                    r"0 announcements today$", ready["STATUS"]), ready["STATUS"]
+
+    # It is ready: the broker knows it is online (the fresh Home client sees the retained
+    # message), and an announcement is spoken.
+    async with _home(broker) as ha:
+        await ha.log.wait_for(lambda: ha.log.availability[-1:] == ["online"])
+        await ha.say({"text": "Ready and listening.", "id": "r"})
+        assert (await ha.log.outcome("r"))["event"] == "finished"
+        status = await notify.until("STATUS")
+        while "1 announcements today" not in status["STATUS"]:
+            status = await notify.until("STATUS")
+
+        # The watchdog keeps coming, well inside its interval.
+        pings_before = len(notify.seen("WATCHDOG"))
+        while len(notify.seen("WATCHDOG")) < pings_before + 4:
+            await notify.until("WATCHDOG")
+        pings = notify.seen("WATCHDOG")[-4:]
+        assert max(b - a for a, b in zip(pings, pings[1:])) < WATCHDOG_S
+
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert (await notify.until("STOPPING"))["STOPPING"] == "1"
+        code = await daemon.stop()
+        assert code == 0
+        assert loop.time() - asked < 2.0
+        await ha.log.wait_for(lambda: ha.log.availability[-1:] == ["offline"])
+    assert API_KEY.encode() not in daemon.stderr
+
+
+def _home(broker: Broker):  # type: ignore[no-untyped-def]
+    from conftest import home_assistant
+    return home_assistant(broker, identifier="ha-systemd")
+
+
+@pytest.fixture
+async def notified_daemon(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
+                          capture: Capture, notify: NotifySocket) -> AsyncIterator[DaemonProcess]:
+    config = write_config(tmp_path / "config.yaml", broker, dashscope)
+    proc = DaemonProcess(config, notified_env(notify))
+    await proc.start(home)
+    await notify.until("READY")
+    yield proc
+    await proc.stop()
+
+
+def sighup(daemon: DaemonProcess) -> None:
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+
+
+async def test_sighup_applies_a_new_config_without_dropping_the_queue(
+    notified_daemon: DaemonProcess, home: Home, notify: NotifySocket, capture: Capture,
+    dashscope: FakeDashScope,
+) -> None:
+    dashscope.chunk_interval_s = 0.05  # the first announcement is still playing at the reload
+    await home.say({"text": "The first announcement, still playing.", "id": "one"})
+    await home.say({"text": "The second one, queued.", "id": "two"})
+    await home.log.event("one", "started")
+
+    raw = yaml.safe_load(notified_daemon.config.read_text())
+    raw["voices"]["calm"] = {"engine": "cosyvoice", "model": "cosyvoice-v3-flash",
+                             "voice": "longanran"}
+    notified_daemon.config.write_text(yaml.safe_dump(raw))
+    sighup(notified_daemon)
+    assert (await notify.until("RELOADING"))["RELOADING"] == "1"
+    assert "reload refused" not in (await notify.until("READY"))["STATUS"]
+
+    assert (await home.log.outcome("one"))["event"] == "finished"
+    assert (await home.log.outcome("two"))["event"] == "finished"
+    await home.say({"text": "A new voice.", "id": "three", "voice": "calm"})
+    assert (await home.log.outcome("three"))["event"] == "finished"
+    assert split_speech(capture.read())[1] == pcm_for("A new voice.", voice="longanran")
+
+
+async def test_sighup_with_a_broken_config_keeps_the_running_one(
+    notified_daemon: DaemonProcess, home: Home, notify: NotifySocket, capture: Capture,
+) -> None:
+    good = notified_daemon.config.read_text()
+    notified_daemon.config.write_text(re.sub(r"port: \d+", "port: 99999", good, count=1))
+    sighup(notified_daemon)
+    await notify.until("RELOADING")
+    status = (await notify.until("READY"))["STATUS"]
+    assert "reload refused: mqtt.port: must be an integer 1-65535" in status
+
+    await home.say({"text": "Still speaking.", "id": "s"})
+    assert (await home.log.outcome("s"))["event"] == "finished"
+    assert split_speech(capture.read())[1] == pcm_for("Still speaking.")
+    await notified_daemon.stop()
+    assert (b"reload refused, the running configuration stays: mqtt.port: must be an integer "
+            b"1-65535") in notified_daemon.stderr
+
+
+async def test_log_lines_carry_journal_priorities_when_stderr_is_the_journal(
+    tmp_path: Path,
+) -> None:
+    log_file = tmp_path / "journal-stream"
+    with log_file.open("wb") as stream:
+        st = os.fstat(stream.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        config = tmp_path / "c.yaml"
+        config.write_text("mqtt: {port: 1}\ndashscope: {inference_url: 'ws://127.0.0.1:1/x'}\n")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_tts", "say", "-c", str(config), "-o",
+            str(tmp_path / "x.wav"), "Hello.", env=env, stderr=stream)
+        await proc.wait()
+    lines = log_file.read_text().splitlines()
+    assert lines and all(re.match(r"<[2-7]>", line) for line in lines[:-1]), lines
+    assert any(line.startswith("<4>") for line in lines)  # the warning about the missing key
+
+
+# --- the unit file -------------------------------------------------------------------------
+
+def test_the_unit_is_rated_ok_by_systemd_analyze_security() -> None:
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNIT)],
+                         capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Overall exposure level for edge-tts.service: (\d+\.\d+)", out)
+    assert match, out
+    assert float(match.group(1)) <= 2.5
+
+
+def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # verify checks that ExecStart exists: point it at this checkout's edge-tts.
+    exe = shutil.which("edge-tts", path=str(Path(sys.executable).parent))
+    assert exe
+    unit = tmp_path / "edge-tts.service"
+    unit.write_text(UNIT.read_text().replace("/opt/edge-tts/venv/bin/edge-tts", exe))
+    run = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                         text=True)
+    problems = [line for line in (run.stdout + run.stderr).splitlines() if "edge-tts" in line]
+    assert run.returncode == 0 and not problems, run.stdout + run.stderr
+
+
+def test_the_unit_has_what_the_daemon_relies_on() -> None:
+    text = UNIT.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID",
+                 "Restart=on-failure", "SupplementaryGroups=audio", "CacheDirectory=edge-tts",
+                 "LoadCredential=dashscope-api-key:", "DeviceAllow=char-alsa rw",
+                 "DevicePolicy=closed", "ProtectSystem=strict",
+                 "ExecStart=/opt/edge-tts/venv/bin/edge-tts serve -c /etc/edge-tts/config.yaml"):
+        assert line in text, line
+
+
+# --- install -------------------------------------------------------------------------------
+
+def test_install_into_a_root_then_upgrade_then_uninstall(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    # The offline voice's 60 MB model is not what this test is about.
+    env = dict(os.environ, PYTHON=sys.executable, EDGE_TTS_EXTRAS="")
+    subprocess.run([str(ROOT / "scripts" / "install"), "--root", str(root)], check=True, env=env,
+                   capture_output=True, timeout=600)
+    assert (root / "etc/systemd/system/edge-tts.service").read_text() == UNIT.read_text()
+    config = root / "etc/edge-tts/config.yaml"
+    loaded = load_config(str(config))
+    assert loaded.device.name == subprocess.run(
+        ["hostname", "-s"], capture_output=True, text=True).stdout.strip().replace(".", "-")
+    key = root / "etc/edge-tts/dashscope-api-key"
+    assert key.read_text() == "" and (key.stat().st_mode & 0o777) == 0o600
+    exe = root / "opt/edge-tts/venv/bin/edge-tts"
+    version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("edge-tts ")
+
+    # An upgrade keeps what the user wrote.
+    config.write_text(config.read_text().replace("host: localhost", "host: homeassistant.local"))
+    key.write_text("sk-user-key")
+    subprocess.run([str(ROOT / "scripts" / "install"), "--root", str(root)], check=True, env=env,
+                   capture_output=True, timeout=600)
+    assert "host: homeassistant.local" in config.read_text()
+    assert key.read_text() == "sk-user-key"
+
+    subprocess.run([str(ROOT / "scripts" / "uninstall"), "--root", str(root)], check=True,
+                   capture_output=True)
+    assert not (root / "opt/edge-tts").exists()
+    assert not (root / "etc/systemd/system/edge-tts.service").exists()
+    assert config.exists()  # the user's config stays...
+    subprocess.run([str(ROOT / "scripts" / "uninstall"), "--root", str(root), "--purge"],
+                   check=True, capture_output=True)
+    assert not (root / "etc/edge-tts").exists()  # ...unless purged

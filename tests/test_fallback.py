@@ -1,0 +1,185 @@
+"""The offline voice: speaks with no API key, takes over whenever the cloud cannot, and hands
+back to the cloud when it returns. Real Piper, real model, real ALSA output."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import math
+import os
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from edge_tts.config import Voice
+from edge_tts.engines import SynthesisRequest
+from edge_tts.engines.piper import PiperEngine, resample
+from fake_dashscope import FakeDashScope, pcm_for
+
+RATE = 24000
+OFFLINE = {"engine": "piper"}
+
+
+def loudness(pcm: bytes) -> float:
+    samples = array.array("h", pcm[: len(pcm) - len(pcm) % 2])
+    return math.sqrt(sum(s * s for s in samples) / max(1, len(samples)))
+
+
+def assert_spoken(pcm: bytes, text: str) -> None:
+    """Speech, not silence, of a length that fits the text (Piper speaks ~12-20 chars/s)."""
+    seconds = len(pcm) / (RATE * 2)
+    assert len(text) / 30 < seconds < len(text) / 5 + 1, seconds
+    assert loudness(pcm) > 300
+
+
+async def start_daemon(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
+                       key: str | None = API_KEY, **overrides: object) -> DaemonProcess:
+    config = write_config(tmp_path / "config.yaml", broker, dashscope,
+                          voices__offline=OFFLINE, fallback__first_audio_ms=800, **overrides)
+    env = dict(os.environ)
+    if key is not None:
+        env["DASHSCOPE_API_KEY"] = key
+    daemon = DaemonProcess(config, env)
+    await daemon.start(home)
+    return daemon
+
+
+@pytest.fixture
+async def running(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
+                  capture: Capture) -> AsyncIterator[DaemonProcess]:
+    daemon = await start_daemon(tmp_path, broker, dashscope, home)
+    yield daemon
+    await daemon.stop()
+
+
+async def fallback_reason(home: Home, text: str, announcement_id: str) -> str:
+    await home.say({"text": text, "id": announcement_id})
+    assert (await home.log.outcome(announcement_id, timeout=30))["event"] == "finished"
+    started = await home.log.event(announcement_id, "started")
+    assert started["source"] == "fallback", started
+    return str(started["reason"])
+
+
+async def test_without_a_key_the_offline_voice_speaks(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    daemon = await start_daemon(tmp_path, broker, dashscope, home, key=None)
+    try:
+        text = "Hello from the offline voice."
+        reason = await fallback_reason(home, text, "hello")
+        assert "no DashScope API key" in reason
+        assert_spoken(split_speech(capture.read())[1], text)
+        assert dashscope.handshakes == 0
+        finished = await home.log.event("hello", "finished")
+        assert finished["source"] == "fallback"
+    finally:
+        await daemon.stop()
+    assert not list((tmp_path / "cache").glob("??/*.pcm"))  # fallback audio is not cached
+
+
+async def test_the_cloud_gone_falls_back_and_its_return_is_used(
+    running: DaemonProcess, home: Home, dashscope: FakeDashScope, capture: Capture
+) -> None:
+    await dashscope.stop()
+    dashscope.kill_connections()
+    reason = await fallback_reason(home, "Smoke detected in the kitchen.", "smoke")
+    assert "cannot reach DashScope" in reason or "closed" in reason
+    assert_spoken(split_speech(capture.read())[1], "Smoke detected in the kitchen.")
+
+    await dashscope.start()  # the same address again
+    await home.say({"text": "The cloud is back.", "id": "back"})
+    assert (await home.log.outcome("back", timeout=30))["event"] == "finished"
+    assert (await home.log.event("back", "started"))["source"] == "cloud"
+    assert split_speech(capture.read())[1] == pcm_for("The cloud is back.")
+
+
+async def test_a_refused_key_falls_back(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    daemon = await start_daemon(tmp_path, broker, dashscope, home, key="sk-wrong-0000000000")
+    try:
+        reason = await fallback_reason(home, "Front door opened.", "door")
+        assert "refused the API key" in reason
+    finally:
+        await daemon.stop()
+    assert b"sk-wrong-0000000000" not in daemon.stderr
+
+
+async def test_a_failed_task_falls_back(running: DaemonProcess, home: Home) -> None:
+    reason = await fallback_reason(home, "This task [fail]s.", "f")
+    assert "DashScope task failed: InternalError" in reason
+
+
+async def test_a_cloud_slower_than_the_deadline_falls_back_and_the_next_uses_the_cloud(
+    running: DaemonProcess, home: Home, dashscope: FakeDashScope, capture: Capture
+) -> None:
+    dashscope.first_packet_delay_s = 3.0
+    reason = await fallback_reason(home, "Someone is at the door.", "slow")
+    assert reason == "no audio from the cloud within 800 ms"
+    first_audio = (await home.log.event("slow", "started"))["first_audio_ms"]
+    assert first_audio < 3000  # it did not wait for the cloud
+    dashscope.first_packet_delay_s = 0.0
+    await home.say({"text": "Fast again.", "id": "fast"})
+    assert (await home.log.outcome("fast"))["event"] == "finished"
+    assert (await home.log.event("fast", "started"))["source"] == "cloud"
+    assert split_speech(capture.read())[1] == pcm_for("Fast again.")
+
+
+async def test_a_piper_voice_can_be_chosen_directly(
+    running: DaemonProcess, home: Home, capture: Capture, dashscope: FakeDashScope
+) -> None:
+    await home.say({"text": "Spoken locally.", "voice": "offline", "id": "local"})
+    assert (await home.log.outcome("local", timeout=30))["event"] == "finished"
+    assert (await home.log.event("local", "started"))["source"] == "offline"
+    assert_spoken(split_speech(capture.read())[1], "Spoken locally.")
+    assert not dashscope.tasks
+
+
+async def test_say_works_on_a_fresh_machine_with_no_config_and_no_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DASHSCOPE_API_KEY", "EDGE_TTS_CONFIG")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    out = tmp_path / "hello.wav"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_tts", "say", "-o", str(out), "Hello.", cwd=tmp_path, env=env,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    with wave.open(str(out)) as wav:
+        assert wav.getframerate() == RATE
+        assert_spoken(wav.readframes(wav.getnframes()), "Hello.")
+    assert b"no DashScope API key" in err  # told once how to get cloud voices
+
+
+# --- the engine itself ---------------------------------------------------------------------
+
+VOICE = Voice(name="offline", engine="piper")
+
+
+async def test_the_model_is_loaded_on_first_use_and_released_when_idle() -> None:
+    engine = PiperEngine(release_after_s=60)
+    assert not engine.loaded
+    request = SynthesisRequest(text="One. Two.", voice=VOICE, sample_rate=RATE)
+    chunks = [c async for c in engine.synthesize(request)]
+    assert engine.loaded and len(chunks) == 2  # one chunk per sentence, as it is ready
+    engine.release_idle()
+    assert engine.loaded  # used just now
+    engine._last_use = {m: time.monotonic() - 61 for m in engine._last_use}  # an hour passes
+    engine.release_idle()
+    assert not engine.loaded
+
+
+def test_resampling_keeps_the_duration_and_the_tone() -> None:
+    tone = array.array("h", (int(8000 * math.sin(2 * math.pi * 440 * n / 22050))
+                             for n in range(22050)))
+    out = resample(tone.tobytes(), 22050, 24000)
+    assert len(out) == 24000 * 2
+    samples = array.array("h", out)
+    crossings = sum(1 for a, b in zip(samples, samples[1:]) if a < 0 <= b)
+    assert abs(crossings - 440) <= 1
+    assert resample(b"\x01\x00" * 10, 24000, 24000) == b"\x01\x00" * 10

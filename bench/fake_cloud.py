@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fake_dashscope import PATH, FakeDashScope  # noqa: E402
+from fake_dashscope import PATH, FakeDashScope
 
 API_KEY = "sk-bench-0123456789abcdef"
 

@@ -22,9 +22,15 @@ import tempfile
 from pathlib import Path
 
 import aiomqtt
-
 from harness import (
-    API_KEY, ROOT, Row, bench_config, broker, fake_cloud, running_daemon, table,
+    API_KEY,
+    ROOT,
+    Row,
+    bench_config,
+    broker,
+    fake_cloud,
+    running_daemon,
+    table,
 )
 
 TEXT = "Door open."

@@ -26,13 +26,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ["ALSA_CONFIG_PATH"] = str(ROOT / "tests" / "alsa" / "capture.conf")
 os.environ.setdefault("EDGE_TTS_ALSA_CAPTURE", "/dev/null")
 
-from edge_tts.config import Config, Secret, load_config  # noqa: E402
-from edge_tts.daemon import Daemon  # noqa: E402
-from edge_tts.player import FirstAudio, Player  # noqa: E402
-from mosquitto import Broker  # noqa: E402
+from mosquitto import Broker
+
+from edge_tts.config import Config, Secret, load_config
+from edge_tts.daemon import Daemon
+from edge_tts.player import FirstAudio, Player
 
 sys.path.insert(0, str(ROOT / "bench"))
-from fake_cloud import API_KEY  # noqa: E402
+from fake_cloud import API_KEY
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness import API_KEY, ROOT, Row, bench_config, broker, fake_cloud, running_daemon, table
 
-from edge_tts.engines import SynthesisRequest  # noqa: E402 (after harness sets up ALSA)
+from edge_tts.engines import SynthesisRequest
 
 FIRST_PACKET_MS = 300.0
 IDLE_S = 2.0

@@ -25,7 +25,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,8 +158,8 @@ class PhraseCache:
 
     # --- writing -----------------------------------------------------------------------
 
-    async def record(self, audio: AsyncIterator[bytes], key: str,
-                     sample_rate: int) -> AsyncIterator[bytes]:
+    async def record(self, audio: AsyncGenerator[bytes, None], key: str,
+                     sample_rate: int) -> AsyncGenerator[bytes, None]:
         """`audio` passed on as it comes, and kept as an entry only once it has ended cleanly:
         a failed, cut or stopped synthesis leaves nothing behind. A cache that cannot be
         written (disk full, permissions) never costs the announcement."""
@@ -328,7 +328,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-async def replay(pcm: bytes) -> AsyncIterator[bytes]:
+async def replay(pcm: bytes) -> AsyncGenerator[bytes, None]:
     """A cached entry as the player takes audio: chunk by chunk."""
     for offset in range(0, len(pcm), _CHUNK_BYTES):
         yield pcm[offset:offset + _CHUNK_BYTES]

@@ -12,10 +12,11 @@ import aiomqtt
 from .config import Config, Secret
 from .engines import SynthesisRequest
 from .engines.cosyvoice import finish_task, run_task
+from .engines.piper import check_voice
 from .errors import CloudUnavailable
 from .keeper import ConnectionKeeper
-from .player import check_sounddevice
 from .mqtt import Topics, describe_error, make_client
+from .player import check_sounddevice
 
 Report = Callable[[str], object]
 
@@ -116,8 +117,13 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
         ("cloud", config.dashscope.inference_url, await check_cloud(config, api_key)),
         ("audio", f"device {config.audio.device!r}", await asyncio.to_thread(check_audio, config)),
     ]
+    fallback = config.voices.get(config.fallback_voice) if config.fallback_voice else None
+    if fallback is not None and fallback.engine == "piper":
+        problem = await asyncio.to_thread(check_voice, fallback.model)
+        results.append(("fallback", f"voice {fallback.name!r} (offline, Piper)",
+                         f"fallback voice {fallback.name!r}: {problem}" if problem else None))
     for voice in config.voices.values():
-        if voice.engine != "cosyvoice":
+        if voice.engine not in ("cosyvoice", "piper"):
             report(f"warn voice {voice.name!r}: engine {voice.engine!r} is not available in "
                    "this version")
     problems = 0

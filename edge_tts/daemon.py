@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from datetime import date, datetime, timezone
+from collections.abc import Callable, Coroutine
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 from .announcement import Announcement, parse_payload
 from .cache import PhraseCache, open_cache
@@ -64,7 +65,7 @@ class Daemon:
         self.player: AudioSink = sink or Player(config.audio)
         self.notifier = notifier or Notifier({})
         self.queue: asyncio.Queue[Announcement] = asyncio.Queue()
-        self._started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._stats_pending = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._speaking: Announcement | None = None
@@ -121,10 +122,10 @@ class Daemon:
             except SynthesisError as exc:
                 log.error("fallback voice %s cannot be loaded: %s", voice.name, exc.reason)
 
-    def _start(self, name: str, coro: object) -> None:
-        self._tasks[name] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _start(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks[name] = asyncio.ensure_future(coro)
 
-    async def _restart(self, name: str, coro: object) -> None:
+    async def _restart(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         old = self._tasks.pop(name, None)
         if old is not None:
             old.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 
@@ -74,7 +74,8 @@ class Speaker:
         reason: str | None = None
         if cached is not None:
             source, audio = "cache", replay(cached)
-            log.info("announcement %s: from the cache (%s)", a.id, key[:12])
+            log.info("announcement %s: from the cache (%s)", a.id, key[:12],
+                     extra=_fields(a, "cache"))
         else:
             source = "offline" if voice.engine == "piper" else "cloud"
             try:
@@ -85,7 +86,7 @@ class Speaker:
                     return self._fail(a, source, exc.reason)
                 reason = exc.reason
                 log.warning("announcement %s: %s; speaking with the fallback voice %s", a.id,
-                            reason, fallback.name)
+                            reason, fallback.name, extra=_fields(a, "fallback"))
                 source = "fallback"
                 audio = await self._fallback_audio(a, fallback)
             else:
@@ -96,7 +97,8 @@ class Speaker:
             ms = round((at - a.received_at) * 1000)
             connection = request.trace.connection if source == "cloud" else None
             log.info("announcement %s: first audio after %d ms (%s%s)", a.id, ms, source,
-                     f", {connection} connection" if connection else "")
+                     f", {connection} connection" if connection else "",
+                     extra=_fields(a, source))
             self._emit(Event(a.id, "started", source=source, first_audio_ms=ms,
                              connection=connection, reason=reason), a)
 
@@ -114,14 +116,14 @@ class Speaker:
                 await asyncio.to_thread(cache.count, hits=int(cached is not None),
                                         misses=int(cached is None))
         if not complete:
-            log.info("announcement %s: stopped", a.id)
+            log.info("announcement %s: stopped", a.id, extra=_fields(a, source))
             self._emit(Event(a.id, "dropped", source=source, error="stopped"), a)
             return False
-        log.info("announcement %s: finished", a.id)
+        log.info("announcement %s: finished", a.id, extra=_fields(a, source))
         self._emit(Event(a.id, "finished", source=source, reason=reason), a)
         return True
 
-    async def _synthesis(self, a: Announcement, request: SynthesisRequest) -> AsyncIterator[bytes]:
+    async def _synthesis(self, a: Announcement, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         """The voice's audio, once its first chunk is in hand. With a fallback voice to hand
         over to, a cloud voice gets `fallback.first_audio_ms` for that first chunk; a failure
         before it raises SynthesisError (after which nothing has been played)."""
@@ -146,7 +148,7 @@ class Speaker:
             raise SynthesisError(f"no audio from the cloud within {limit_ms} ms") from None
         return _prepend(first, audio)
 
-    async def _fallback_audio(self, a: Announcement, fallback: Voice) -> AsyncIterator[bytes]:
+    async def _fallback_audio(self, a: Announcement, fallback: Voice) -> AsyncGenerator[bytes, None]:
         engine = self._engines.get(fallback.engine)
         assert engine is not None  # _fallback_for checked
         request = SynthesisRequest(text=a.text, voice=fallback,
@@ -165,12 +167,17 @@ class Speaker:
         self._sink.stop()
 
     def _fail(self, a: Announcement, source: str, reason: str) -> bool:
-        log.warning("announcement %s: failed: %s", a.id, reason)
+        log.warning("announcement %s: failed: %s", a.id, reason, extra=_fields(a, source))
         self._emit(Event(a.id, "failed", source=source, error=reason), a)
         return False
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+def _fields(a: Announcement, source: str) -> dict[str, str]:
+    """Journal fields of an announcement's log lines (`journalctl ANNOUNCEMENT_ID=...`)."""
+    return {"ANNOUNCEMENT_ID": a.id, "SOURCE": source}
+
+
+async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     yield first
     async with aclosing(rest) as chunks:  # type: ignore[type-var]
         async for chunk in chunks:

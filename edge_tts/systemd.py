@@ -18,8 +18,8 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 try:  # the optional extra
-    from systemd import daemon as _sd_daemon
-    from systemd import journal as _sd_journal
+    from systemd import daemon as _sd_daemon  # type: ignore[attr-defined]
+    from systemd import journal as _sd_journal  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on the install
     _sd_daemon = None
     _sd_journal = None

@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,9 +16,8 @@ from typing import Any
 import aiomqtt
 import pytest
 import yaml
-from hypothesis import HealthCheck, settings
-
 from fake_dashscope import FakeDashScope
+from hypothesis import HealthCheck, settings
 from mosquitto import Broker, free_port  # noqa: F401 (free_port: for tests)
 
 TESTS = Path(__file__).parent
@@ -51,12 +46,21 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
+@asynccontextmanager
+async def fake_cloud(**options: Any) -> AsyncIterator[FakeDashScope]:
+    """The fake DashScope service, started and stopped; options as FakeDashScope takes them."""
+    fake = FakeDashScope(API_KEY, **options)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
 @pytest.fixture
 async def dashscope() -> AsyncIterator[FakeDashScope]:
-    fake = FakeDashScope(API_KEY)
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with fake_cloud() as fake:
+        yield fake
 
 
 class Capture:

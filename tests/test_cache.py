@@ -14,13 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import Capture, DaemonProcess, Home, split_speech
+from fake_dashscope import FakeDashScope, pcm_for
+
 from edge_tts.cache import PhraseCache, cache_key
 from edge_tts.config import Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.player import apply_volume
-from fake_dashscope import FakeDashScope, pcm_for
 
 VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
 RATE = 24000

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import API_KEY, Broker, Capture, split_speech, write_config
 from fake_dashscope import FakeDashScope, pcm_for
 

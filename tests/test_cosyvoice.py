@@ -6,14 +6,14 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
-
 from conftest import API_KEY
+from fake_dashscope import FakeDashScope, pcm_for
+
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine
 from edge_tts.errors import CloudUnavailable, SynthesisError
 from edge_tts.keeper import ConnectionKeeper
-from fake_dashscope import FakeDashScope, pcm_for
 
 VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import dashscope as dashscope_sdk
 import pytest
+from conftest import API_KEY
 from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesizer
 from dashscope.common.error import RequestFailure
-
-from conftest import API_KEY
 from fake_dashscope import FakeDashScope, pcm_for
 
 

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from fake_dashscope import FakeDashScope, pcm_for
+
 from edge_tts.config import Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.piper import PiperEngine, resample
-from fake_dashscope import FakeDashScope, pcm_for
 
 RATE = 24000
 OFFLINE = {"engine": "piper"}
@@ -183,3 +183,22 @@ def test_resampling_keeps_the_duration_and_the_tone() -> None:
     crossings = sum(1 for a, b in zip(samples, samples[1:]) if a < 0 <= b)
     assert abs(crossings - 440) <= 1
     assert resample(b"\x01\x00" * 10, 24000, 24000) == b"\x01\x00" * 10
+
+
+async def test_check_loads_the_fallback_voice(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    good = write_config(tmp_path / "good.yaml", broker, dashscope, voices__offline=OFFLINE)
+    bad = write_config(tmp_path / "bad.yaml", broker, dashscope,
+                       voices__offline={"engine": "piper", "model": str(tmp_path / "no.onnx")})
+    runs = []
+    for config in (good, bad):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_tts", "check", "-c", str(config),
+            env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY), stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        runs.append((proc.returncode, out.decode()))
+    assert runs[0][0] == 0 and "ok   fallback voice 'offline' (offline, Piper)" in runs[0][1]
+    assert runs[1][0] == 1
+    assert f"FAIL fallback voice 'offline': Piper model {tmp_path / 'no.onnx'} does not exist" \
+        in runs[1][1]

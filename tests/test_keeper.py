@@ -8,14 +8,14 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+from conftest import API_KEY, fake_cloud
+from fake_dashscope import FakeDashScope, pcm_for
 
-from conftest import API_KEY
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine
 from edge_tts.errors import CloudUnavailable, SynthesisError
 from edge_tts.keeper import ConnectionKeeper
-from fake_dashscope import FakeDashScope, pcm_for
 
 VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
 IDLE_S = 1.2  # the fake server's idle window, and the keeper's knowledge of it
@@ -24,10 +24,8 @@ IDLE_S = 1.2  # the fake server's idle window, and the keeper's knowledge of it
 @pytest.fixture
 async def idle_fake() -> AsyncIterator[FakeDashScope]:
     """A server that closes connections idle for IDLE_S, as DashScope does after 60 s."""
-    fake = FakeDashScope(API_KEY, idle_timeout_s=IDLE_S)
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with fake_cloud(idle_timeout_s=IDLE_S) as fake:
+        yield fake
 
 
 class Warm:
@@ -152,7 +150,7 @@ async def test_unreachable_cloud_backs_off_then_recovers(dashscope: FakeDashScop
 
     async with Warm(dashscope) as warm:
         for n in range(1, 5):
-            await dashscope.wait_for(lambda: dashscope.handshakes >= n, timeout=10)
+            await dashscope.wait_for(lambda n=n: dashscope.handshakes >= n, timeout=10)
             attempts.append(loop.time())
         gaps = [b - a for a, b in zip(attempts, attempts[1:])]
         assert all(later > earlier * 1.2 for earlier, later in zip(gaps, gaps[1:])), gaps

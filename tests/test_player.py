@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import Capture
+from fake_dashscope import pcm_for
 
-from conftest import Capture, split_speech
 from edge_tts.config import AudioConfig
 from edge_tts.errors import AudioDeviceError, SynthesisError
-from edge_tts.player import Player, WavWriter, apply_volume
-from fake_dashscope import pcm_for
+from edge_tts.player import Player, WavWriter
 
 BYTES_PER_MS = 48  # 24 kHz, 16-bit, mono
 CONFIG = AudioConfig(device="default", sample_rate=24000, lead_in_ms=100, jitter_ms=40,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
-from edge_tts.config import load_config
 from fake_dashscope import FakeDashScope, pcm_for
+
+from edge_tts.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edge-tts.service"

@@ -10,8 +10,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from conftest import (
+    API_KEY,
+    Broker,
+    Capture,
+    DaemonProcess,
+    Home,
+    fake_cloud,
+    split_speech,
+    write_config,
+)
 from fake_dashscope import FakeDashScope, pcm_for
 
 IDLE_S = 2  # the shortest idle window the config accepts
@@ -19,10 +27,8 @@ IDLE_S = 2  # the shortest idle window the config accepts
 
 @pytest.fixture
 async def idle_fake() -> AsyncIterator[FakeDashScope]:
-    fake = FakeDashScope(API_KEY, idle_timeout_s=IDLE_S)
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with fake_cloud(idle_timeout_s=IDLE_S) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -44,7 +50,8 @@ async def test_announcements_far_apart_never_wait_for_a_handshake(
     for n in (1, 2):
         # More than two idle windows of silence before each announcement.
         before = fake.handshakes
-        await fake.wait_for(lambda: fake.handshakes >= before + 3, timeout=IDLE_S * 6)
+        await fake.wait_for(lambda before=before: fake.handshakes >= before + 3,
+                            timeout=IDLE_S * 6)
         asked_at = asyncio.get_running_loop().time()
         await home.say({"text": f"Announcement number {n}.", "id": f"a{n}"})
         assert (await home.log.outcome(f"a{n}"))["event"] == "finished"

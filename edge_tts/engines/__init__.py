@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +36,6 @@ class SynthesisRequest:
 
 
 class Engine(Protocol):
-    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[bytes]:
+    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         """16-bit mono little-endian PCM at request.sample_rate, chunk by chunk as it arrives."""
         ...

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -79,7 +79,7 @@ class CosyVoiceEngine:
         self._first_audio_timeout_s = first_audio_timeout_s
         self._stall_timeout_s = stall_timeout_s
 
-    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[bytes]:
+    async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         """Stream the request's audio. A connection that dies during the task is replaced once:
         the task runs again on a new connection and the audio already handed on is skipped."""
         task_id, delivered, retried = request.task_id, 0, False
@@ -104,7 +104,7 @@ class CosyVoiceEngine:
                             exc.reason, delivered)
 
     async def _run(self, request: SynthesisRequest, task_id: str, *,
-                   replacing: bool) -> AsyncIterator[bytes]:
+                   replacing: bool) -> AsyncGenerator[bytes, None]:
         async with self._keeper.lease() as lease:
             ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"

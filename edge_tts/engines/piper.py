@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def resample(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
     import numpy as np  # comes with piper's onnxruntime
 
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    n_out = int(round(len(samples) * to_rate / from_rate))
+    n_out = round(len(samples) * to_rate / from_rate)
     positions = np.arange(n_out, dtype=np.float64) * (from_rate / to_rate)
     out = np.interp(positions, np.arange(len(samples)), samples)
     return np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes()
@@ -68,6 +68,20 @@ def _open_voice(model: Path) -> Any:
     session = onnxruntime.InferenceSession(str(model), sess_options=options,
                                            providers=["CPUExecutionProvider"])
     return PiperVoice(config=PiperConfig.from_dict(config), session=session)
+
+
+def check_voice(model: str | None) -> str | None:
+    """Load a Piper voice once, as `edge-tts check` does; the problem, if any."""
+    try:
+        path = Path(model) if model else default_model()
+        if not path.is_file():
+            return f"Piper model {path} does not exist"
+        _open_voice(path)
+    except SynthesisError as exc:
+        return exc.reason
+    except Exception as exc:  # a damaged model: onnxruntime's own errors
+        return f"cannot load {model or 'the offline voice'}: {exc}"
+    return None
 
 
 def _give_memory_back() -> None:
@@ -111,7 +125,7 @@ class PiperEngine:
             self._last_use[model] = time.monotonic()
             return voice
 
-    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[bytes]:
+    async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         model = self.model_for(request)
         voice = await asyncio.to_thread(self._load, model)
         loop = asyncio.get_running_loop()

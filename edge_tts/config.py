@@ -127,6 +127,8 @@ class CacheConfig:
 @dataclass(frozen=True)
 class AnnouncementsConfig:
     max_chars: int = 2000
+    queue_size: int = 20  # when full, the least urgent and oldest are dropped
+    dedupe_s: float = 10.0  # the same text again within this while queued or playing: once
 
 
 @dataclass(frozen=True)
@@ -394,7 +396,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     if fallback is not None and fallback not in voices:
         raise root.fail("fallback_voice", f"names no voice in voices (known: {', '.join(voices)})")
     fb = root.section("fallback", ("first_audio_ms", "preload", "release_after_s"))
-    ann = root.section("announcements", ("max_chars",))
+    ann = root.section("announcements", ("max_chars", "queue_size", "dedupe_s"))
     return Config(
         device=_device(root),
         mqtt=_mqtt(root),
@@ -409,7 +411,11 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         ),
         audio=_audio(root),
         cache=_cache(root),
-        announcements=AnnouncementsConfig(max_chars=ann.integer("max_chars", 2000, 1, 100_000)),
+        announcements=AnnouncementsConfig(
+            max_chars=ann.integer("max_chars", 2000, 1, 100_000),
+            queue_size=ann.integer("queue_size", 20, 1, 10_000),
+            dedupe_s=ann.number("dedupe_s", 10, 0, 3600),
+        ),
         source=source,
     )
 

@@ -21,6 +21,7 @@ from .errors import BadAnnouncement, SynthesisError
 from .keeper import ConnectionKeeper, KeeperStats
 from .mqtt import MqttLink
 from .player import AudioSink, Player
+from .queue import AnnouncementQueue
 from .speaker import Event, Speaker
 from .systemd import Notifier
 
@@ -64,7 +65,8 @@ class Daemon:
         self._own_player = sink is None
         self.player: AudioSink = sink or Player(config.audio)
         self.notifier = notifier or Notifier({})
-        self.queue: asyncio.Queue[Announcement] = asyncio.Queue()
+        self.queue = AnnouncementQueue(config.announcements.queue_size,
+                                       config.announcements.dedupe_s)
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._stats_pending = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -167,6 +169,8 @@ class Daemon:
             old_player, self.player = self.player, Player(config.audio)
             await self.player.prepare()
             await old_player.close()
+        self.queue.max_size = config.announcements.queue_size
+        self.queue.dedupe_s = config.announcements.dedupe_s
         if config.cache != old.cache:
             self.cache = open_cache(config.cache)
         self.speaker = self._speaker()
@@ -194,17 +198,25 @@ class Daemon:
             log.warning("announcement %s on %s refused: %s", exc.id, topic, exc.reason)
             self._emit(Event(exc.id or "", "failed", error=exc.reason), None)
             return
-        log.info("announcement %s queued: %r", announcement.id, announcement.text[:80])
-        self._emit(Event(announcement.id, "queued"), announcement)
-        self.queue.put_nowait(announcement)
+        a = announcement
+        refused = self.queue.put(a)
+        for r in refused:
+            log.info("announcement %s dropped: %s", r.announcement.id, r.reason)
+            self._emit(Event(r.announcement.id, "dropped", error=r.reason), r.announcement)
+        if any(r.announcement is a for r in refused):
+            return
+        log.info("announcement %s queued (%s): %r", a.id, a.priority, a.text[:80])
+        self._emit(Event(a.id, "queued"), a)
+        playing = self._speaking
+        if a.priority == "critical" and playing is not None and playing.priority != "critical":
+            log.info("announcement %s interrupts %s", a.id, playing.id)
+            self.speaker.stop(f"interrupted by {a.id}")
 
     def _stop(self) -> None:
-        dropped = 0
-        while not self.queue.empty():
-            a = self.queue.get_nowait()
+        dropped = self.queue.clear()
+        for a in dropped:
             self._emit(Event(a.id, "dropped", error="stopped"), a)
-            dropped += 1
-        log.info("stop: cutting speech, %d queued announcements dropped", dropped)
+        log.info("stop: cutting speech, %d queued announcements dropped", len(dropped))
         self.speaker.stop()
 
     async def _speak_queue(self) -> None:
@@ -217,10 +229,11 @@ class Daemon:
                 await self.speaker.speak(a)
             finally:
                 self._speaking = None
+                self.queue.done()
             today, count = self._spoken_today
             self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
             await asyncio.to_thread(self._summarize_cache)
-            if self.queue.empty():
+            if not len(self.queue):
                 self.link.publish_state({"state": "idle", "id": None, "text": None})
             self.notifier.status(self._status())
 

@@ -58,6 +58,7 @@ class Speaker:
         self._sink = sink
         self._emit = emit
         self._cache = cache
+        self._stop_reason = "stopped"
 
     async def speak(self, announcement: Announcement) -> bool:
         """Speak one announcement; returns whether it was spoken to the end."""
@@ -117,7 +118,7 @@ class Speaker:
                                         misses=int(cached is None))
         if not complete:
             log.info("announcement %s: stopped", a.id, extra=_fields(a, source))
-            self._emit(Event(a.id, "dropped", source=source, error="stopped"), a)
+            self._emit(Event(a.id, "dropped", source=source, error=self._stop_reason), a)
             return False
         log.info("announcement %s: finished", a.id, extra=_fields(a, source))
         self._emit(Event(a.id, "finished", source=source, reason=reason), a)
@@ -163,7 +164,9 @@ class Speaker:
             return None
         return fallback if fallback.engine in self._engines else None
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "stopped") -> None:
+        """Cut what is playing now; its `dropped` event gives `reason`."""
+        self._stop_reason = reason
         self._sink.stop()
 
     def _fail(self, a: Announcement, source: str, reason: str) -> bool:

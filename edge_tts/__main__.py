@@ -12,6 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import aiomqtt
 import yaml
 
 from . import __version__
@@ -20,7 +21,9 @@ from .cache import PhraseCache, open_cache
 from .checks import run_checks
 from .config import Config, Secret, load_api_key, load_config
 from .daemon import Daemon, build_engines
+from .discovery import removal_messages
 from .errors import BadAnnouncement, ConfigError
+from .mqtt import describe_error, make_client
 from .player import Discard, Player, WavWriter
 from .speaker import Event, Speaker
 from .systemd import Notifier, log_handler
@@ -221,6 +224,29 @@ def cmd_cache(args: argparse.Namespace, config: Config, api_key: Secret | None) 
     return asyncio.run(_warm(config, api_key, cache, phrases, args.voice))
 
 
+def cmd_discovery(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+    messages = removal_messages(config)
+    if not messages:
+        print("edge-tts: discovery is off (mqtt.discovery_prefix is null)", file=sys.stderr)
+        return 1
+
+    async def publish() -> None:
+        async with make_client(config.mqtt, timeout=10) as client:
+            for topic, payload in messages:
+                await client.publish(topic, payload, qos=1, retain=True)
+
+    try:
+        asyncio.run(publish())
+    except aiomqtt.MqttError as exc:
+        print(f"edge-tts: broker {config.mqtt.host}:{config.mqtt.port}: {describe_error(exc)}",
+              file=sys.stderr)
+        return 1
+    print(f"removed {len(messages)} Home Assistant entities of device {config.device.name!r}"
+          " (they come back when the daemon next connects; set mqtt.discovery_prefix: null "
+          "to keep them away)")
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     try:
         import sounddevice as sd
@@ -263,6 +289,8 @@ def parser() -> argparse.ArgumentParser:
     say.add_argument("text", nargs="+", help="what to say")
     with_config("check", "validate config, reach the broker and the cloud, find the audio device")
     sub.add_parser("devices", help="list audio output devices")
+    discovery = with_config("discovery", "Home Assistant discovery: remove this device's entities")
+    discovery.add_argument("action", choices=("remove",))
     cache = with_config("cache", "inspect, empty, or pre-fill the phrase cache")
     cache.add_argument("action", choices=("stats", "clear", "warm"))
     cache.add_argument("file", nargs="?", metavar="FILE",
@@ -282,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-tts: config error: {exc}", file=sys.stderr)
         return 2
     redact = setup_logging(args.verbose, _secrets(config, api_key))
-    commands = {"say": cmd_say, "check": cmd_check, "cache": cmd_cache}
+    commands = {"say": cmd_say, "check": cmd_check, "cache": cmd_cache,
+                "discovery": cmd_discovery}
     try:
         if args.command == "serve":
             return cmd_serve(args, config, api_key, redact)

@@ -14,6 +14,7 @@ from typing import Any
 from .announcement import Announcement, parse_payload
 from .cache import PhraseCache, open_cache
 from .config import Config, Secret
+from .discovery import discovery_messages
 from .engines import Engine
 from .engines.cosyvoice import CosyVoiceEngine
 from .engines.piper import PiperEngine
@@ -74,11 +75,17 @@ class Daemon:
         self._spoken_today = (date.today(), 0)
         self._cache_summary = ""
         self._note = ""  # shown in the status until the next successful reload
-        self.link = MqttLink(config.mqtt, config.device.name, self._on_message)
+        self.link = self._link()
+        self._last: dict[str, object] | None = None
         self.engines, self.keeper = build_engines(config, api_key, self._stats_changed)
         self.cache: PhraseCache | None = open_cache(config.cache)
         self.speaker = self._speaker()
         _warn_without_key(api_key)
+
+    def _link(self) -> MqttLink:
+        link = MqttLink(self.config.mqtt, self.config.device.name, self._on_message)
+        link.retained_on_connect = discovery_messages(self.config)
+        return link
 
     def _speaker(self) -> Speaker:
         return Speaker(self.config, self.engines, self.player, self._emit, self.cache)
@@ -153,7 +160,7 @@ class Daemon:
         self.notifier.reloading()
         if config.mqtt != old.mqtt or config.device != old.device:
             log.info("reload: reconnecting to the broker")
-            self.link = MqttLink(config.mqtt, config.device.name, self._on_message)
+            self.link = self._link()
             await self._restart("link", self.link.run())
             await self.link.connected.wait()
         if config.dashscope != old.dashscope or api_key != self._api_key:
@@ -270,11 +277,17 @@ class Daemon:
 
     def _publish_stats(self) -> None:
         self._stats_pending = False
-        self.link.publish_stats({"since": self._started_at, "cloud": self.keeper.stats.as_dict()})
+        self.link.publish_stats({"since": self._started_at, "cloud": self.keeper.stats.as_dict(),
+                                 "last_announcement": self._last})
         self.notifier.status(self._status())
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
         self.link.publish_event(event.as_dict())
+        if event.event == "started":
+            self._last = {"id": event.id, "source": event.source,
+                          "first_audio_ms": event.first_audio_ms,
+                          "at": datetime.now(UTC).isoformat(timespec="seconds")}
+            self._stats_changed(self.keeper.stats)
 
 
 def _warn_without_key(api_key: Secret | None) -> None:

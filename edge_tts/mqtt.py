@@ -108,6 +108,8 @@ class MqttLink:
         self._was_up = False
         self._outbox: deque[tuple[str, bytes, bool]] = deque(maxlen=_OUTBOX_MAX)
         self._outbox_ready = asyncio.Event()
+        # Published, retained, on every connect (Home Assistant discovery).
+        self.retained_on_connect: list[tuple[str, bytes]] = []
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with exponential backoff until cancelled."""
@@ -134,6 +136,8 @@ class MqttLink:
             self._client = client
             self._was_up = True
             await client.publish(self.topics.availability, b"online", qos=1, retain=True)
+            for topic, payload in self.retained_on_connect:
+                await client.publish(topic, payload, qos=1, retain=True)
             await client.subscribe(
                 [(self.topics.say, 1), (self.topics.all_say, 1), (self.topics.stop, 1)]
             )

@@ -63,8 +63,10 @@ def discovery_messages(config: Config) -> list[tuple[str, bytes]]:
     ]
     messages = []
     for component, object_id, fields in entities:
+        # default_entity_id replaced object_id in Home Assistant 2025.10 (object_id stops
+        # working in 2026.4): it gives the entity id, e.g. notify.edge_tts_kitchen_say.
         payload = {**fields, **common, "unique_id": f"{node}_{object_id}",
-                   "object_id": f"{node}_{object_id}"}
+                   "default_entity_id": f"{component}.{node}_{object_id}"}
         topic = f"{prefix}/{component}/{node}/{object_id}/config"
         messages.append((topic, json.dumps(payload).encode()))
     return messages

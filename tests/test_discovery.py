@@ -66,6 +66,7 @@ async def test_the_device_and_its_entities_are_announced(
         assert entity["device"]["identifiers"] == [node]
         assert entity["device"]["sw_version"]
     assert len({e["unique_id"] for e in configs.values()}) == 4
+    assert notify["default_entity_id"] == "notify.edge_tts_kitchen_say"  # what the README shows
 
 
 async def test_the_entities_command_topics_speak_and_stop(

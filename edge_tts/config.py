@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,6 +117,18 @@ class AudioConfig:
     lead_in_ms: int = 120
     jitter_ms: int = 60
     keep_open_s: float = 10.0
+    volume: int = 100  # for announcements that do not give one
+    critical_min_volume: int = 80  # critical announcements are never quieter
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Windows of local time (start, end as minutes after midnight; end < start wraps past
+    midnight) in which low and normal announcements are dropped or played quieter."""
+
+    windows: tuple[tuple[int, int], ...] = ()
+    action: str = "reduce"  # reduce | drop
+    volume: int = 30
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,7 @@ class Config:
     fallback_voice: str | None = None
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    quiet_hours: QuietHours = field(default_factory=QuietHours)
     cache: CacheConfig = field(default_factory=CacheConfig)
     announcements: AnnouncementsConfig = field(default_factory=AnnouncementsConfig)
     source: Path | None = None
@@ -353,7 +367,8 @@ def _voices(root: _Section) -> dict[str, Voice]:
 
 def _audio(root: _Section) -> AudioConfig:
     s = root.section(
-        "audio", ("device", "sample_rate", "chime", "lead_in_ms", "jitter_ms", "keep_open_s")
+        "audio", ("device", "sample_rate", "chime", "lead_in_ms", "jitter_ms", "keep_open_s",
+                  "volume", "critical_min_volume")
     )
     device: str | int = s.data.get("device", "default")
     if isinstance(device, bool) or not isinstance(device, str | int) or device == "":
@@ -368,6 +383,32 @@ def _audio(root: _Section) -> AudioConfig:
         lead_in_ms=s.integer("lead_in_ms", 120, 0, 2000),
         jitter_ms=s.integer("jitter_ms", 60, 0, 1000),
         keep_open_s=s.number("keep_open_s", 10, 0, 86400),
+        volume=s.integer("volume", 100, 0, 100),
+        critical_min_volume=s.integer("critical_min_volume", 80, 0, 100),
+    )
+
+
+_WINDOW = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def _quiet_hours(root: _Section) -> QuietHours:
+    s = root.section("quiet_hours", ("windows", "action", "volume"))
+    raw = s.data.get("windows", [])
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise s.fail("windows", 'must be a list of "HH:MM-HH:MM" windows')
+    windows = []
+    for text in raw:
+        m = _WINDOW.match(str(text).strip()) if isinstance(text, str) else None
+        if not m:
+            raise s.fail("windows", f'{text!r} is not a "HH:MM-HH:MM" window such as "22:00-07:00"')
+        h1, m1, h2, m2 = map(int, m.groups())
+        windows.append((h1 * 60 + m1, h2 * 60 + m2))
+    return QuietHours(
+        windows=tuple(windows),
+        action=s.text("action", "reduce", choices=("reduce", "drop")) or "reduce",
+        volume=s.integer("volume", 30, 0, 100),
     )
 
 
@@ -385,7 +426,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         data,
         "",
         ("device", "mqtt", "dashscope", "voices", "default_voice", "fallback_voice", "fallback",
-         "audio", "cache", "announcements"),
+         "audio", "quiet_hours", "cache", "announcements"),
     )
     voices = _voices(root)
     default_voice = root.text("default_voice", "default") or "default"
@@ -410,6 +451,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
             release_after_s=fb.number("release_after_s", 300, 0, 86400),
         ),
         audio=_audio(root),
+        quiet_hours=_quiet_hours(root),
         cache=_cache(root),
         announcements=AnnouncementsConfig(
             max_chars=ann.integer("max_chars", 2000, 1, 100_000),

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from .errors import BadAnnouncement, SynthesisError
 from .keeper import ConnectionKeeper, KeeperStats
 from .mqtt import MqttLink
 from .player import AudioSink, Player
-from .queue import AnnouncementQueue
+from .queue import AnnouncementQueue, playback_volume
 from .speaker import Event, Speaker
 from .systemd import Notifier
 
@@ -229,6 +230,13 @@ class Daemon:
     async def _speak_queue(self) -> None:
         while True:
             a = await self.queue.get()
+            volume = playback_volume(self.config, a, datetime.now())
+            if volume is None:
+                log.info("announcement %s dropped: quiet hours", a.id)
+                self._emit(Event(a.id, "dropped", error="quiet hours"), a)
+                self.queue.done()
+                continue
+            a = replace(a, volume=volume)
             self._speaking = a
             self.link.publish_state({"state": "speaking", "id": a.id, "text": a.text})
             self.notifier.status(self._status())

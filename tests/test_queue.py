@@ -4,8 +4,10 @@ the least urgent first, duplicates collapsed, and a critical announcement cuttin
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
-from conftest import Capture, DaemonProcess, Home, split_speech
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
 from edge_tts.announcement import Announcement
 from edge_tts.queue import AnnouncementQueue
 from fake_dashscope import FakeDashScope, pcm_for
@@ -109,3 +111,65 @@ async def test_a_repeated_automation_is_spoken_once(
     assert (await home.log.event("w2", "dropped"))["error"].startswith("duplicate of")
     assert (await home.log.outcome("w1"))["event"] == "finished"
     assert len(dashscope.tasks) == 1
+
+
+# --- volume and quiet hours ------------------------------------------------------------------
+
+def policy_config(**quiet: object) -> object:
+    from edge_tts.config import parse_config
+    return parse_config({"audio": {"volume": 90, "critical_min_volume": 70},
+                         "quiet_hours": {"windows": ["22:00-07:00"], **quiet}})
+
+
+def test_volume_default_critical_minimum_and_quiet_hours() -> None:
+    from datetime import datetime
+
+    from edge_tts.queue import playback_volume
+    config = policy_config()
+    day, night = datetime(2026, 11, 25, 12, 0), datetime(2026, 11, 25, 23, 30)
+    early = datetime(2026, 11, 26, 6, 59)
+    assert playback_volume(config, ann("a"), day) == 90  # type: ignore[arg-type]
+    assert playback_volume(config, ann("a", volume=40), day) == 40  # type: ignore[arg-type]
+    assert playback_volume(config, ann("a", "critical", volume=10), day) == 70  # type: ignore[arg-type]
+    assert playback_volume(config, ann("a"), night) == 30  # type: ignore[arg-type]
+    assert playback_volume(config, ann("a", "low"), early) == 30  # type: ignore[arg-type]
+    assert playback_volume(config, ann("a", "high"), night) == 90  # type: ignore[arg-type]
+    assert playback_volume(config, ann("a", "critical"), night) == 90  # type: ignore[arg-type]
+    drop = policy_config(action="drop")
+    assert playback_volume(drop, ann("a"), night) is None  # type: ignore[arg-type]
+    assert playback_volume(drop, ann("a"), datetime(2026, 11, 26, 7, 0)) == 90  # type: ignore[arg-type]
+
+
+async def test_quiet_hours_drop_with_an_event_and_high_still_plays(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope,
+                          quiet_hours__windows=["00:00-23:59"], quiet_hours__action="drop")
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    try:
+        await home.say({"text": "Not now.", "id": "quiet"})
+        assert (await home.log.event("quiet", "dropped"))["error"] == "quiet hours"
+        await home.say({"text": "Urgent.", "id": "urgent", "priority": "high"})
+        assert (await home.log.outcome("urgent"))["event"] == "finished"
+    finally:
+        await daemon.stop()
+    assert split_speech(capture.read())[1] == pcm_for("Urgent.")
+    assert [t.texts for t in dashscope.tasks] == [["Urgent."]]
+
+
+async def test_the_default_volume_is_applied_as_gain(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    from edge_tts.player import apply_volume
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, audio__volume=50)
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    try:
+        await home.say({"text": "Half as loud.", "id": "half"})
+        assert (await home.log.outcome("half"))["event"] == "finished"
+    finally:
+        await daemon.stop()
+    expected = apply_volume(pcm_for("Half as loud."), 50)
+    assert split_speech(capture.read())[1] == b"".join(
+        expected[i:i + 2] for i in range(0, len(expected), 2) if expected[i:i + 2] != b"\0\0")

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import unicodedata
+from datetime import datetime
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from .errors import BadAnnouncement
 log = logging.getLogger(__name__)
 
 PRIORITIES = ("low", "normal", "high", "critical")
-_KNOWN_KEYS = {"text", "voice", "volume", "priority", "chime", "id", "instructions", "cache"}
+_KNOWN_KEYS = {"text", "voice", "volume", "priority", "chime", "id", "instructions", "cache",
+               "sent_at"}
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
 
 
@@ -36,6 +38,7 @@ class Announcement:
     chime: bool | str | None = None
     instructions: str | None = None
     cache: bool = True  # false: neither read nor write the phrase cache
+    sent_at: float | None = None  # when the sender published it (epoch seconds), if it said
     received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
@@ -126,6 +129,7 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, ann
     chime = _field(obj, "chime", (bool, str), "true, false or a WAV path")
     instructions = _field(obj, "instructions", str, "a string")
     cache = _field(obj, "cache", bool, "true or false")
+    sent_at = _sent_at(obj.get("sent_at"))
     return Announcement(
         text=check_text(text, max_chars),
         id=announcement_id,
@@ -135,4 +139,24 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, ann
         chime=chime,
         instructions=instructions,
         cache=cache is not False,
+        sent_at=sent_at,
     )
+
+
+def _sent_at(value: Any) -> float | None:
+    """`sent_at`: an ISO 8601 time (with its offset, as Home Assistant's now() gives) or epoch
+    seconds."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is None:
+                when = when.astimezone()  # local time
+            return when.timestamp()
+    raise BadAnnouncement("'sent_at' must be an ISO 8601 time or epoch seconds")

@@ -78,6 +78,7 @@ class MqttConfig:
     topic_prefix: str = "edge-tts"
     discovery_prefix: str | None = "homeassistant"
     keepalive_s: int = 30
+    session_expiry_s: int = 86400  # the broker keeps our subscriptions and queued messages
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class AnnouncementsConfig:
     max_chars: int = 2000
     queue_size: int = 20  # when full, the least urgent and oldest are dropped
     dedupe_s: float = 10.0  # the same text again within this while queued or playing: once
+    max_age_s: float = 900.0  # an announcement with "sent_at" older than this is not spoken
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def _mqtt(root: _Section) -> MqttConfig:
     s = root.section(
         "mqtt",
         ("host", "port", "username", "password", "password_file", "tls", "topic_prefix",
-         "discovery_prefix", "keepalive_s"),
+         "discovery_prefix", "keepalive_s", "session_expiry_s"),
     )
     if s.has("password") and s.has("password_file"):
         raise s.fail("password", "set either password or password_file, not both")
@@ -286,6 +288,7 @@ def _mqtt(root: _Section) -> MqttConfig:
         topic_prefix=prefix,
         discovery_prefix=s.text("discovery_prefix", "homeassistant"),
         keepalive_s=s.integer("keepalive_s", 30, 5, 3600),
+        session_expiry_s=s.integer("session_expiry_s", 86400, 0, 2**32 - 1),
     )
 
 
@@ -437,7 +440,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     if fallback is not None and fallback not in voices:
         raise root.fail("fallback_voice", f"names no voice in voices (known: {', '.join(voices)})")
     fb = root.section("fallback", ("first_audio_ms", "preload", "release_after_s"))
-    ann = root.section("announcements", ("max_chars", "queue_size", "dedupe_s"))
+    ann = root.section("announcements", ("max_chars", "queue_size", "dedupe_s", "max_age_s"))
     return Config(
         device=_device(root),
         mqtt=_mqtt(root),
@@ -457,6 +460,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
             max_chars=ann.integer("max_chars", 2000, 1, 100_000),
             queue_size=ann.integer("queue_size", 20, 1, 10_000),
             dedupe_s=ann.number("dedupe_s", 10, 0, 3600),
+            max_age_s=ann.number("max_age_s", 900, 1, 7 * 86400),
         ),
         source=source,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -207,6 +208,13 @@ class Daemon:
             self._emit(Event(exc.id or "", "failed", error=exc.reason), None)
             return
         a = announcement
+        if a.sent_at is not None:
+            age = time.time() - a.sent_at
+            if age > self.config.announcements.max_age_s:
+                reason = f"too old: sent {age:.0f} s ago (announcements.max_age_s)"
+                log.info("announcement %s dropped: %s", a.id, reason)
+                self._emit(Event(a.id, "dropped", error=reason), a)
+                return
         refused = self.queue.put(a)
         for r in refused:
             log.info("announcement %s dropped: %s", r.announcement.id, r.reason)

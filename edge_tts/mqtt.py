@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .backoff import Backoff
 from .config import MqttConfig
@@ -61,7 +63,16 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
 
 
 def make_client(config: MqttConfig, *, identifier: str | None = None,
-                will: aiomqtt.Will | None = None, timeout: float | None = None) -> aiomqtt.Client:
+                will: aiomqtt.Will | None = None, timeout: float | None = None,
+                persistent: bool = False) -> aiomqtt.Client:
+    """A client for the broker; `persistent`: an MQTT 5 session that outlives a disconnect
+    by mqtt.session_expiry_s, so QoS 1 announcements published meanwhile are kept for us."""
+    session: dict[str, object] = {}
+    if persistent and config.session_expiry_s > 0:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = config.session_expiry_s
+        session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
+                   "properties": properties}
     return aiomqtt.Client(
         config.host,
         config.port,
@@ -72,6 +83,7 @@ def make_client(config: MqttConfig, *, identifier: str | None = None,
         keepalive=config.keepalive_s,
         tls_context=tls_context(config),
         timeout=timeout,
+        **session,  # type: ignore[arg-type]
     )
 
 
@@ -131,7 +143,8 @@ class MqttLink:
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True)
-        client = make_client(self._config, identifier=f"edge-tts-{self._device}", will=will)
+        client = make_client(self._config, identifier=f"edge-tts-{self._device}", will=will,
+                             persistent=True)
         async with client:
             self._client = client
             self._was_up = True
@@ -153,6 +166,11 @@ class MqttLink:
     async def _receive(self, client: aiomqtt.Client) -> None:
         try:
             async for message in client.messages:
+                if message.retain:
+                    # A retained `say` would be spoken again on every connect.
+                    log.warning("ignoring a retained message on %s (publish announcements "
+                                "without retain)", message.topic)
+                    continue
                 payload = message.payload
                 if isinstance(payload, str):
                     payload = payload.encode()

@@ -1,0 +1,62 @@
+"""No announcement lost to a restart: a persistent MQTT session keeps QoS 1 announcements for
+the daemon while it is away; stale ones (by their `sent_at`) are dropped, not spoken late;
+a retained `say` is never replayed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech
+from fake_dashscope import FakeDashScope, pcm_for
+
+
+async def test_announcements_published_while_the_daemon_was_down_are_spoken(
+    daemon: DaemonProcess, home: Home, capture: Capture
+) -> None:
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGKILL)  # a crash or a power cut: no goodbye
+    await daemon.proc.wait()
+    await home.log.wait_for(lambda: home.log.availability[-1:] == ["offline"])  # the will
+    await home.say({"text": "Published while it was down.", "id": "meanwhile"})
+
+    again = DaemonProcess(daemon.config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    home.log.availability.clear()
+    await again.start(home)
+    try:
+        assert (await home.log.outcome("meanwhile"))["event"] == "finished"
+    finally:
+        await again.stop()
+    assert split_speech(capture.read())[1] == pcm_for("Published while it was down.")
+
+
+async def test_an_announcement_sent_too_long_ago_is_dropped(
+    daemon: DaemonProcess, home: Home, dashscope: FakeDashScope
+) -> None:
+    old = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()
+    await home.say({"text": "The door was open two hours ago.", "id": "old", "sent_at": old})
+    dropped = await home.log.event("old", "dropped")
+    assert dropped["error"].startswith("too old: sent 7200 s ago")
+    await home.say({"text": "Fresh.", "id": "fresh", "sent_at": time.time() - 5})
+    assert (await home.log.outcome("fresh"))["event"] == "finished"
+    assert [t.texts for t in dashscope.tasks] == [["Fresh."]]
+
+
+async def test_a_retained_announcement_is_not_replayed(
+    daemon: DaemonProcess, home: Home, dashscope: FakeDashScope
+) -> None:
+    await home.client.publish("edge-tts/kitchen/say", "Retained by mistake.", qos=1, retain=True)
+    await home.say({"text": "After it.", "id": "after"})
+    assert (await home.log.outcome("after"))["event"] == "finished"
+    await daemon.stop()
+    again = DaemonProcess(daemon.config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await again.start(home)  # a new connection: the retained message is delivered, and ignored
+    try:
+        await home.say({"text": "Next.", "id": "next"})
+        assert (await home.log.outcome("next"))["event"] == "finished"
+    finally:
+        await again.stop()
+    # Spoken once when it was published (live), never replayed on the reconnect.
+    assert [t.texts[0] for t in dashscope.tasks] == ["Retained by mistake.", "After it.", "Next."]

@@ -379,10 +379,13 @@ def _audio(root: _Section) -> AudioConfig:
     rate = s.integer("sample_rate", 24000, 8000, 48000)
     if rate not in SAMPLE_RATES:
         raise s.fail("sample_rate", f"must be one of {', '.join(map(str, SAMPLE_RATES))}")
+    chime = s.text("chime", None)
+    if chime not in (None, "builtin") and not Path(str(chime)).is_file():
+        raise s.fail("chime", f"no such WAV file {chime!r} (or use builtin)")
     return AudioConfig(
         device=device,
         sample_rate=rate,
-        chime=s.text("chime", None),
+        chime=chime,
         lead_in_ms=s.integer("lead_in_ms", 120, 0, 2000),
         jitter_ms=s.integer("jitter_ms", 60, 0, 1000),
         keep_open_s=s.number("keep_open_s", 10, 0, 86400),

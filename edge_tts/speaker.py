@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from .announcement import Announcement
 from .cache import PhraseCache, cache_key, replay
+from .chime import ChimeError, load_chime
 from .config import Config, Voice
 from .engines import Engine, SynthesisRequest
 from .errors import AudioDeviceError, SynthesisError
@@ -66,63 +67,92 @@ class Speaker:
         voice = self._config.voices.get(a.voice or self._config.default_voice)
         if voice is None:  # queued before a reload removed its voice
             return self._fail(a, "cloud", f"voice {a.voice!r} is no longer configured")
-        rate = self._config.audio.sample_rate
-        request = SynthesisRequest(text=a.text, voice=voice, sample_rate=rate,
+        request = SynthesisRequest(text=a.text, voice=voice,
+                                   sample_rate=self._config.audio.sample_rate,
                                    instructions=a.instructions)
-        cache = self._cache if a.cache else None
-        key = cache_key(request) if cache else ""
-        cached = await asyncio.to_thread(cache.load, key, rate) if cache else None
-        reason: str | None = None
-        if cached is not None:
-            source, audio = "cache", replay(cached)
-            log.info("announcement %s: from the cache (%s)", a.id, key[:12],
-                     extra=_fields(a, "cache"))
+        chime = await self._chime_for(a)
+        # The chime plays while the speech is found (cache) or started (cloud, fallback): it
+        # hides the cloud's latency instead of adding to it.
+        selecting = asyncio.ensure_future(self._select(a, request))
+        heard = _Started(self, a, request)
+        if chime:
+            audio: AsyncGenerator[bytes, None] = _after_chime(chime, selecting, heard)
         else:
-            source = "offline" if voice.engine == "piper" else "cloud"
             try:
-                audio = await self._synthesis(a, request)
+                heard.selected(await selecting)
             except SynthesisError as exc:
-                fallback = self._fallback_for(voice)
-                if fallback is None:
-                    return self._fail(a, source, exc.reason)
-                reason = exc.reason
-                log.warning("announcement %s: %s; speaking with the fallback voice %s", a.id,
-                            reason, fallback.name, extra=_fields(a, "fallback"))
-                source = "fallback"
-                audio = await self._fallback_audio(a, fallback)
-            else:
-                if cache:
-                    audio = cache.record(audio, key, rate)
-
-        def started(at: float) -> None:
-            ms = round((at - a.received_at) * 1000)
-            connection = request.trace.connection if source == "cloud" else None
-            log.info("announcement %s: first audio after %d ms (%s%s)", a.id, ms, source,
-                     f", {connection} connection" if connection else "",
-                     extra=_fields(a, source))
-            self._emit(Event(a.id, "started", source=source, first_audio_ms=ms,
-                             connection=connection, reason=reason), a)
-
+                return self._fail(a, heard.source, exc.reason)
+            assert heard.selection is not None
+            audio = heard.selection.audio
         try:
             async with aclosing(audio) as stream:
                 complete = await self._sink.play(
                     stream, volume=a.volume if a.volume is not None else 100,
-                    on_first_audio=started,
+                    on_first_audio=heard.heard,
                 )
         except (SynthesisError, AudioDeviceError) as exc:
             error = exc.reason if isinstance(exc, SynthesisError) else str(exc)
-            return self._fail(a, source, f"{reason}; then {error}" if reason else error)
+            reason = heard.reason
+            return self._fail(a, heard.source, f"{reason}; then {error}" if reason else error)
         finally:
-            if cache:
-                await asyncio.to_thread(cache.count, hits=int(cached is not None),
-                                        misses=int(cached is None))
+            if not selecting.done():
+                selecting.cancel()
+            await asyncio.gather(selecting, return_exceptions=True)
+            if selecting.done() and not selecting.cancelled() and not selecting.exception():
+                await selecting.result().audio.aclose()  # unplayed if stopped during the chime
+            await self._count(heard.selection or _done(selecting))
+        source = heard.source
         if not complete:
             log.info("announcement %s: stopped", a.id, extra=_fields(a, source))
             self._emit(Event(a.id, "dropped", source=source, error=self._stop_reason), a)
             return False
         log.info("announcement %s: finished", a.id, extra=_fields(a, source))
-        self._emit(Event(a.id, "finished", source=source, reason=reason), a)
+        self._emit(Event(a.id, "finished", source=source, reason=heard.reason), a)
         return True
+
+    async def _select(self, a: Announcement, request: SynthesisRequest) -> _Selection:
+        """Where the speech comes from: the cache, the voice's engine (recorded into the
+        cache as it plays), or the fallback voice; raises SynthesisError if none can speak."""
+        voice, rate = request.voice, request.sample_rate
+        cache = self._cache if a.cache else None
+        key = cache_key(request) if cache else ""
+        cached = await asyncio.to_thread(cache.load, key, rate) if cache else None
+        if cached is not None:
+            log.info("announcement %s: from the cache (%s)", a.id, key[:12],
+                     extra=_fields(a, "cache"))
+            return _Selection("cache", replay(cached), cache, hit=True)
+        source = "offline" if voice.engine == "piper" else "cloud"
+        try:
+            audio = await self._synthesis(a, request)
+        except SynthesisError as exc:
+            fallback = self._fallback_for(voice)
+            if fallback is None:
+                raise SynthesisError(exc.reason) from None
+            log.warning("announcement %s: %s; speaking with the fallback voice %s", a.id,
+                        exc.reason, fallback.name, extra=_fields(a, "fallback"))
+            return _Selection("fallback", await self._fallback_audio(a, fallback), cache,
+                              reason=exc.reason)
+        if cache:
+            audio = cache.record(audio, key, rate)
+        return _Selection(source, audio, cache)
+
+    @staticmethod
+    async def _count(selection: _Selection | None) -> None:
+        if selection is not None and selection.cache is not None:
+            await asyncio.to_thread(selection.cache.count, hits=int(selection.hit),
+                                    misses=int(not selection.hit))
+
+    async def _chime_for(self, a: Announcement) -> bytes | None:
+        spec = a.chime
+        if spec is None or spec is True:
+            spec = self._config.audio.chime or ("builtin" if spec is True else None)
+        if not spec:
+            return None
+        try:
+            return await asyncio.to_thread(load_chime, str(spec), self._config.audio.sample_rate)
+        except ChimeError as exc:
+            log.warning("announcement %s: no chime: %s", a.id, exc)
+            return None
 
     async def _synthesis(self, a: Announcement, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         """The voice's audio, once its first chunk is in hand. With a fallback voice to hand
@@ -173,6 +203,73 @@ class Speaker:
         log.warning("announcement %s: failed: %s", a.id, reason, extra=_fields(a, source))
         self._emit(Event(a.id, "failed", source=source, error=reason), a)
         return False
+
+
+@dataclass
+class _Selection:
+    source: str  # cache | cloud | offline | fallback
+    audio: AsyncGenerator[bytes, None]
+    cache: PhraseCache | None
+    hit: bool = False
+    reason: str | None = None  # fallback: why the voice itself could not speak
+
+
+class _Started:
+    """Emits `started` once both are known: when the first PCM reached the device (the
+    chime's, if there is one) and where the speech comes from."""
+
+    def __init__(self, speaker: Speaker, a: Announcement, request: SynthesisRequest) -> None:
+        self._speaker, self._a, self._request = speaker, a, request
+        self._at: float | None = None
+        self.selection: _Selection | None = None
+        self._emitted = False
+
+    @property
+    def source(self) -> str:
+        if self.selection is not None:
+            return self.selection.source
+        return "offline" if self._request.voice.engine == "piper" else "cloud"
+
+    @property
+    def reason(self) -> str | None:
+        return self.selection.reason if self.selection else None
+
+    def heard(self, at: float) -> None:
+        self._at = at
+        self._maybe_emit()
+
+    def selected(self, selection: _Selection) -> None:
+        self.selection = selection
+        self._maybe_emit()
+
+    def _maybe_emit(self) -> None:
+        if self._emitted or self._at is None or self.selection is None:
+            return
+        self._emitted = True
+        a, source = self._a, self.selection.source
+        ms = round((self._at - a.received_at) * 1000)
+        connection = self._request.trace.connection if source == "cloud" else None
+        log.info("announcement %s: first audio after %d ms (%s%s)", a.id, ms, source,
+                 f", {connection} connection" if connection else "", extra=_fields(a, source))
+        self._speaker._emit(Event(a.id, "started", source=source, first_audio_ms=ms,
+                                  connection=connection, reason=self.selection.reason), a)
+
+
+def _done(selecting: asyncio.Future[_Selection]) -> _Selection | None:
+    if selecting.done() and not selecting.cancelled() and not selecting.exception():
+        return selecting.result()
+    return None
+
+
+async def _after_chime(chime: bytes, selecting: asyncio.Future[_Selection],
+                       started: _Started) -> AsyncGenerator[bytes, None]:
+    async for chunk in replay(chime):
+        yield chunk
+    selection = await selecting
+    started.selected(selection)
+    async with aclosing(selection.audio) as speech:
+        async for chunk in speech:
+            yield chunk
 
 
 def _fields(a: Announcement, source: str) -> dict[str, str]:

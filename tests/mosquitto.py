@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -18,13 +19,21 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto broker of the test's own, on a free port, that can be stopped and restarted."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+        """`persistent`: sessions and queued messages survive a restart, as on a Home
+        Assistant broker (Mosquitto's persistence, saved when it stops)."""
         self.host = "127.0.0.1"
         self.port = free_port()
         self._conf = workdir / "mosquitto.conf"
+        persistence = (f"persistence true\npersistence_location {workdir}/\n" if persistent
+                       else "persistence false\n")
         self._conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            # Started as root, Mosquitto would switch to its own user and could not save its
+            # persistence in the test's private directory: it stays who we are.
+            f"user {getpass.getuser()}\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
+            "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            "log_type notice\nlog_type information\n"
         )
         self._proc: subprocess.Popen[bytes] | None = None
 

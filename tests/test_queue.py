@@ -173,3 +173,63 @@ async def test_the_default_volume_is_applied_as_gain(
     expected = apply_volume(pcm_for("Half as loud."), 50)
     assert split_speech(capture.read())[1] == b"".join(
         expected[i:i + 2] for i in range(0, len(expected), 2) if expected[i:i + 2] != b"\0\0")
+
+
+async def test_a_burst_of_fifty_plays_in_priority_order_with_the_documented_drops(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, audio__keep_open_s=60,
+                          announcements__queue_size=20)
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    priorities = ["low", "normal", "high"]
+    try:
+        dashscope.chunk_interval_s = 0.2  # the first is still speaking when the burst is over
+        await home.say({"text": "The first, still speaking.", "id": "first"})
+        await home.log.event("first", "started")
+        for i in range(50):
+            await home.say({"text": f"Item {i}.", "id": f"i{i}", "priority": priorities[i % 3]})
+        # Every one of the fifty has been queued or dropped (the queue decides on arrival).
+        await home.log.wait_for(lambda: {e["id"] for e in home.log.events}
+                                >= {f"i{i}" for i in range(50)})
+        dashscope.chunk_interval_s = 0.0
+        highs = [i for i in range(50) if i % 3 == 2]
+        normals = [40, 43, 46, 49]  # the newest normals; every low and older normal dropped
+        expected = ["first"] + [f"i{i}" for i in highs + normals]
+        await home.log.outcome(expected[-1], timeout=60)
+    finally:
+        await daemon.stop()
+    started = [e["id"] for e in home.log.events if e["event"] == "started"]
+    assert started == expected
+    dropped = {e["id"] for e in home.log.events if e["event"] == "dropped"}
+    assert dropped == {f"i{i}" for i in range(50)} - set(expected)
+    assert all(e["error"] == "queue full (20)" for e in home.log.events if e["event"] == "dropped")
+    # At the ALSA output, exactly those, in that order.
+    texts = ["The first, still speaking."] + [f"Item {i}." for i in highs + normals]
+    assert split_speech(capture.read())[1] == b"".join(pcm_for(t) for t in texts)
+
+
+async def test_stop_and_interrupt_cut_the_audio_within_100_ms_of_audio(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    """Measured at the ALSA output: the audio that still reached the device between the
+    command and the cut is at most 100 ms long (48 bytes a millisecond at 24 kHz)."""
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, audio__keep_open_s=60)
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    long_text = "A long weather report for the whole of the week ahead, day by day."
+    try:
+        for n, command in enumerate(("stop", "critical")):
+            await home.say({"text": long_text + f" {n}", "id": f"long{n}"})
+            await home.log.event(f"long{n}", "started")
+            before = len(capture.read())
+            if command == "stop":
+                await home.stop()
+            else:
+                await home.say({"text": "Smoke!", "id": "smoke", "priority": "critical"})
+            await home.log.event(f"long{n}", "dropped")
+            after = len(capture.read())
+            assert after - before <= 100 * 48, (command, after - before)
+        assert (await home.log.outcome("smoke"))["event"] == "finished"
+    finally:
+        await daemon.stop()

@@ -9,7 +9,12 @@ import signal
 import time
 from datetime import datetime, timedelta, timezone
 
-from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech
+from pathlib import Path
+
+from conftest import (
+    API_KEY, Capture, DaemonProcess, Home, home_assistant, split_speech, write_config,
+)
+from mosquitto import Broker
 from fake_dashscope import FakeDashScope, pcm_for
 
 
@@ -60,3 +65,38 @@ async def test_a_retained_announcement_is_not_replayed(
         await again.stop()
     # Spoken once when it was published (live), never replayed on the reconnect.
     assert [t.texts[0] for t in dashscope.tasks] == ["Retained by mistake.", "After it.", "Next."]
+
+
+async def test_a_broker_restart_loses_nothing_and_speaks_each_once(
+    tmp_path: Path, dashscope: FakeDashScope, capture: Capture
+) -> None:
+    broker = Broker(tmp_path, persistent=True)
+    broker.start()
+    config = write_config(tmp_path / "config.yaml", broker, dashscope)
+    env = dict(os.environ, DASHSCOPE_API_KEY=API_KEY)
+    dashscope.chunk_interval_s = 0.05  # speaking takes a while: the restart comes mid-queue
+    try:
+        async with home_assistant(broker) as home:
+            daemon = DaemonProcess(config, env)
+            await daemon.start(home)
+            for n in range(4):
+                await home.say({"text": f"Before the restart, number {n}.", "id": f"b{n}"})
+            await home.log.event("b0", "started")
+        broker.stop()
+        broker.start()
+        # Published the moment the broker is back, before the daemon has reconnected: kept in
+        # the daemon's persistent session.
+        async with home_assistant(broker, identifier="ha-after") as home:
+            for n in range(4):
+                await home.say({"text": f"After the restart, number {n}.", "id": f"a{n}"})
+            try:
+                for n in range(4):
+                    assert (await home.log.outcome(f"a{n}", timeout=30))["event"] == "finished"
+            finally:
+                await daemon.stop()
+    finally:
+        broker.stop()
+    spoken = [t.texts[0] for t in dashscope.tasks if t.outcome == "finished"]
+    expected = ([f"Before the restart, number {n}." for n in range(4)]
+                + [f"After the restart, number {n}." for n in range(4)])
+    assert spoken == expected  # every one, once, in order

@@ -106,3 +106,36 @@ async def test_discovery_remove_clears_the_entities(
 
 async def test_no_discovery_when_the_prefix_is_null(daemon: DaemonProcess, broker: Broker) -> None:
     assert await retained(broker, "homeassistant/#") == {}
+
+
+# The keys Home Assistant documents for each MQTT platform that we use (an unknown key would
+# be ignored by Home Assistant: a typo would fail silently, so none is allowed).
+COMMON_KEYS = {"name", "unique_id", "default_entity_id", "availability_topic",
+               "payload_available", "payload_not_available", "device", "icon", "qos"}
+DOCUMENTED = {
+    "notify": COMMON_KEYS | {"command_topic", "command_template", "retain", "encoding"},
+    "button": COMMON_KEYS | {"command_topic", "command_template", "payload_press", "retain",
+                             "device_class"},
+    "sensor": COMMON_KEYS | {"state_topic", "value_template", "json_attributes_topic",
+                             "json_attributes_template", "unit_of_measurement", "device_class",
+                             "state_class", "expire_after", "force_update"},
+}
+REQUIRED = {"notify": {"command_topic"}, "button": {"command_topic"}, "sensor": {"state_topic"}}
+DEVICE_KEYS = {"identifiers", "connections", "name", "manufacturer", "model", "sw_version",
+               "hw_version", "configuration_url", "suggested_area", "via_device"}
+
+
+def test_every_discovery_key_is_a_documented_one() -> None:
+    from edge_tts.config import parse_config
+    from edge_tts.discovery import discovery_messages
+
+    config = parse_config({"device": {"name": "living room"}})
+    for topic, payload in discovery_messages(config):
+        prefix, component, node, object_id, last = topic.split("/")
+        assert (prefix, last, node) == ("homeassistant", "config", "edge_tts_living_room")
+        fields = json.loads(payload)
+        assert set(fields) <= DOCUMENTED[component], set(fields) - DOCUMENTED[component]
+        assert REQUIRED[component] <= set(fields)
+        assert set(fields["device"]) <= DEVICE_KEYS
+        assert fields["default_entity_id"] == f"{component}.edge_tts_living_room_{object_id}"
+        assert fields["unique_id"] == f"edge_tts_living_room_{object_id}"

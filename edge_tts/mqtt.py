@@ -151,10 +151,10 @@ class MqttLink:
             await client.subscribe(
                 [(self.topics.say, 1), (self.topics.all_say, 1), (self.topics.stop, 1)]
             )
-            # Online only once subscribed: what is published after "online" is heard.
-            await client.publish(self.topics.availability, b"online", qos=1, retain=True)
             for topic, payload in self.retained_on_connect:
                 await client.publish(topic, payload, qos=1, retain=True)
+            # Online last, once subscribed and announced: what is published after it is heard.
+            await client.publish(self.topics.availability, b"online", qos=1, retain=True)
             log.info("MQTT connected to %s:%d, listening on %s", self._config.host,
                      self._config.port, self.topics.say)
             self.connected.set()

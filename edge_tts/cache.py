@@ -112,6 +112,9 @@ class PhraseCache:
         self.max_bytes = max_bytes
         self._parts = root / "tmp"
         self._counters = root / "counters.json"
+        # (entries, bytes) as of this process's last scan (stats or eviction): what the status
+        # line shows without reading the directory again.
+        self.footprint: tuple[int, int] | None = None
 
     @classmethod
     def open(cls, root: Path, max_bytes: int) -> PhraseCache:
@@ -200,6 +203,7 @@ class PhraseCache:
                 path.unlink()
                 removed += 1
             total -= size
+        self.footprint = (len(entries) - removed, total)
         if removed:
             log.info("cache: evicted %d least recently used entries", removed)
         return removed
@@ -238,6 +242,7 @@ class PhraseCache:
 
     def stats(self) -> CacheStats:
         entries = list(self._entries())
+        self.footprint = (len(entries), sum(size for _, size, _ in entries))
         times = [mtime for _, _, mtime in entries]
         with self._locked_counters() as counters:
             hits, misses = counters["hits"], counters["misses"]

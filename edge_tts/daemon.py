@@ -75,7 +75,6 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._speaking: Announcement | None = None
         self._spoken_today = (date.today(), 0)
-        self._cache_summary = ""
         self._note = ""  # shown in the status until the next successful reload
         self.link = self._link()
         self._last: dict[str, object] | None = None
@@ -105,7 +104,8 @@ class Daemon:
             self._start("speak", self._speak_queue())
             self._start("watchdog", self.notifier.keep_alive())
             await self.link.connected.wait()
-            await asyncio.to_thread(self._summarize_cache)
+            if self.cache is not None:
+                await asyncio.to_thread(self.cache.stats)  # the one full scan, at start
             self.notifier.ready(self._status())
             log.info("ready: %s", self._status())
             # A part that dies unexpectedly takes the daemon down, so systemd restarts it.
@@ -183,7 +183,8 @@ class Daemon:
         if config.cache != old.cache:
             self.cache = open_cache(config.cache)
         self.speaker = self._speaker()
-        await asyncio.to_thread(self._summarize_cache)
+        if self.cache is not None and self.cache.footprint is None:
+            await asyncio.to_thread(self.cache.stats)
         self.notifier.ready(self._status())
         log.info("configuration reloaded from %s", config.source or "built-in defaults")
 
@@ -255,7 +256,6 @@ class Daemon:
                 self.queue.done()
             today, count = self._spoken_today
             self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
-            await asyncio.to_thread(self._summarize_cache)
             if not len(self.queue):
                 self.link.publish_state({"state": "idle", "id": None, "text": None})
             self.notifier.status(self._status())
@@ -275,15 +275,14 @@ class Daemon:
             cloud = f"cloud: {self.keeper.stats.last_error}"
         today, count = self._spoken_today
         spoken = count if today == date.today() else 0
-        parts = [state, cloud, self._cache_summary, f"{spoken} announcements today", self._note]
+        parts = [state, cloud, self._cache_summary(), f"{spoken} announcements today", self._note]
         return "; ".join(p for p in parts if p)
 
-    def _summarize_cache(self) -> None:
+    def _cache_summary(self) -> str:
         if self.cache is None:
-            self._cache_summary = "cache off"
-            return
-        stats = self.cache.stats()
-        self._cache_summary = f"cache {stats.bytes / 2**20:.0f} MB, {stats.entries} entries"
+            return "cache off"
+        entries, size = self.cache.footprint or (0, 0)
+        return f"cache {size / 2**20:.0f} MB, {entries} entries"
 
     def _stats_changed(self, _: KeeperStats) -> None:
         # Several changes in one step of the loop go out as one message.

@@ -129,10 +129,14 @@ async def _say(config: Config, api_key: Secret | None, text: str, voice: str | N
     return 1 if failures else 0
 
 
-def cmd_say(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+def _check_voice(name: str | None, config: Config) -> None:
+    """A -v VOICE that names no voice profile is refused, saying which exist."""
+    if name is not None and name not in config.voices:
+        raise ConfigError(f"unknown voice {name!r} (known: {', '.join(config.voices)})")
 
-    if args.voice is not None and args.voice not in config.voices:
-        raise ConfigError(f"unknown voice {args.voice!r} (known: {', '.join(config.voices)})")
+
+def cmd_say(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+    _check_voice(args.voice, config)
     try:
         text = check_text(" ".join(args.text), config.announcements.max_chars)
     except BadAnnouncement as exc:
@@ -216,8 +220,7 @@ def cmd_cache(args: argparse.Namespace, config: Config, api_key: Secret | None) 
     if args.action == "clear":
         print(f"removed {cache.clear()} entries from {cache.root}")
         return 0
-    if args.voice is not None and args.voice not in config.voices:
-        raise ConfigError(f"unknown voice {args.voice!r} (known: {', '.join(config.voices)})")
+    _check_voice(args.voice, config)
     if not args.file:
         raise ConfigError("cache warm needs a FILE of phrases")
     phrases = [check_text(p, config.announcements.max_chars) for p in _phrases(Path(args.file))]

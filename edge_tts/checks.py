@@ -125,7 +125,7 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
     for voice in config.voices.values():
         if voice.engine not in ("cosyvoice", "piper"):
             report(f"warn voice {voice.name!r}: engine {voice.engine!r} is not available in "
-                   "this version")
+                   "this version; announcements for it use the fallback voice, if any")
     problems = 0
     for name, what, problem in results:
         if problem:

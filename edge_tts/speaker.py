@@ -162,7 +162,7 @@ class Speaker:
         engine = self._engines.get(voice.engine)
         if engine is None:
             raise SynthesisError(f"engine {voice.engine!r} of voice {voice.name!r} is not "
-                                 "available in this version")
+                                 "available in this version; use a cosyvoice or piper voice")
         log.info("announcement %s: speaking with voice %s (task %s)", a.id, voice.name,
                  request.task_id)
         audio = engine.synthesize(request)

@@ -27,7 +27,7 @@ def test_shipped_config_loads_with_every_contract_key() -> None:
     assert config.device.name == "kitchen"
     assert config.mqtt.topic_prefix == "edge-tts" and config.mqtt.discovery_prefix == "homeassistant"
     assert config.dashscope.inference_url == REGION_URLS["intl"][0]
-    assert set(config.voices) == {"default", "butler", "offline"}
+    assert set(config.voices) == {"default", "offline"}  # every shipped voice can speak
     assert config.default_voice == "default" and config.fallback_voice == "offline"
     assert config.audio.sample_rate == 24000 and config.cache.max_mb == 200
 

@@ -51,7 +51,7 @@ def _read_wav(path: Path, rate: int) -> bytes:
                              for i in range(0, len(stereo), channels))).tobytes()
     if wav_rate != rate:
         try:
-            from .engines.piper import resample
+            from .resample import resample
             frames = resample(frames, wav_rate, rate)
         except ImportError:
             raise ChimeError(f"{path} is at {wav_rate} Hz; audio.sample_rate is {rate} Hz "

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from . import models
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/edge-tts/config.yaml"), Path("config/edge-tts.yaml"))
@@ -108,6 +109,9 @@ class Voice:
     instructions: str | None = None
     seed: int | None = None
     language_hints: tuple[str, ...] = ()
+    language_type: str | None = None  # qwen
+    mode: str = "commit"  # qwen: commit (we send sentence by sentence) | server_commit
+    optimize_instructions: bool | None = None  # qwen instruct models
 
 
 @dataclass(frozen=True)
@@ -322,19 +326,39 @@ def _dashscope(root: _Section) -> DashscopeConfig:
     )
 
 
+# The keys each engine reads; any other key in its profile is refused.
+_VOICE_KEYS = {
+    "cosyvoice": ("model", "voice", "rate", "pitch", "volume", "instructions", "seed",
+                  "language_hints"),
+    "qwen": ("model", "voice", "rate", "pitch", "volume", "instructions",
+             "optimize_instructions", "language_type", "mode"),
+    "sambert": ("model", "rate", "pitch", "volume"),
+    "piper": ("model",),
+}
+
+
 def _voice(s: _Section, name: str) -> Voice:
-    v = s.section(
-        name,
-        ("engine", "model", "voice", "rate", "pitch", "volume", "instructions", "seed",
-         "language_hints"),
-    )
+    everything = tuple(dict.fromkeys(k for keys in _VOICE_KEYS.values() for k in keys))
+    v = s.section(name, ("engine", *everything))
     engine = v.text("engine", None, choices=ENGINES)
     if engine is None:
         raise v.fail("engine", f"is required: one of {', '.join(ENGINES)}")
-    if engine != "piper":
-        for key in ("model", "voice"):
-            if v.text(key, None) is None:
-                raise v.fail(key, f"is required for engine {engine}")
+    for key in v.data:
+        if key != "engine" and key not in _VOICE_KEYS[engine]:
+            users = [e for e, keys in _VOICE_KEYS.items() if key in keys]
+            hint = (" (a Sambert voice is chosen by its model, e.g. sambert-zhichu-v1)"
+                    if engine == "sambert" and key == "voice" else "")
+            raise v.fail(key, f"engine {engine} does not use it (only {', '.join(users)}){hint}")
+    required = {"cosyvoice": ("model", "voice"), "qwen": ("model", "voice"),
+                "sambert": ("model",), "piper": ()}[engine]
+    for key in required:
+        if v.text(key, None) is None:
+            raise v.fail(key, f"is required for engine {engine}")
+    model = v.text("model", None)
+    if engine != "piper" and model is not None:
+        found = models.family(model)
+        if found is not None and found != engine:
+            raise v.fail("model", f"{model} is a {found} model, not {engine}: set engine: {found}")
     hints = v.data.get("language_hints", [])
     if isinstance(hints, str):
         hints = [hints]
@@ -343,10 +367,13 @@ def _voice(s: _Section, name: str) -> Voice:
     seed = v.data.get("seed")
     if seed is not None:
         seed = v.integer("seed", 0, 0, 65535)
+    optimize = v.data.get("optimize_instructions")
+    if optimize is not None:
+        optimize = v.boolean("optimize_instructions", False)
     return Voice(
         name=name,
         engine=engine,
-        model=v.text("model", None),
+        model=model,
         voice=v.text("voice", None),
         rate=v.number("rate", 1.0, 0.5, 2.0),
         pitch=v.number("pitch", 1.0, 0.5, 2.0),
@@ -354,6 +381,9 @@ def _voice(s: _Section, name: str) -> Voice:
         instructions=v.text("instructions", None),
         seed=seed,
         language_hints=tuple(hints),
+        language_type=v.text("language_type", None, choices=models.QWEN_LANGUAGES),
+        mode=v.text("mode", "commit", choices=models.QWEN_MODES) or "commit",
+        optimize_instructions=optimize,
     )
 
 

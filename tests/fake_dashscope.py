@@ -1,12 +1,17 @@
-"""An in-process DashScope server speaking the documented CosyVoice WebSocket protocol.
+"""An in-process DashScope server speaking the documented real-time speech protocols:
+CosyVoice (run-task duplex / continue-task / finish-task) and Sambert (run-task with
+streaming "out") on the inference endpoint, Qwen-TTS Realtime (session.update,
+input_text_buffer.*, session.finish) on the realtime endpoint.
 
 It checks what clients send as the service does (authorization, message shapes, task ids,
 the order of actions), answers with the documented events, and sends deterministic PCM for
 each text so a test can assert the exact bytes that reached the speaker. It keeps a record
-of connections and tasks. Behaviour for a test is chosen by markers in the text:
-  [fail]   task-failed instead of audio
-  [stall]  one chunk of audio, then silence (the task never ends)
-  [drop]   one chunk of audio, then the TCP connection is cut without a close frame
+of connections and tasks (a Qwen session is recorded as a task). Behaviour for a test is
+chosen by markers in the text:
+  [fail]     task-failed (Qwen: a fatal server_error) instead of audio
+  [invalid]  Qwen: an invalid_request_error for that append; the session lives on
+  [stall]    one chunk of audio, then silence (the task never ends)
+  [drop]     one chunk of audio, then the TCP connection is cut without a close frame
 and by methods: `cut_next_task(after_chunks)` cuts the next task's connection once,
 `kill_connections()` cuts every open connection, as when a route dies.
 """
@@ -14,21 +19,29 @@ and by methods: `cut_next_task(after_chunks)` cuts the next task's connection on
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import http
 import json
 import math
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
 PATH = "/api-ws/v1/inference"
+REALTIME_PATH = "/api-ws/v1/realtime"
 _TASK_ID = re.compile(r"^[0-9a-zA-Z-]{16,64}$")
+_SENTENCE_END = re.compile(r"[.!?;。！？；]\s*$")
+QWEN_RATES = (8000, 16000, 24000, 48000)
+QWEN_LANGUAGES = ("Auto", "Chinese", "English", "German", "Italian", "Portuguese", "Spanish",
+                  "Japanese", "Korean", "French", "Russian")
 
 
 def pcm_for(text: str, voice: str = "longanyang", sample_rate: int = 24000) -> bytes:
@@ -53,12 +66,14 @@ class TaskRecord:
     parameters: dict[str, Any]
     texts: list[str] = field(default_factory=list)
     outcome: str = "running"  # running | finished | failed | dropped | stalled
+    streaming: str = "duplex"  # duplex (CosyVoice) | out (Sambert) | realtime (Qwen)
 
 
 @dataclass
 class ConnectionRecord:
     opened_at: float
     authorization: str
+    path: str = PATH
     tasks: list[TaskRecord] = field(default_factory=list)
     closed_at: float | None = None
 
@@ -98,6 +113,11 @@ class FakeDashScope:
     @property
     def url(self) -> str:
         return f"ws://{self._host}:{self._port}{PATH}"
+
+    @property
+    def realtime_url(self) -> str:
+        """The Qwen-TTS Realtime endpoint; clients add ?model=."""
+        return f"ws://{self._host}:{self._port}{REALTIME_PATH}"
 
     @property
     def tasks(self) -> list[TaskRecord]:
@@ -165,8 +185,11 @@ class FakeDashScope:
     def _verdict(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.refuse_connections:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable\n")
-        if request.path.rstrip("/") != PATH:
+        url = urlsplit(request.path)
+        if url.path.rstrip("/") not in (PATH, REALTIME_PATH):
             return connection.respond(http.HTTPStatus.NOT_FOUND, "no such endpoint\n")
+        if url.path.rstrip("/") == REALTIME_PATH and not parse_qs(url.query).get("model"):
+            return connection.respond(http.HTTPStatus.BAD_REQUEST, "Model is required\n")
         auth = request.headers.get("Authorization", "")
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "bearer" or key != self.api_key:
@@ -174,12 +197,17 @@ class FakeDashScope:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
-        record = ConnectionRecord(time.monotonic(), ws.request.headers["Authorization"])
+        url = urlsplit(ws.request.path)
+        record = ConnectionRecord(time.monotonic(), ws.request.headers["Authorization"],
+                                  url.path.rstrip("/"))
         self.connections.append(record)
         self._open.add(ws)
         await self._notify()
         try:
-            await self._serve(ws, record)
+            if record.path == REALTIME_PATH:
+                await self._serve_qwen(ws, record, parse_qs(url.query)["model"][0])
+            else:
+                await self._serve(ws, record)
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -219,10 +247,17 @@ class FakeDashScope:
                 if problem:
                     await self._fail(ws, None, "InvalidParameter", problem, task_id=task_id)
                     return
-                task = TaskRecord(task_id, payload["model"], payload["parameters"])
+                task = TaskRecord(task_id, payload["model"], payload["parameters"],
+                                  streaming=header["streaming"])
                 record.tasks.append(task)
                 speech = None
                 await ws.send(_event("task-started", task_id))
+                if header["streaming"] == "out":  # Sambert: the whole text came with run-task
+                    text = payload["input"]["text"]
+                    task.texts.append(text)
+                    if not await self._end_task(ws, task, await self._synthesize(ws, task, text, None)):
+                        return
+                    task = None
             elif task is None or task_id != task.task_id:
                 await self._fail(ws, task, "InvalidParameter",
                                  f"Invalid action('{action}')! Please follow the protocol!",
@@ -240,30 +275,41 @@ class FakeDashScope:
                 task.texts.append(text)
                 # Duplex: audio for each text starts as soon as it arrives, in order.
                 speech = asyncio.create_task(self._synthesize(ws, task, text, speech))
-            elif action == "finish-task":
-                outcome = await speech if speech else "finished"
-                task.outcome = outcome
-                async with self.task_done:
-                    self.task_done.notify_all()
-                if outcome in ("failed", "dropped"):
+            elif action == "finish-task" and task.streaming == "duplex":
+                if not await self._end_task(ws, task, await speech if speech else "finished"):
                     return
-                if outcome == "stalled":
-                    await ws.wait_closed()  # hold the connection open, say nothing more
-                    return
-                characters = sum(len(t) for t in task.texts)
-                await ws.send(_event("task-finished", task.task_id,
-                                     payload={"output": {}, "usage": {"characters": characters}}))
                 task = None
             else:
                 await self._fail(ws, task, "InvalidParameter", f"unknown action {action!r}")
                 return
 
+    async def _end_task(self, ws: ServerConnection, task: TaskRecord, outcome: str) -> bool:
+        """Record the task's outcome and, if it finished, say task-finished; whether the
+        connection lives on."""
+        task.outcome = outcome
+        async with self.task_done:
+            self.task_done.notify_all()
+        if outcome in ("failed", "dropped"):
+            return False
+        if outcome == "stalled":
+            await ws.wait_closed()  # hold the connection open, say nothing more
+            return False
+        usage = {"characters": sum(len(t) for t in task.texts)}
+        # Sambert's task-finished repeats the last sentence (its SDK reads the output as one).
+        output = {"sentence": {"begin_time": 0, "end_time": 0, "words": []}} \
+            if task.streaming == "out" else {}
+        payload = {"output": output, "usage": usage}
+        await ws.send(_event("task-finished", task.task_id, payload=payload))
+        return True
+
     def _check_run_task(self, record: ConnectionRecord, task: TaskRecord | None,
                         header: dict[str, Any], payload: dict[str, Any]) -> str | None:
         if task is not None:
             return "Invalid action('run-task')! Please follow the protocol!"
-        if header.get("streaming") != "duplex":
-            return "header.streaming must be duplex"
+        model = payload.get("model")
+        sambert = isinstance(model, str) and model.startswith("sambert-")
+        if header.get("streaming") != ("out" if sambert else "duplex"):
+            return f"header.streaming must be {'out' if sambert else 'duplex'} for {model}"
         if not _TASK_ID.match(str(header.get("task_id"))):
             return "header.task_id is invalid"
         if any(t.task_id == header["task_id"] for t in self.tasks):
@@ -275,7 +321,11 @@ class FakeDashScope:
         params = payload.get("parameters")
         if not isinstance(payload.get("model"), str) or not isinstance(params, dict):
             return "payload.model and payload.parameters are required"
-        if not isinstance(params.get("voice"), str):
+        if sambert:
+            text = payload.get("input", {}).get("text")
+            if not isinstance(text, str) or not text:
+                return "payload.input.text is required"
+        elif not isinstance(params.get("voice"), str):
             return "parameters.voice is required"
         if params.get("format", "mp3") not in ("pcm", "wav", "mp3", "opus"):
             return "parameters.format is invalid"
@@ -304,7 +354,7 @@ class FakeDashScope:
         if first and self.first_packet_delay_s:
             await asyncio.sleep(self.first_packet_delay_s)  # the model's time to first audio
         params = task.parameters
-        pcm = pcm_for(text, params["voice"], params.get("sample_rate", 22050))
+        pcm = pcm_for(text, params.get("voice") or task.model, params.get("sample_rate", 22050))
         cut_after, self._cut_next = (self._cut_next, None) if first else (None, self._cut_next)
         if cut_after == 0:
             ws.transport.abort()
@@ -323,6 +373,160 @@ class FakeDashScope:
                 return "dropped"
         return "finished"
 
+    # --- Qwen-TTS Realtime ---------------------------------------------------------------
+
+    async def _serve_qwen(self, ws: ServerConnection, record: ConnectionRecord,
+                          model: str) -> None:
+        """One session per connection: session.created, then the client's events until
+        session.finish, which flushes the buffer, ends with session.finished and closes."""
+        legacy = model.startswith("qwen-tts-realtime")
+        session: dict[str, Any] = {
+            "object": "realtime.session", "mode": "server_commit", "model": model,
+            "voice": "Cherry", "response_format": "pcm", "sample_rate": 24000,
+            "id": "sess_" + uuid.uuid4().hex,
+        }
+        task = TaskRecord(session["id"], model, session, streaming="realtime")
+        record.tasks.append(task)
+        await ws.send(_qwen("session.created", session=dict(session)))
+        buffer, started = "", False
+        speech: asyncio.Task[str] | None = None
+
+        async def respond(text: str) -> None:
+            nonlocal speech
+            speech = asyncio.create_task(self._qwen_response(ws, task, text, speech))
+
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    raw = await ws.recv()
+            except TimeoutError:
+                self.idle_closes += 1
+                await ws.close(1000, "idle timeout")
+                return
+            if speech is not None and speech.done() and speech.result() != "finished":
+                return await self._qwen_ended(ws, task, speech.result())
+            try:
+                event = json.loads(raw)
+                kind = event["type"]
+                if not isinstance(event.get("event_id"), str):
+                    raise KeyError("event_id")
+            except (ValueError, KeyError, TypeError):
+                await ws.send(_qwen_error("invalid_request_error", "invalid_event",
+                                          "events are JSON objects with type and event_id"))
+                continue
+            if kind == "session.update":
+                problem = None if not started else \
+                    "Session update error: session already started or finished or failed."
+                update = event.get("session")
+                if problem is None:
+                    problem = _check_qwen_session(update, legacy)
+                if problem:
+                    await ws.send(_qwen_error("invalid_request_error", "invalid_value", problem,
+                                              param="session"))
+                    continue
+                session.update(update)
+                task.parameters = session
+                await ws.send(_qwen("session.updated", session=dict(session)))
+            elif kind == "input_text_buffer.append":
+                text = event.get("text")
+                if not isinstance(text, str):
+                    await ws.send(_qwen_error("invalid_request_error", "invalid_value",
+                                              "text must be a string", param="text"))
+                    continue
+                if "[invalid]" in text:
+                    await ws.send(_qwen_error("invalid_request_error", "invalid_value",
+                                              "text refused (fake [invalid] marker)", param="text"))
+                    continue
+                started = True
+                task.texts.append(text)
+                buffer += text
+                if session["mode"] == "server_commit" and _SENTENCE_END.search(buffer):
+                    await respond(buffer)  # the server decides: at a sentence end
+                    buffer = ""
+            elif kind == "input_text_buffer.commit":
+                if not buffer:
+                    await ws.send(_qwen_error("invalid_request_error", "invalid_value",
+                                              "input text buffer is empty"))
+                    continue
+                item = "item_" + uuid.uuid4().hex
+                await ws.send(_qwen("input_text_buffer.committed", item_id=item))
+                await respond(buffer)
+                buffer = ""
+            elif kind == "input_text_buffer.clear":
+                buffer = ""
+                await ws.send(_qwen("input_text_buffer.cleared"))
+            elif kind == "session.finish":
+                if buffer:
+                    await respond(buffer)
+                return await self._qwen_ended(ws, task, await speech if speech else "finished")
+            else:
+                await ws.send(_qwen_error("invalid_request_error", "invalid_value",
+                                          f"unknown event type {kind!r}", param="type"))
+
+    async def _qwen_ended(self, ws: ServerConnection, task: TaskRecord, outcome: str) -> None:
+        task.outcome = outcome
+        await self._notify()
+        if outcome == "stalled":
+            await ws.wait_closed()
+            return
+        if outcome == "finished":
+            await ws.send(_qwen("session.finished"))
+            await ws.close(1000, "session finished")
+
+    async def _qwen_response(self, ws: ServerConnection, task: TaskRecord, text: str,
+                             before: asyncio.Task[str] | None) -> str:
+        """One response for a committed text: created, item, audio deltas, done."""
+        first = before is None
+        if before is not None:
+            outcome = await before
+            if outcome != "finished":
+                return outcome
+        try:
+            if "[fail]" in text:
+                task.outcome = "failed"
+                await ws.send(_qwen_error("server_error", "internal_error",
+                                          "synthesis failed (fake [fail] marker)"))
+                await ws.close(1011, "internal error")
+                return "failed"
+            if first and self.first_packet_delay_s:
+                await asyncio.sleep(self.first_packet_delay_s)
+            session = task.parameters
+            rid, item = "resp_" + uuid.uuid4().hex, "item_" + uuid.uuid4().hex
+            await ws.send(_qwen("response.created", response={"id": rid, "status": "in_progress"}))
+            await ws.send(_qwen("response.output_item.added", response_id=rid, output_index=0,
+                                item={"id": item, "type": "message", "role": "assistant"}))
+            await ws.send(_qwen("response.content_part.added", response_id=rid, item_id=item,
+                                output_index=0, content_index=0, part={"type": "audio"}))
+            pcm = pcm_for(text, session["voice"], session["sample_rate"])
+            cut_after, self._cut_next = (self._cut_next, None) if first else (None, self._cut_next)
+            if cut_after == 0:
+                ws.transport.abort()
+                return "dropped"
+            for offset in range(0, len(pcm), self.chunk_bytes):
+                if offset and self.chunk_interval_s:
+                    await asyncio.sleep(self.chunk_interval_s)
+                delta = base64.b64encode(pcm[offset:offset + self.chunk_bytes]).decode()
+                await ws.send(_qwen("response.audio.delta", response_id=rid, item_id=item,
+                                    output_index=0, content_index=0, delta=delta))
+                if "[stall]" in text:
+                    task.outcome = "stalled"
+                    return "stalled"
+                n = offset // self.chunk_bytes + 1
+                if "[drop]" in text or (cut_after is not None and n >= cut_after):
+                    ws.transport.abort()
+                    return "dropped"
+            await ws.send(_qwen("response.audio.done", response_id=rid, item_id=item,
+                                output_index=0, content_index=0))
+            await ws.send(_qwen("response.content_part.done", response_id=rid, item_id=item,
+                                output_index=0, content_index=0))
+            await ws.send(_qwen("response.output_item.done", response_id=rid, output_index=0,
+                                item={"id": item, "status": "completed"}))
+            await ws.send(_qwen("response.done", response={
+                "id": rid, "status": "completed", "usage": {"characters": len(text)}}))
+            return "finished"
+        except websockets.ConnectionClosed:
+            return "dropped"
+
     async def _fail(self, ws: ServerConnection, task: TaskRecord | None, code: str, message: str,
                     *, task_id: str | None = None) -> None:
         if task is not None:
@@ -339,3 +543,40 @@ class FakeDashScope:
 def _event(name: str, task_id: str, payload: dict[str, Any] | None = None) -> str:
     return json.dumps({"header": {"task_id": task_id, "event": name, "attributes": {}},
                        "payload": payload or {}})
+
+
+def _qwen(kind: str, **fields: Any) -> str:
+    return json.dumps({"event_id": "event_" + uuid.uuid4().hex, "type": kind, **fields})
+
+
+def _qwen_error(kind: str, code: str, message: str, param: str | None = None) -> str:
+    error = {"type": kind, "code": code, "message": message}
+    if param:
+        error["param"] = param
+    return _qwen("error", error=error)
+
+
+def _check_qwen_session(update: Any, legacy: bool) -> str | None:
+    """The documented session fields and ranges; None when the update is valid."""
+    if not isinstance(update, dict):
+        return "session must be an object"
+    voice = update.get("voice")
+    if voice is not None and (not isinstance(voice, str) or voice.startswith("no-such")):
+        return f"Invalid value: voice {voice!r} does not exist"
+    if update.get("mode", "server_commit") not in ("server_commit", "commit"):
+        return "Invalid value: mode"
+    if update.get("response_format", "pcm") != "pcm":
+        return "Invalid value: response_format (this fake speaks pcm)"
+    rate = update.get("sample_rate", 24000)
+    if rate not in ((24000,) if legacy else QWEN_RATES):
+        return f"Invalid value: sample_rate {rate}"
+    if update.get("language_type", "Auto") not in QWEN_LANGUAGES:
+        return "Invalid value: language_type"
+    for key in ("speech_rate", "pitch_rate"):
+        value = update.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.5 <= value <= 2:
+            return f"Invalid value: {key}"
+    volume = update.get("volume", 50)
+    if isinstance(volume, bool) or not isinstance(volume, int) or not 0 <= volume <= 100:
+        return "Invalid value: volume"
+    return None

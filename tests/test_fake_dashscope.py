@@ -1,10 +1,12 @@
-"""The fake DashScope server, driven by the official `dashscope` SDK: if the SDK is happy with
-it, the fake speaks the service's protocol, and our client is tested against the real thing's
+"""The fake DashScope server, driven by the official `dashscope` SDK for each protocol it
+speaks (CosyVoice, Qwen-TTS Realtime in both modes, Sambert): if the SDK is happy with it,
+the fake speaks the service's protocol, and our client is tested against the real thing's
 shape."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import threading
@@ -13,6 +15,9 @@ from typing import Any
 import dashscope as dashscope_sdk
 import pytest
 from conftest import API_KEY
+from dashscope.audio.qwen_tts_realtime import AudioFormat as QwenAudioFormat
+from dashscope.audio.qwen_tts_realtime import QwenTtsRealtime, QwenTtsRealtimeCallback
+from dashscope.audio.tts import SpeechSynthesizer as SambertSynthesizer
 from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesizer
 from dashscope.common.error import RequestFailure
 from fake_dashscope import FakeDashScope, pcm_for
@@ -92,3 +97,150 @@ async def test_sdk_with_a_wrong_key_is_refused(dashscope: FakeDashScope,
         await asyncio.to_thread(synthesizer.call, "Hello", 5_000)
     assert dashscope.connections == []  # refused at the handshake, never served
 
+
+
+# --- Qwen-TTS Realtime, driven by the SDK's QwenTtsRealtime -----------------------------
+
+
+class _QwenEvents(QwenTtsRealtimeCallback):
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.audio = bytearray()
+        self.finished = threading.Event()
+        self.closed = threading.Event()
+        self.responses_done = threading.Semaphore(0)
+
+    def on_event(self, message: Any) -> None:
+        self.events.append(message)
+        kind = message["type"]
+        if kind == "response.audio.delta":
+            self.audio += base64.b64decode(message["delta"])
+        elif kind == "response.done":
+            self.responses_done.release()
+        elif kind == "session.finished":
+            self.finished.set()
+
+    def on_close(self, close_status_code: Any, close_msg: Any) -> None:
+        self.closed.set()
+
+    def kinds(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+
+def _qwen_client(dashscope: FakeDashScope, model: str = "qwen3-tts-flash-realtime"
+                 ) -> tuple[QwenTtsRealtime, _QwenEvents]:
+    events = _QwenEvents()
+    client = QwenTtsRealtime(model=model, callback=events, url=dashscope.realtime_url)
+    return client, events
+
+
+async def test_sdk_qwen_server_commit_mode(dashscope: FakeDashScope) -> None:
+    client, events = _qwen_client(dashscope)
+    texts = ["Right? I love supermarkets like this. ", "Especially during the new year."]
+
+    def run() -> None:
+        client.connect()
+        client.update_session(voice="Cherry", response_format=QwenAudioFormat.PCM_24000HZ_MONO_16BIT,
+                              mode="server_commit", language_type="English")
+        for text in texts:
+            client.append_text(text)
+        client.finish()
+        assert events.finished.wait(10)
+
+    await asyncio.to_thread(run)
+    assert bytes(events.audio) == b"".join(pcm_for(t, "Cherry", 24000) for t in texts)
+    kinds = events.kinds()
+    assert kinds[0] == "session.created" and kinds[1] == "session.updated"
+    assert kinds.count("response.done") == 2 and kinds[-1] == "session.finished"
+    assert client.get_session_id() == dashscope.tasks[0].task_id
+    assert dashscope.tasks[0].outcome == "finished"
+    assert await asyncio.to_thread(events.closed.wait, 10)  # the server ends the connection
+
+
+async def test_sdk_qwen_commit_mode_one_response_per_commit(dashscope: FakeDashScope) -> None:
+    client, events = _qwen_client(dashscope, "qwen3-tts-instruct-flash-realtime")
+
+    def run() -> None:
+        client.connect()
+        client.update_session(voice="Serena", mode="commit", sample_rate=16000,
+                              instructions="Calm and warm", optimize_instructions=True)
+        client.append_text("Hello there")  # no sentence end: commit mode waits for commit
+        client.append_text(", friend.")
+        client.commit()
+        assert events.responses_done.acquire(timeout=10)
+        client.append_text("Second turn.")
+        client.commit()
+        assert events.responses_done.acquire(timeout=10)
+        client.finish()
+        assert events.finished.wait(10)
+
+    await asyncio.to_thread(run)
+    expected = pcm_for("Hello there, friend.", "Serena", 16000) + pcm_for("Second turn.", "Serena", 16000)
+    assert bytes(events.audio) == expected
+    assert events.kinds().count("input_text_buffer.committed") == 2
+    session = dashscope.tasks[0].parameters
+    assert session["instructions"] == "Calm and warm" and session["sample_rate"] == 16000
+
+
+async def test_sdk_qwen_errors_recoverable_and_fatal(dashscope: FakeDashScope) -> None:
+    client, events = _qwen_client(dashscope)
+
+    def run() -> None:
+        client.connect()
+        client.update_session(voice="no-such-voice", mode="commit")  # refused, session lives
+        client.update_session(voice="Cherry", mode="commit")
+        client.commit()  # nothing buffered: refused, session lives
+        client.append_text("Fine.")
+        client.commit()
+        assert events.responses_done.acquire(timeout=10)
+        client.append_text("Broken [fail]")
+        client.commit()
+        assert events.closed.wait(10)  # a server error ends the session
+
+    await asyncio.to_thread(run)
+    errors = [e["error"] for e in events.events if e["type"] == "error"]
+    assert [e["type"] for e in errors] == ["invalid_request_error", "invalid_request_error",
+                                           "server_error"]
+    assert bytes(events.audio) == pcm_for("Fine.", "Cherry", 24000)
+    assert dashscope.tasks[0].outcome == "failed"
+
+
+async def test_sdk_qwen_session_update_after_start_is_refused(dashscope: FakeDashScope) -> None:
+    client, events = _qwen_client(dashscope)
+
+    def run() -> None:
+        client.connect()
+        client.update_session(voice="Cherry", mode="commit")
+        client.append_text("Hello.")
+        client.update_session(voice="Ethan", mode="commit")
+        client.finish()
+        assert events.finished.wait(10)
+
+    await asyncio.to_thread(run)
+    (error,) = [e["error"] for e in events.events if e["type"] == "error"]
+    assert "already started" in error["message"]
+    assert bytes(events.audio) == pcm_for("Hello.", "Cherry", 24000)
+
+
+# --- Sambert, driven by the SDK's SpeechSynthesizer (v1) --------------------------------
+
+
+async def test_sdk_sambert_call(dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dashscope_sdk, "base_websocket_api_url", dashscope.url)
+    result = await asyncio.to_thread(SambertSynthesizer.call, model="sambert-zhichu-v1",
+                                     text="The sun sets behind the mountains.",
+                                     sample_rate=16000, format="pcm")
+    assert result.get_audio_data() == pcm_for("The sun sets behind the mountains.",
+                                              "sambert-zhichu-v1", 16000)
+    (task,) = dashscope.tasks
+    assert task.streaming == "out" and task.outcome == "finished"
+    assert task.texts == ["The sun sets behind the mountains."]
+
+
+async def test_sdk_sambert_failure_reaches_the_sdk(dashscope: FakeDashScope,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dashscope_sdk, "base_websocket_api_url", dashscope.url)
+    result = await asyncio.to_thread(SambertSynthesizer.call, model="sambert-zhichu-v1",
+                                     text="Broken [fail]", sample_rate=16000, format="pcm")
+    response = result.get_response()
+    assert response.code == "InternalError" and "fail" in response.message

@@ -19,7 +19,8 @@ from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.config import Voice
 from edge_tts.engines import SynthesisRequest
-from edge_tts.engines.piper import PiperEngine, resample
+from edge_tts.engines.piper import PiperEngine
+from edge_tts.resample import resample
 
 RATE = 24000
 OFFLINE = {"engine": "piper"}

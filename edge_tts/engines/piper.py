@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SynthesisError
+from ..resample import resample
 from . import SynthesisRequest
 
 log = logging.getLogger(__name__)
@@ -37,19 +38,6 @@ def default_model() -> Path:
             "the offline voice is not installed (pip install 'edge-tts-daemon[offline]')"
         ) from None
     return Path(model_path())
-
-
-def resample(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
-    """16-bit mono PCM from one rate to another (linear interpolation: plenty for speech)."""
-    if from_rate == to_rate or not pcm:
-        return pcm
-    import numpy as np  # comes with piper's onnxruntime
-
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    n_out = round(len(samples) * to_rate / from_rate)
-    positions = np.arange(n_out, dtype=np.float64) * (from_rate / to_rate)
-    out = np.interp(positions, np.arange(len(samples)), samples)
-    return np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes()
 
 
 def _open_voice(model: Path) -> Any:

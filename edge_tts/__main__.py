@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace, config: Config, api_key: Secret | None,
 
 async def _say(config: Config, api_key: Secret | None, text: str, voice: str | None,
                out: Path | None) -> int:
-    engines, keeper = build_engines(config, api_key)
+    cloud = build_engines(config, api_key, serving=False)
     sink = WavWriter(out, config.audio.sample_rate) if out else Player(config.audio)
     failures: list[str] = []
 
@@ -117,11 +117,11 @@ async def _say(config: Config, api_key: Secret | None, text: str, voice: str | N
         if event.event == "failed" and event.error:
             failures.append(event.error)
 
-    speaker = Speaker(config, engines, sink, report, open_cache(config.cache))
+    speaker = Speaker(config, cloud.engines, sink, report, open_cache(config.cache))
     try:
         await speaker.speak(Announcement(text=text, voice=voice))
     finally:
-        await keeper.close()
+        await cloud.close()
         if isinstance(sink, Player):
             await sink.close()
     for reason in failures:
@@ -175,7 +175,7 @@ def _phrases(path: Path) -> list[str]:
 
 async def _warm(config: Config, api_key: Secret | None, cache: PhraseCache, phrases: list[str],
                 voice: str | None) -> int:
-    engines, keeper = build_engines(config, api_key)
+    cloud = build_engines(config, api_key, serving=False)
     failed = 0
 
     def report(event: Event, a: Announcement | None) -> None:
@@ -185,12 +185,12 @@ async def _warm(config: Config, api_key: Secret | None, cache: PhraseCache, phra
             print(f"  failed: {a.text if a else ''!r}: {event.error}", file=sys.stderr)
 
     counted = cache.stats()
-    speaker = Speaker(config, engines, Discard(), report, cache)
+    speaker = Speaker(config, cloud.engines, Discard(), report, cache)
     try:
         for phrase in phrases:
             await speaker.speak(Announcement(text=phrase, voice=voice))
     finally:
-        await keeper.close()
+        await cloud.close()
     after = cache.stats()
     new = after.misses - counted.misses - failed
     print(f"{len(phrases)} phrases: {new} synthesized and cached, "

@@ -6,8 +6,9 @@ import json
 import logging
 import time
 import unicodedata
-from datetime import datetime
 import uuid
+from datetime import datetime
+from xml.etree import ElementTree
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,8 @@ from .errors import BadAnnouncement
 log = logging.getLogger(__name__)
 
 PRIORITIES = ("low", "normal", "high", "critical")
-_KNOWN_KEYS = {"text", "voice", "volume", "priority", "chime", "id", "instructions", "cache",
-               "sent_at"}
+_KNOWN_KEYS = {"text", "ssml", "voice", "volume", "priority", "chime", "id", "instructions",
+               "cache", "sent_at"}
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
 
 
@@ -39,6 +40,7 @@ class Announcement:
     instructions: str | None = None
     cache: bool = True  # false: neither read nor write the phrase cache
     sent_at: float | None = None  # when the sender published it (epoch seconds), if it said
+    ssml: bool = False  # text is an SSML document (<speak>...</speak>)
     received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
@@ -110,11 +112,16 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, ann
     unknown = set(obj) - _KNOWN_KEYS
     if unknown:
         log.warning("announcement %s: ignoring unknown keys %s", announcement_id, sorted(unknown))
-    if "text" not in obj:
-        raise BadAnnouncement("JSON payload has no 'text'")
-    text = obj["text"]
+    if "text" not in obj and "ssml" not in obj:
+        raise BadAnnouncement("JSON payload has no 'text' (or 'ssml')")
+    if "text" in obj and "ssml" in obj:
+        raise BadAnnouncement("JSON payload has both 'text' and 'ssml'; send one")
+    ssml = "ssml" in obj
+    text = obj["ssml" if ssml else "text"]
     if not isinstance(text, str):
-        raise BadAnnouncement("'text' must be a string")
+        raise BadAnnouncement(f"'{'ssml' if ssml else 'text'}' must be a string")
+    if ssml:
+        check_ssml(text)
     voice = _field(obj, "voice", str, "a voice name")
     if voice is not None and voice not in voices:
         raise BadAnnouncement(f"unknown voice {voice!r} (known: {', '.join(sorted(voices))})")
@@ -140,7 +147,24 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, ann
         instructions=instructions,
         cache=cache is not False,
         sent_at=sent_at,
+        ssml=ssml,
     )
+
+
+def check_ssml(document: str) -> None:
+    """An SSML announcement must be well-formed XML whose root is <speak>."""
+    try:
+        root = ElementTree.fromstring(document.strip())
+    except ElementTree.ParseError as exc:
+        raise BadAnnouncement(f"'ssml' is not well-formed XML: {exc}") from None
+    if root.tag != "speak":
+        raise BadAnnouncement(f"'ssml' must be one <speak> element (got <{root.tag}>)")
+
+
+def ssml_text(document: str) -> str:
+    """What an SSML document says, without its markup: for voices that take plain text."""
+    words = " ".join("".join(ElementTree.fromstring(document.strip()).itertext()).split())
+    return words or document
 
 
 def _sent_at(value: Any) -> float | None:

@@ -1,4 +1,5 @@
-"""`edge-tts check`: config, broker, cloud and audio device, each with a clear verdict."""
+"""`edge-tts check`: config, broker, cloud and audio device, each with a clear verdict; and
+warnings for voice profiles the reference says cannot work."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from collections.abc import Callable
 
 import aiomqtt
 
-from .config import Config, Secret
+from .config import Config, Secret, Voice
 from .engines import SynthesisRequest
 from .engines.cosyvoice import finish_task, run_task
 from .engines.piper import check_voice
+from .engines.qwen import QwenEngine
+from .models import warnings as model_warnings
 from .errors import CloudUnavailable
 from .keeper import ConnectionKeeper
 from .mqtt import Topics, describe_error, make_client
@@ -65,19 +68,42 @@ async def _daemon_status(client: aiomqtt.Client, topics: Topics) -> str:
         return "the daemon is online (no stats published yet)"
 
 
-async def check_cloud(config: Config, api_key: Secret | None) -> str | None:
-    """Open a connection and start and finish an empty task: proves the URL, the key and the
-    default voice's model without synthesizing (or paying for) anything."""
+async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
+    """Prove each endpoint the voices use without synthesizing (or paying for) anything: the
+    inference endpoint with an empty CosyVoice task for its first CosyVoice voice, and a Qwen
+    session set up (and dropped) for each Qwen voice."""
+    ds = config.dashscope
+    voices = list(config.voices.values())
+    problems: list[str] = []
+    inference = [v for v in voices if v.engine in ("cosyvoice", "sambert")]
+    if inference:
+        cosy = next((v for v in inference if v.engine == "cosyvoice"), None)
+        problem = await _check_inference(config, api_key, cosy)
+        if problem:
+            problems.append(problem)
+    for voice in (v for v in voices if v.engine == "qwen"):
+        qwen = QwenEngine(ds.realtime_url, api_key, keep_warm=False,
+                          connect_timeout_s=ds.connect_timeout_s)
+        keeper = qwen.warm(voice, config.audio.sample_rate)
+        try:
+            ws = await keeper.connect()  # connects and configures the session
+            await ws.close()
+        except CloudUnavailable as exc:
+            problems.append(f"cloud: {exc.reason}")
+    return problems
+
+
+async def _check_inference(config: Config, api_key: Secret | None,
+                           voice: Voice | None) -> str | None:
     ds = config.dashscope
     keeper = ConnectionKeeper(ds.inference_url, api_key, keep_warm=False,
                               connect_timeout_s=ds.connect_timeout_s)
-    voice = config.voices[config.default_voice]
     try:
         ws = await keeper.connect()
     except CloudUnavailable as exc:
         return f"cloud: {exc.reason}"
     try:
-        if voice.engine != "cosyvoice":
+        if voice is None:
             return None
         request = SynthesisRequest(text="", voice=voice, sample_rate=config.audio.sample_rate)
         async with asyncio.timeout(ds.first_audio_timeout_s):
@@ -112,20 +138,24 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
     report(f"ok   config {config.source or '(built-in defaults)'}: device {config.device.name!r}, "
            f"{len(config.voices)} voice(s)")
     broker_problem, daemon = await check_broker(config)
-    results = [
-        ("broker", f"{config.mqtt.host}:{config.mqtt.port}", broker_problem),
-        ("cloud", config.dashscope.inference_url, await check_cloud(config, api_key)),
-        ("audio", f"device {config.audio.device!r}", await asyncio.to_thread(check_audio, config)),
-    ]
+    results = [("broker", f"{config.mqtt.host}:{config.mqtt.port}", broker_problem)]
+    cloud_voices = [v for v in config.voices.values() if v.engine != "piper"]
+    if cloud_voices:
+        ds = config.dashscope
+        urls = dict.fromkeys(ds.realtime_url if v.engine == "qwen" else ds.inference_url
+                             for v in cloud_voices)
+        what = f"{' '.join(urls)} (voices {', '.join(v.name for v in cloud_voices)})"
+        cloud_problems = await check_cloud(config, api_key)
+        results += [("cloud", "", p) for p in cloud_problems] or [("cloud", what, None)]
+    results.append(("audio", f"device {config.audio.device!r}",
+                    await asyncio.to_thread(check_audio, config)))
     fallback = config.voices.get(config.fallback_voice) if config.fallback_voice else None
     if fallback is not None and fallback.engine == "piper":
         problem = await asyncio.to_thread(check_voice, fallback.model)
         results.append(("fallback", f"voice {fallback.name!r} (offline, Piper)",
                          f"fallback voice {fallback.name!r}: {problem}" if problem else None))
-    for voice in config.voices.values():
-        if voice.engine not in ("cosyvoice", "piper"):
-            report(f"warn voice {voice.name!r}: engine {voice.engine!r} is not available in "
-                   "this version; announcements for it use the fallback voice, if any")
+    for warning in model_warnings(config):
+        report(f"warn {warning}")
     problems = 0
     for name, what, problem in results:
         if problem:

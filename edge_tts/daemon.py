@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ from .discovery import discovery_messages
 from .engines import Engine
 from .engines.cosyvoice import CosyVoiceEngine
 from .engines.piper import PiperEngine
+from .engines.qwen import QwenEngine
+from .engines.sambert import SambertEngine
 from .errors import BadAnnouncement, SynthesisError
 from .keeper import ConnectionKeeper, KeeperStats
 from .mqtt import MqttLink
@@ -33,28 +35,58 @@ log = logging.getLogger(__name__)
 _SHUTDOWN_S = 1.5  # what closing connections may take after a SIGTERM, in all
 
 
+@dataclass
+class Cloud:
+    """The engines the voices need, and the connections kept for them."""
+
+    engines: dict[str, Engine]
+    keeper: ConnectionKeeper  # the inference endpoint: CosyVoice and Sambert
+    qwen: QwenEngine  # the realtime endpoint: its own ready sessions
+
+    @property
+    def warm(self) -> bool:
+        return self.keeper.stats.warm or self.qwen.warm_now
+
+    @property
+    def last_error(self) -> str | None:
+        errors = [self.keeper.stats.last_error] + [s["last_error"] for s in self.qwen.stats()]
+        return next((str(e) for e in errors if e), None)
+
+    def stats(self) -> dict[str, object]:
+        return {**self.keeper.stats.as_dict(), "qwen_sessions": self.qwen.stats()}
+
+    async def close(self) -> None:
+        await asyncio.gather(self.keeper.close(), self.qwen.close())
+
+
 def build_engines(
-    config: Config, api_key: Secret | None, on_change: Callable[[KeeperStats], None] | None = None
-) -> tuple[dict[str, Engine], ConnectionKeeper]:
-    """The engines the configured voices need, sharing one keeper for the inference endpoint."""
+    config: Config, api_key: Secret | None, on_change: Callable[[KeeperStats], None] | None = None,
+    *, serving: bool = True,
+) -> Cloud:
+    """Every engine, the inference ones sharing one kept connection. Connections are kept
+    warm only when `serving` (not for a one-off `say`) and only for endpoints a voice uses."""
     ds = config.dashscope
+    engines_used = {v.engine for v in config.voices.values()}
     keeper = ConnectionKeeper(
         ds.inference_url,
         api_key,
-        keep_warm=ds.keep_warm,
+        keep_warm=ds.keep_warm and serving and bool(engines_used & {"cosyvoice", "sambert"}),
         idle_timeout_s=ds.idle_timeout_s,
         connect_timeout_s=ds.connect_timeout_s,
         on_change=on_change,
     )
+    timeouts = {"first_audio_timeout_s": ds.first_audio_timeout_s,
+                "stall_timeout_s": ds.stall_timeout_s}
+    qwen = QwenEngine(ds.realtime_url, api_key, keep_warm=ds.keep_warm and serving,
+                      idle_timeout_s=ds.idle_timeout_s, connect_timeout_s=ds.connect_timeout_s,
+                      on_change=on_change, **timeouts)
     engines: dict[str, Engine] = {
-        "cosyvoice": CosyVoiceEngine(
-            keeper,
-            first_audio_timeout_s=ds.first_audio_timeout_s,
-            stall_timeout_s=ds.stall_timeout_s,
-        ),
+        "cosyvoice": CosyVoiceEngine(keeper, **timeouts),
+        "sambert": SambertEngine(keeper, **timeouts),
+        "qwen": qwen,
         "piper": PiperEngine(release_after_s=config.fallback.release_after_s),
     }
-    return engines, keeper
+    return Cloud(engines, keeper, qwen)
 
 
 class Daemon:
@@ -78,7 +110,7 @@ class Daemon:
         self._note = ""  # shown in the status until the next successful reload
         self.link = self._link()
         self._last: dict[str, object] | None = None
-        self.engines, self.keeper = build_engines(config, api_key, self._stats_changed)
+        self.cloud = build_engines(config, api_key, self._stats_changed)
         self.cache: PhraseCache | None = open_cache(config.cache)
         self.speaker = self._speaker()
         _warn_without_key(api_key)
@@ -88,8 +120,17 @@ class Daemon:
         link.retained_on_connect = discovery_messages(self.config)
         return link
 
+    @property
+    def keeper(self) -> ConnectionKeeper:
+        return self.cloud.keeper
+
     def _speaker(self) -> Speaker:
-        return Speaker(self.config, self.engines, self.player, self._emit, self.cache)
+        return Speaker(self.config, self.cloud.engines, self.player, self._emit, self.cache)
+
+    def _warm_default_voice(self) -> None:
+        voice = self.config.voices[self.config.default_voice]
+        if voice.engine == "qwen" and self.config.dashscope.keep_warm and self._api_key:
+            self.cloud.qwen.warm(voice, self.config.audio.sample_rate)
 
     # --- life ------------------------------------------------------------------------------
 
@@ -101,6 +142,7 @@ class Daemon:
             await self._preload_fallback()
             self._start("link", self.link.run())
             self._start("keeper", self.keeper.run())
+            self._warm_default_voice()
             self._start("speak", self._speak_queue())
             self._start("watchdog", self.notifier.keep_alive())
             await self.link.connected.wait()
@@ -125,7 +167,7 @@ class Daemon:
     async def _preload_fallback(self) -> None:
         name = self.config.fallback_voice
         voice = self.config.voices.get(name) if name else None
-        piper = self.engines.get("piper")
+        piper = self.cloud.engines.get("piper")
         if self.config.fallback.preload and voice is not None and isinstance(piper, PiperEngine) \
                 and voice.engine == "piper":
             try:
@@ -150,7 +192,7 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_SHUTDOWN_S):
                 await asyncio.gather(*tasks, return_exceptions=True)
-                await self.keeper.close()
+                await self.cloud.close()
         if self._own_player and isinstance(self.player, Player):
             await self.player.close()
 
@@ -167,11 +209,12 @@ class Daemon:
             await self.link.connected.wait()
         if config.dashscope != old.dashscope or api_key != self._api_key:
             log.info("reload: new cloud connection settings")
-            old_keeper = self.keeper
+            old_cloud = self.cloud
             self._api_key = api_key
-            self.engines, self.keeper = build_engines(config, api_key, self._stats_changed)
+            self.cloud = build_engines(config, api_key, self._stats_changed)
             await self._restart("keeper", self.keeper.run())
-            await old_keeper.close()
+            await old_cloud.close()
+            self._warm_default_voice()
             _warn_without_key(api_key)
         if config.audio != old.audio and self._own_player and isinstance(self.player, Player):
             log.info("reload: new audio settings")
@@ -270,9 +313,9 @@ class Daemon:
             state = "waiting for the MQTT broker"
         else:
             state = "idle"
-        cloud = "warm connection" if self.keeper.stats.warm else "no cloud connection"
-        if self.keeper.stats.last_error and not self.keeper.stats.warm:
-            cloud = f"cloud: {self.keeper.stats.last_error}"
+        cloud = "warm connection" if self.cloud.warm else "no cloud connection"
+        if self.cloud.last_error and not self.cloud.warm:
+            cloud = f"cloud: {self.cloud.last_error}"
         today, count = self._spoken_today
         spoken = count if today == date.today() else 0
         parts = [state, cloud, self._cache_summary(), f"{spoken} announcements today", self._note]
@@ -292,7 +335,7 @@ class Daemon:
 
     def _publish_stats(self) -> None:
         self._stats_pending = False
-        self.link.publish_stats({"since": self._started_at, "cloud": self.keeper.stats.as_dict(),
+        self.link.publish_stats({"since": self._started_at, "cloud": self.cloud.stats(),
                                  "last_announcement": self._last})
         self.notifier.status(self._status())
 

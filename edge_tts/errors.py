@@ -31,9 +31,10 @@ class SynthesisError(EdgeTTSError):
 class CloudUnavailable(SynthesisError):
     """The cloud could not be reached or refused us (network, key, handshake)."""
 
-    def __init__(self, reason: str, *, refused: bool = False) -> None:
+    def __init__(self, reason: str, *, refused: bool = False, hint: str | None = None) -> None:
         super().__init__(reason)
-        self.refused = refused
+        self.refused = refused  # retrying soon will not help: the user must change something
+        self.hint = hint or "check dashscope.api_key_file or $DASHSCOPE_API_KEY"
 
 
 class ConnectionLost(CloudUnavailable):

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
@@ -95,8 +95,10 @@ class ConnectionKeeper:
         idle_timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         on_change: Callable[[KeeperStats], None] | None = None,
+        prepare: Callable[[ClientConnection], Awaitable[None]] | None = None,
     ) -> None:
         self.url = url
+        self._prepare = prepare  # readies a new connection for its first task (a session)
         self._api_key = api_key
         self._keep_warm = keep_warm
         self._idle_timeout_s = idle_timeout_s
@@ -159,6 +161,16 @@ class ConnectionKeeper:
             raise self._failed(
                 CloudUnavailable(f"cannot reach DashScope at {self.host}: {reason}")
             ) from None
+        if self._prepare is not None:
+            try:
+                async with asyncio.timeout(self._connect_timeout_s):
+                    await self._prepare(ws)
+            except (CloudUnavailable, TimeoutError, websockets.ConnectionClosed) as exc:
+                await ws.close()
+                if not isinstance(exc, CloudUnavailable):
+                    exc = CloudUnavailable(f"DashScope at {self.host} did not set up the session "
+                                           f"({type(exc).__name__})")
+                raise self._failed(exc) from None
         self.stats.opened += 1
         if self._refused:
             log.info("DashScope accepts the API key again")
@@ -173,7 +185,7 @@ class ConnectionKeeper:
         if exc.refused:
             # Said once, loudly; repeating it every retry helps nobody.
             if not self._refused:
-                log.error("%s: check dashscope.api_key_file or $DASHSCOPE_API_KEY", exc.reason)
+                log.error("%s: %s", exc.reason, exc.hint)
             self._refused = True
         self._notify()
         return exc

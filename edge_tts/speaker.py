@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 
-from .announcement import Announcement
+from .announcement import Announcement, ssml_text
 from .cache import PhraseCache, cache_key, replay
 from .chime import ChimeError, load_chime
 from .config import Config, Voice
@@ -67,9 +67,10 @@ class Speaker:
         voice = self._config.voices.get(a.voice or self._config.default_voice)
         if voice is None:  # queued before a reload removed its voice
             return self._fail(a, "cloud", f"voice {a.voice!r} is no longer configured")
-        request = SynthesisRequest(text=a.text, voice=voice,
-                                   sample_rate=self._config.audio.sample_rate,
-                                   instructions=a.instructions)
+        request = SynthesisRequest(text=_plain(a) if voice.engine == "piper" else a.text,
+                                   voice=voice, sample_rate=self._config.audio.sample_rate,
+                                   instructions=a.instructions,
+                                   ssml=a.ssml and voice.engine != "piper")
         chime = await self._chime_for(a)
         # The chime plays while the speech is found (cache) or started (cloud, fallback): it
         # hides the cloud's latency instead of adding to it.
@@ -162,7 +163,10 @@ class Speaker:
         engine = self._engines.get(voice.engine)
         if engine is None:
             raise SynthesisError(f"engine {voice.engine!r} of voice {voice.name!r} is not "
-                                 "available in this version; use a cosyvoice or piper voice")
+                                 "available")
+        if request.ssml and voice.engine != "cosyvoice":
+            raise SynthesisError(f"voice {voice.name!r} ({voice.engine}) cannot speak SSML; "
+                                 "send \"text\", or use a CosyVoice voice")
         log.info("announcement %s: speaking with voice %s (task %s)", a.id, voice.name,
                  request.task_id)
         audio = engine.synthesize(request)
@@ -182,7 +186,7 @@ class Speaker:
     async def _fallback_audio(self, a: Announcement, fallback: Voice) -> AsyncGenerator[bytes, None]:
         engine = self._engines.get(fallback.engine)
         assert engine is not None  # _fallback_for checked
-        request = SynthesisRequest(text=a.text, voice=fallback,
+        request = SynthesisRequest(text=_plain(a), voice=fallback,
                                    sample_rate=self._config.audio.sample_rate)
         return engine.synthesize(request)
 
@@ -282,3 +286,8 @@ async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGene
     async with aclosing(rest) as chunks:  # type: ignore[type-var]
         async for chunk in chunks:
             yield chunk
+
+
+def _plain(a: Announcement) -> str:
+    """The announcement's words, for a voice that reads plain text."""
+    return ssml_text(a.text) if a.ssml else a.text

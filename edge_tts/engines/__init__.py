@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import Voice
+from ..errors import ConnectionLost
+
+log = logging.getLogger(__name__)
 
 
 def new_task_id() -> str:
@@ -39,3 +44,31 @@ class Engine(Protocol):
     def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         """16-bit mono little-endian PCM at request.sample_rate, chunk by chunk as it arrives."""
         ...
+
+
+async def replaced_once(
+    run: Callable[[bool], AsyncGenerator[bytes, None]],
+) -> AsyncGenerator[bytes, None]:
+    """The audio of `run(replacing=False)`; if its connection dies (ConnectionLost), once more
+    from `run(replacing=True)` on a new connection, skipping the bytes already handed on (the
+    service's audio for the same request is the same)."""
+    delivered, replacing = 0, False
+    while True:
+        skip = delivered
+        try:
+            async with aclosing(run(replacing)) as audio:
+                async for chunk in audio:
+                    if skip:
+                        cut, skip = min(skip, len(chunk)), max(0, skip - len(chunk))
+                        chunk = chunk[cut:]
+                        if not chunk:
+                            continue
+                    delivered += len(chunk)
+                    yield chunk
+            return
+        except ConnectionLost as exc:
+            if replacing:
+                raise
+            replacing = True
+            log.warning("%s; running the request again on a new connection (after %d bytes)",
+                        exc.reason, delivered)

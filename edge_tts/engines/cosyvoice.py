@@ -1,4 +1,5 @@
-"""CosyVoice over the DashScope inference WebSocket (run-task / continue-task / finish-task)."""
+"""CosyVoice over the DashScope inference WebSocket (run-task duplex / continue-task /
+finish-task), and the task protocol it shares with Sambert on the same kept connection."""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 import websockets
 
 from ..errors import ConnectionLost, SynthesisError
 from ..keeper import ConnectionKeeper
-from . import SynthesisRequest, new_task_id
+from ..models import COSYVOICE_TEXT_WEIGHT
+from ..text import split_sentences
+from . import SynthesisRequest, new_task_id, replaced_once
 
 log = logging.getLogger(__name__)
 
 _FIRST = "dashscope.first_audio_timeout_s"
 _STALL = "dashscope.stall_timeout_s"
+# Sentences go one per continue-task; a sentence longer than the service takes in one
+# message is cut (the documented limit is 20,000 characters, CJK counting two).
+_PIECE_WEIGHT = min(2000, COSYVOICE_TEXT_WEIGHT)
 
 
 def run_task(request: SynthesisRequest, task_id: str | None = None) -> dict[str, Any]:
@@ -34,6 +39,8 @@ def run_task(request: SynthesisRequest, task_id: str | None = None) -> dict[str,
         "rate": voice.rate,
         "pitch": voice.pitch,
     }
+    if request.ssml:
+        parameters["enable_ssml"] = True  # then exactly one continue-task
     if voice.seed is not None:
         parameters["seed"] = voice.seed
     instructions = request.instructions or voice.instructions
@@ -42,35 +49,36 @@ def run_task(request: SynthesisRequest, task_id: str | None = None) -> dict[str,
         parameters["instruction"] = instructions
     if voice.language_hints:
         parameters["language_hints"] = list(voice.language_hints)
-    return {
-        "header": {"action": "run-task", "task_id": task_id or request.task_id, "streaming": "duplex"},
-        "payload": {
-            "task_group": "audio",
-            "task": "tts",
-            "function": "SpeechSynthesizer",
-            "model": voice.model,
-            "parameters": parameters,
-            "input": {},
-        },
-    }
+    return _task("run-task", task_id or request.task_id, "duplex", {
+        "task_group": "audio", "task": "tts", "function": "SpeechSynthesizer",
+        "model": voice.model, "parameters": parameters, "input": {},
+    })
 
 
 def continue_task(task_id: str, text: str) -> dict[str, Any]:
-    return {
-        "header": {"action": "continue-task", "task_id": task_id, "streaming": "duplex"},
-        "payload": {"input": {"text": text}},
-    }
+    return _task("continue-task", task_id, "duplex", {"input": {"text": text}})
 
 
 def finish_task(task_id: str) -> dict[str, Any]:
-    return {
-        "header": {"action": "finish-task", "task_id": task_id, "streaming": "duplex"},
-        "payload": {"input": {}},
-    }
+    return _task("finish-task", task_id, "duplex", {"input": {}})
 
 
-class CosyVoiceEngine:
-    """Streams CosyVoice audio for one request at a time over a kept connection."""
+def _task(action: str, task_id: str, streaming: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"header": {"action": action, "task_id": task_id, "streaming": streaming},
+            "payload": payload}
+
+
+def text_pieces(request: SynthesisRequest) -> list[str]:
+    """What goes into the continue-tasks: SSML whole (the service allows one), plain text
+    sentence by sentence, so the first sentence is synthesized while the rest is sent."""
+    if request.ssml:
+        return [request.text]
+    return split_sentences(request.text, _PIECE_WEIGHT)
+
+
+class InferenceEngine:
+    """A task protocol on the inference endpoint (CosyVoice, Sambert): one task at a time on
+    a kept connection, audio as binary frames, task-started / task-finished / task-failed."""
 
     def __init__(
         self, keeper: ConnectionKeeper, *, first_audio_timeout_s: float, stall_timeout_s: float
@@ -79,29 +87,15 @@ class CosyVoiceEngine:
         self._first_audio_timeout_s = first_audio_timeout_s
         self._stall_timeout_s = stall_timeout_s
 
-    async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
+    def messages(self, request: SynthesisRequest, task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The run-task, and what follows task-started."""
+        raise NotImplementedError
+
+    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         """Stream the request's audio. A connection that dies during the task is replaced once:
         the task runs again on a new connection and the audio already handed on is skipped."""
-        task_id, delivered, retried = request.task_id, 0, False
-        while True:
-            skip = delivered
-            try:
-                async with aclosing(self._run(request, task_id, replacing=retried)) as audio:
-                    async for chunk in audio:
-                        if skip:
-                            cut, skip = min(skip, len(chunk)), max(0, skip - len(chunk))
-                            chunk = chunk[cut:]
-                            if not chunk:
-                                continue
-                        delivered += len(chunk)
-                        yield chunk
-                return
-            except ConnectionLost as exc:
-                if retried:
-                    raise
-                retried, task_id = True, new_task_id()
-                log.warning("%s; running the task again on a new connection (after %d bytes)",
-                            exc.reason, delivered)
+        return replaced_once(lambda replacing: self._run(
+            request, new_task_id() if replacing else request.task_id, replacing=replacing))
 
     async def _run(self, request: SynthesisRequest, task_id: str, *,
                    replacing: bool) -> AsyncGenerator[bytes, None]:
@@ -109,11 +103,12 @@ class CosyVoiceEngine:
             ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
             deadline = time.monotonic() + self._first_audio_timeout_s
+            start, then = self.messages(request, task_id)
             try:
-                await ws.send(json.dumps(run_task(request, task_id)))
+                await ws.send(json.dumps(start))
                 await self._await_started(ws, task_id, deadline)
-                await ws.send(json.dumps(continue_task(task_id, request.text)))
-                await ws.send(json.dumps(finish_task(task_id)))
+                for message in then:
+                    await ws.send(json.dumps(message))
                 got_audio = False
                 while True:
                     if got_audio:
@@ -166,3 +161,12 @@ class CosyVoiceEngine:
         if header.get("task_id") not in (None, task_id):
             log.warning("event %s for task %s during task %s", event, header.get("task_id"), task_id)
         return event
+
+
+class CosyVoiceEngine(InferenceEngine):
+    """CosyVoice: run-task (duplex), the text in continue-tasks, finish-task."""
+
+    def messages(self, request: SynthesisRequest, task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        pieces = [continue_task(task_id, piece) for piece in text_pieces(request)]
+        return run_task(request, task_id), [*pieces, finish_task(task_id)]
+

@@ -1,0 +1,248 @@
+"""Qwen-TTS Realtime over the DashScope realtime WebSocket (`?model=` in the URL).
+
+The service holds one session per connection: session.created, the client's session.update
+(voice, PCM format and rate, mode, language, instructions), text appended to a buffer and
+committed, audio as base64 `response.audio.delta` events, and session.finish, after which
+the server sends session.finished and closes the connection. So a warm Qwen voice is a
+session made ready ahead of time: connected and configured, waiting for text. Each
+announcement uses one session; as soon as it is taken, the keeper readies the next.
+
+Errors: an `invalid_request_error` means the service refused what we sent but keeps the
+session (a voice it does not know, a value out of range). During set-up that is a problem
+with the voice profile, retried only rarely; during an announcement it fails the
+announcement. Any other error ends the session on the server's side; the announcement fails
+(and falls back). A connection that drops mid-announcement is replaced once, like CosyVoice's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from ..config import Secret, Voice
+from ..errors import CloudUnavailable, ConnectionLost, SynthesisError
+from ..keeper import ConnectionKeeper, KeeperStats
+from ..models import QWEN_INSTRUCT, QWEN_LEGACY, qwen_rate
+from ..resample import Resampler
+from ..text import split_sentences
+from . import SynthesisRequest, replaced_once
+
+log = logging.getLogger(__name__)
+
+_PIECE_WEIGHT = 2000  # a sentence longer than this goes in several appends
+_MAX_WARM = 2  # sessions kept ready: the default Qwen voice and the last other one used
+
+
+def session_config(request: SynthesisRequest) -> dict[str, Any]:
+    """The session.update fields for a request's voice and output rate."""
+    voice = request.voice
+    assert voice.model is not None and voice.voice is not None  # config requires both
+    config: dict[str, Any] = {
+        "voice": voice.voice,
+        "mode": voice.mode,
+        "response_format": "pcm",
+        "sample_rate": qwen_rate(voice.model, request.sample_rate),
+    }
+    if voice.model not in QWEN_LEGACY:  # the first generation has none of these
+        config.update(speech_rate=voice.rate, pitch_rate=voice.pitch, volume=voice.volume)
+    if voice.language_type:
+        config["language_type"] = voice.language_type
+    instructions = request.instructions or voice.instructions
+    if instructions and voice.model in QWEN_INSTRUCT:
+        config["instructions"] = instructions
+        if voice.optimize_instructions is not None:
+            config["optimize_instructions"] = voice.optimize_instructions
+    return config
+
+
+def _event(kind: str, **fields: Any) -> str:
+    return json.dumps({"event_id": "event_" + uuid.uuid4().hex, "type": kind, **fields})
+
+
+def _error(event: dict[str, Any]) -> tuple[bool, str]:
+    """(recoverable, "code: message") of an error event."""
+    error = event.get("error") or {}
+    code = error.get("code") or "unknown"
+    message = error.get("message") or "no message"
+    return error.get("type") == "invalid_request_error", f"{code}: {message}"
+
+
+async def _recv_event(ws: ClientConnection) -> dict[str, Any]:
+    frame = await ws.recv()
+    try:
+        event = json.loads(frame)
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise ValueError
+        return event
+    except (ValueError, TypeError):
+        raise SynthesisError("DashScope sent a message that is not a Qwen-TTS event") from None
+
+
+class QwenEngine:
+    """Speaks Qwen voices, one announcement per session, with a session kept ready."""
+
+    def __init__(
+        self,
+        realtime_url: str,
+        api_key: Secret | None,
+        *,
+        keep_warm: bool = True,
+        idle_timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        first_audio_timeout_s: float = 10.0,
+        stall_timeout_s: float = 5.0,
+        on_change: Callable[[KeeperStats], None] | None = None,
+    ) -> None:
+        self._url = realtime_url
+        self._api_key = api_key
+        self._keep_warm = keep_warm
+        self._idle_timeout_s = idle_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._first_audio_timeout_s = first_audio_timeout_s
+        self._stall_timeout_s = stall_timeout_s
+        self._on_change = on_change
+        # One keeper per session configuration, most recently used last.
+        self._keepers: OrderedDict[str, tuple[ConnectionKeeper, asyncio.Task[None] | None]] = \
+            OrderedDict()
+
+    # --- sessions kept ready ---------------------------------------------------------------
+
+    def keeper_for(self, request: SynthesisRequest) -> ConnectionKeeper:
+        """The keeper of ready sessions configured for this request (created on first use)."""
+        model = request.voice.model
+        config = session_config(request)
+        key = json.dumps([model, config], sort_keys=True)
+        if key in self._keepers:
+            self._keepers.move_to_end(key)
+            return self._keepers[key][0]
+        keeper = ConnectionKeeper(
+            f"{self._url}?model={model}",
+            self._api_key,
+            keep_warm=self._keep_warm,
+            idle_timeout_s=self._idle_timeout_s,
+            connect_timeout_s=self._connect_timeout_s,
+            on_change=self._on_change,
+            prepare=lambda ws: self._prepare(ws, request.voice, config),
+        )
+        runner = asyncio.ensure_future(keeper.run()) if self._keep_warm else None
+        self._keepers[key] = (keeper, runner)
+        while len(self._keepers) > _MAX_WARM:
+            _, (old, old_runner) = self._keepers.popitem(last=False)
+            asyncio.ensure_future(self._close_keeper(old, old_runner))
+        return keeper
+
+    def warm(self, voice: Voice, sample_rate: int) -> ConnectionKeeper:
+        """Start keeping a session ready for `voice` (the default voice, at start)."""
+        return self.keeper_for(SynthesisRequest(text="", voice=voice, sample_rate=sample_rate))
+
+    async def _prepare(self, ws: ClientConnection, voice: Voice, config: dict[str, Any]) -> None:
+        """session.created → session.update → session.updated, or why not."""
+        created = await _recv_event(ws)
+        if created["type"] != "session.created":
+            raise CloudUnavailable(f"DashScope opened no Qwen session (got {created['type']})")
+        await ws.send(_event("session.update", session=config))
+        while True:
+            event = await _recv_event(ws)
+            if event["type"] == "session.updated":
+                return
+            if event["type"] == "error":
+                recoverable, what = _error(event)
+                raise CloudUnavailable(
+                    f"DashScope refused voice {voice.name!r} ({voice.model}, {voice.voice}): "
+                    f"{what}", refused=recoverable, hint=f"check voices.{voice.name}")
+
+    def stats(self) -> list[dict[str, object]]:
+        return [{"url": keeper.url, **keeper.stats.as_dict()}
+                for keeper, _ in self._keepers.values()]
+
+    @property
+    def warm_now(self) -> bool:
+        return any(keeper.stats.warm for keeper, _ in self._keepers.values())
+
+    async def close(self) -> None:
+        keepers, self._keepers = list(self._keepers.values()), OrderedDict()
+        await asyncio.gather(*(self._close_keeper(k, r) for k, r in keepers))
+
+    @staticmethod
+    async def _close_keeper(keeper: ConnectionKeeper, runner: asyncio.Task[None] | None) -> None:
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        await keeper.close()
+
+    # --- speaking --------------------------------------------------------------------------
+
+    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
+        return replaced_once(lambda replacing: self._run(request, replacing=replacing))
+
+    async def _run(self, request: SynthesisRequest, *,
+                   replacing: bool) -> AsyncGenerator[bytes, None]:
+        keeper = self.keeper_for(request)
+        config = session_config(request)
+        rate = config["sample_rate"]
+        resampler = Resampler(rate, request.sample_rate) if rate != request.sample_rate else None
+        async with keeper.lease() as lease:
+            ws = lease.ws
+            request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
+            deadline = time.monotonic() + self._first_audio_timeout_s
+            try:
+                for piece in split_sentences(request.text, _PIECE_WEIGHT):
+                    await ws.send(_event("input_text_buffer.append", text=piece))
+                    if config["mode"] == "commit":
+                        await ws.send(_event("input_text_buffer.commit"))
+                await ws.send(_event("session.finish"))
+                got_audio = False
+                while True:
+                    timeout = self._stall_timeout_s if got_audio else deadline - time.monotonic()
+                    event = await self._receive(ws, timeout, stalled=got_audio)
+                    kind = event["type"]
+                    if kind == "response.audio.delta":
+                        pcm = base64.b64decode(event.get("delta") or "")
+                        got_audio = True
+                        out = resampler.feed(pcm) if resampler else pcm
+                        if out:
+                            yield out
+                    elif kind == "error":
+                        recoverable, what = _error(event)
+                        raise SynthesisError(
+                            f"DashScope {'refused the request' if recoverable else 'failed'}: "
+                            f"{what}")
+                    elif kind == "response.done":
+                        status = (event.get("response") or {}).get("status", "completed")
+                        if status not in ("completed", None):
+                            raise SynthesisError(f"DashScope ended a response as {status}")
+                    elif kind == "session.finished":
+                        if resampler and (tail := resampler.flush()):
+                            yield tail
+                        log.debug("Qwen session finished")
+                        return  # the server closes this connection; the keeper readies the next
+            except websockets.ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else 1006
+                raise ConnectionLost(
+                    f"connection to DashScope closed during the session (code {code})"
+                ) from None
+
+    async def _receive(self, ws: ClientConnection, timeout: float, *,
+                       stalled: bool) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(max(timeout, 0)):
+                return await _recv_event(ws)
+        except TimeoutError:
+            if stalled:
+                raise SynthesisError(f"DashScope sent no audio within {self._stall_timeout_s:g} s "
+                                     "(dashscope.stall_timeout_s)") from None
+            raise SynthesisError(f"DashScope sent no audio within "
+                                 f"{self._first_audio_timeout_s:g} s "
+                                 "(dashscope.first_audio_timeout_s)") from None

@@ -12,6 +12,7 @@ from fake_dashscope import FakeDashScope, pcm_for
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine
+from edge_tts.engines.sambert import SambertEngine
 from edge_tts.errors import CloudUnavailable, SynthesisError
 from edge_tts.keeper import ConnectionKeeper
 
@@ -126,3 +127,52 @@ async def test_consumer_leaving_early_retires_the_connection(dashscope: FakeDash
     await audio.aclose()  # what a stop does
     assert await collect(engine.synthesize(request("Next."))) == pcm_for("Next.")
     assert len(dashscope.connections) == 2
+
+
+async def test_a_long_text_goes_sentence_by_sentence_in_one_task(dashscope: FakeDashScope) -> None:
+    text = "The oven is preheated. Put the bread in! It needs forty minutes."
+    audio = await collect(engine_for(dashscope).synthesize(request(text)))
+    (task,) = dashscope.tasks
+    assert task.texts == ["The oven is preheated. ", "Put the bread in! ", "It needs forty minutes."]
+    assert audio == b"".join(pcm_for(t) for t in task.texts)
+
+
+async def test_ssml_goes_whole_in_exactly_one_continue_task(dashscope: FakeDashScope) -> None:
+    ssml = '<speak>Take out the bins. <break time="500ms"/> Tonight!</speak>'
+    audio = await collect(engine_for(dashscope).synthesize(request(ssml, ssml=True)))
+    (task,) = dashscope.tasks
+    assert task.parameters["enable_ssml"] is True
+    assert task.texts == [ssml]  # the service allows one continue-task with SSML
+    assert audio == pcm_for(ssml)
+
+
+async def test_sambert_sends_the_text_in_run_task_on_the_shared_connection(
+    dashscope: FakeDashScope,
+) -> None:
+    cosy = engine_for(dashscope)
+    sambert = SambertEngine(cosy._keeper, first_audio_timeout_s=5, stall_timeout_s=1)
+    voice = Voice(name="zhichu", engine="sambert", model="sambert-zhichu-v1", rate=1.2,
+                  pitch=0.8, volume=60)
+    await collect(cosy.synthesize(request("CosyVoice first.")))
+    req = request("Then Sambert. Two sentences.", voice)
+    audio = await collect(sambert.synthesize(req))
+    assert audio == pcm_for("Then Sambert. Two sentences.", "sambert-zhichu-v1")
+    first, task = dashscope.tasks
+    assert task.streaming == "out" and task.model == "sambert-zhichu-v1"
+    assert task.texts == ["Then Sambert. Two sentences."]  # Sambert takes it whole
+    assert task.parameters["sample_rate"] == 24000 and task.parameters["format"] == "pcm"
+    assert (task.parameters["rate"], task.parameters["pitch"], task.parameters["volume"]) == \
+        (1.2, 0.8, 60)
+    assert len(dashscope.connections) == 1 and req.trace.connection == "warm"
+
+
+async def test_a_sambert_failure_fails_the_request_and_the_next_one_works(
+    dashscope: FakeDashScope,
+) -> None:
+    sambert = SambertEngine(engine_for(dashscope)._keeper, first_audio_timeout_s=5,
+                            stall_timeout_s=1)
+    voice = Voice(name="zhichu", engine="sambert", model="sambert-zhichu-v1")
+    with pytest.raises(SynthesisError, match="InternalError"):
+        await collect(sambert.synthesize(request("Broken [fail]", voice)))
+    assert await collect(sambert.synthesize(request("Fine.", voice))) == pcm_for(
+        "Fine.", "sambert-zhichu-v1")

@@ -1,0 +1,129 @@
+"""One voice of each engine in one config, each speaking through MQTT, the real daemon
+process and ALSA: the exact PCM the fake cloud sent for CosyVoice, Qwen-TTS Realtime and
+Sambert, real Piper speech for the offline voice. Errors mid-announcement fall back and the
+engine speaks the next one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from fake_dashscope import FakeDashScope, pcm_for
+from test_fallback import assert_spoken
+
+VOICES = {
+    "voices__butler": {"engine": "qwen", "model": "qwen3-tts-instruct-flash-realtime",
+                       "voice": "Serena", "instructions": "Calm and warm",
+                       "language_type": "English"},
+    "voices__zhichu": {"engine": "sambert", "model": "sambert-zhichu-v1"},
+    "voices__offline": {"engine": "piper"},
+}
+
+
+@pytest.fixture
+async def running(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
+                  capture: Capture) -> AsyncIterator[DaemonProcess]:
+    config = write_config(tmp_path / "config.yaml", broker, dashscope,
+                          dashscope__realtime_url=dashscope.realtime_url,
+                          fallback__first_audio_ms=3000, **VOICES)
+    proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await proc.start(home)
+    yield proc
+    await proc.stop()
+
+
+async def spoken(home: Home, capture: Capture, payload: dict[str, object]) -> tuple[dict, bytes]:
+    await home.say(payload)
+    end = await home.log.outcome(str(payload["id"]), timeout=30)
+    assert end["event"] == "finished", end
+    return await home.log.event(str(payload["id"]), "started"), split_speech(capture.read())[1]
+
+
+async def test_each_engine_speaks_its_announcement_end_to_end(
+    running: DaemonProcess, home: Home, capture: Capture, dashscope: FakeDashScope
+) -> None:
+    started, pcm = await spoken(home, capture, {"text": "CosyVoice here. Two sentences.",
+                                                "id": "cosy"})
+    assert started["source"] == "cloud"
+    assert pcm == pcm_for("CosyVoice here. ") + pcm_for("Two sentences.")
+
+    started, pcm = await spoken(home, capture, {"text": "Qwen here. Also two.",
+                                                "voice": "butler", "id": "qwen"})
+    assert started["source"] == "cloud"
+    assert pcm == pcm_for("Qwen here. ", "Serena") + pcm_for("Also two.", "Serena")
+    session = next(t for t in dashscope.tasks if t.streaming == "realtime" and t.texts)
+    assert session.parameters["instructions"] == "Calm and warm"
+    assert session.texts == ["Qwen here. ", "Also two."]
+
+    started, pcm = await spoken(home, capture, {"text": "Sambert here.", "voice": "zhichu",
+                                                "id": "sambert"})
+    assert started["source"] == "cloud"
+    assert pcm == pcm_for("Sambert here.", "sambert-zhichu-v1")
+
+    started, pcm = await spoken(home, capture, {"text": "Piper here.", "voice": "offline",
+                                                "id": "piper"})
+    assert started["source"] == "offline"
+    assert_spoken(pcm, "Piper here.")
+
+
+async def test_a_qwen_error_mid_announcement_fails_it_and_the_next_qwen_one_speaks(
+    running: DaemonProcess, home: Home, capture: Capture, dashscope: FakeDashScope
+) -> None:
+    # The first sentence was already heard: the announcement fails (a fallback would start
+    # it again from the top), saying why.
+    await home.say({"text": "Careful. [fail] Broken.", "voice": "butler", "id": "mid"})
+    failed = await home.log.outcome("mid", timeout=30)
+    assert failed["event"] == "failed" and "internal_error" in failed["error"]
+    assert home.log.of("mid") == ["queued", "started", "failed"]
+    started, pcm = await spoken(home, capture, {"text": "Working again.", "voice": "butler",
+                                                "id": "good"})
+    assert started["source"] == "cloud"
+    assert pcm == pcm_for("Working again.", "Serena")
+
+
+async def test_a_qwen_error_before_any_audio_falls_back_and_the_next_qwen_one_speaks(
+    running: DaemonProcess, home: Home, capture: Capture
+) -> None:
+    started, pcm = await spoken(home, capture, {"text": "Broken [fail] at once.",
+                                                "voice": "butler", "id": "bad"})
+    assert started["source"] == "fallback" and "internal_error" in started["reason"]
+    assert_spoken(pcm, "Broken [fail] at once.")
+    started, pcm = await spoken(home, capture, {"text": "Back.", "voice": "butler", "id": "ok"})
+    assert started["source"] == "cloud" and pcm == pcm_for("Back.", "Serena")
+
+
+async def test_a_sambert_error_falls_back_and_the_next_sambert_one_speaks(
+    running: DaemonProcess, home: Home, capture: Capture
+) -> None:
+    started, _ = await spoken(home, capture, {"text": "Broken [fail]", "voice": "zhichu",
+                                              "id": "bad"})
+    assert started["source"] == "fallback" and "InternalError" in started["reason"]
+    _, pcm = await spoken(home, capture, {"text": "Fine now.", "voice": "zhichu", "id": "good"})
+    assert pcm == pcm_for("Fine now.", "sambert-zhichu-v1")
+
+
+async def test_ssml_is_sent_as_ssml_to_cosyvoice_and_as_words_to_a_fallback(
+    running: DaemonProcess, home: Home, capture: Capture, dashscope: FakeDashScope
+) -> None:
+    ssml = '<speak>Bins out <break time="300ms"/> tonight.</speak>'
+    started, pcm = await spoken(home, capture, {"ssml": ssml, "id": "cosy"})
+    assert started["source"] == "cloud" and pcm == pcm_for(ssml)
+    task = dashscope.tasks[-1]
+    assert task.parameters["enable_ssml"] is True and task.texts == [ssml]
+    # A Qwen voice cannot speak SSML: the offline voice says the words instead.
+    started, pcm = await spoken(home, capture, {"ssml": ssml, "voice": "butler", "id": "qwen"})
+    assert started["source"] == "fallback" and "cannot speak SSML" in started["reason"]
+    assert_spoken(pcm, "Bins out tonight.")
+
+
+async def test_malformed_ssml_is_refused_with_a_reason_and_the_next_is_spoken(
+    running: DaemonProcess, home: Home, capture: Capture
+) -> None:
+    await home.say({"ssml": "<speak>unclosed", "id": "bad"})
+    failed = await home.log.outcome("bad")
+    assert failed["event"] == "failed" and "not well-formed XML" in failed["error"]
+    _, pcm = await spoken(home, capture, {"text": "Next one.", "id": "next"})
+    assert pcm == pcm_for("Next one.")

@@ -1,0 +1,149 @@
+"""The Qwen-TTS Realtime client against the fake service over a real WebSocket: one session
+per announcement, a session kept ready, text sentence by sentence, exact PCM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from conftest import API_KEY
+from fake_dashscope import FakeDashScope, pcm_for
+
+from edge_tts.config import Secret, Voice
+from edge_tts.engines import SynthesisRequest
+from edge_tts.engines.qwen import QwenEngine, session_config
+from edge_tts.errors import CloudUnavailable, SynthesisError
+from edge_tts.resample import resample
+
+FLASH = Voice(name="butler", engine="qwen", model="qwen3-tts-flash-realtime", voice="Cherry")
+INSTRUCT = Voice(name="calm", engine="qwen", model="qwen3-tts-instruct-flash-realtime",
+                 voice="Serena", instructions="Calm and warm", optimize_instructions=True,
+                 language_type="English", rate=1.1, pitch=0.9, volume=60)
+
+
+@pytest.fixture
+async def engine(dashscope: FakeDashScope) -> AsyncIterator[QwenEngine]:
+    e = QwenEngine(dashscope.realtime_url, Secret(API_KEY), keep_warm=True,
+                   first_audio_timeout_s=5, stall_timeout_s=1)
+    yield e
+    await e.close()
+
+
+async def collect(audio: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in audio])
+
+
+def request(text: str, voice: Voice = FLASH, rate: int = 24000, **kw: object) -> SynthesisRequest:
+    return SynthesisRequest(text=text, voice=voice, sample_rate=rate, **kw)  # type: ignore[arg-type]
+
+
+async def test_commit_mode_sends_each_sentence_and_plays_the_exact_pcm(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    text = "The laundry is done. Please take it out!"
+    chunks = [c async for c in engine.synthesize(request(text))]
+    assert len(chunks) > 2  # handed on as the deltas arrive
+    assert b"".join(chunks) == pcm_for("The laundry is done. ", "Cherry") + pcm_for(
+        "Please take it out!", "Cherry")
+    (session,) = [t for t in dashscope.tasks if t.texts]
+    assert session.texts == ["The laundry is done. ", "Please take it out!"]
+    assert session.outcome == "finished"
+    assert dashscope.connections[0].path == "/api-ws/v1/realtime"
+
+
+async def test_server_commit_mode_lets_the_server_cut_and_ends_with_session_finish(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    voice = Voice(name="b", engine="qwen", model="qwen3-tts-flash-realtime", voice="Ethan",
+                  mode="server_commit")
+    audio = await collect(engine.synthesize(request("One. Two", voice)))
+    assert audio == pcm_for("One. ", "Ethan") + pcm_for("Two", "Ethan")
+    session = next(t for t in dashscope.tasks if t.texts)
+    assert session.parameters["mode"] == "server_commit"
+
+
+async def test_session_update_carries_the_profile(engine: QwenEngine,
+                                                  dashscope: FakeDashScope) -> None:
+    await collect(engine.synthesize(request("Hello.", INSTRUCT)))
+    session = next(t for t in dashscope.tasks if t.texts)
+    assert session.model == "qwen3-tts-instruct-flash-realtime"
+    expected = {"voice": "Serena", "mode": "commit", "response_format": "pcm",
+                "sample_rate": 24000, "speech_rate": 1.1, "pitch_rate": 0.9, "volume": 60,
+                "language_type": "English", "instructions": "Calm and warm",
+                "optimize_instructions": True}
+    assert {k: session.parameters[k] for k in expected} == expected
+
+
+def test_instructions_go_only_to_instruct_models_and_the_legacy_model_gets_24k_only() -> None:
+    flash = session_config(request("x", FLASH, instructions="Whisper"))
+    assert "instructions" not in flash
+    legacy = Voice(name="l", engine="qwen", model="qwen-tts-realtime", voice="Cherry", rate=1.5)
+    config = session_config(request("x", legacy, rate=16000))
+    assert config["sample_rate"] == 24000 and "speech_rate" not in config
+    assert session_config(request("x", INSTRUCT, instructions="Whisper"))["instructions"] == "Whisper"
+
+
+async def test_an_output_rate_qwen_lacks_is_resampled_exactly(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    audio = await collect(engine.synthesize(request("Dinner is ready.", rate=22050)))
+    session = next(t for t in dashscope.tasks if t.texts)
+    assert session.parameters["sample_rate"] == 24000
+    assert audio == resample(pcm_for("Dinner is ready.", "Cherry", 24000), 24000, 22050)
+
+
+async def test_the_next_session_is_ready_before_the_next_announcement(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    first = request("First.")
+    await collect(engine.synthesize(first))
+    keeper = engine.keeper_for(first)
+    await asyncio.wait_for(keeper.wait_warm(), 5)
+    second = request("Second.")
+    assert await collect(engine.synthesize(second)) == pcm_for("Second.", "Cherry")
+    assert second.trace.connection == "warm"
+    spoken = [t for t in dashscope.tasks if t.texts]
+    assert len(spoken) == 2 and spoken[0].task_id != spoken[1].task_id  # a session each
+
+
+async def test_a_voice_the_service_refuses_is_reported_with_its_name(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    voice = Voice(name="ghost", engine="qwen", model="qwen3-tts-flash-realtime",
+                  voice="no-such-voice")
+    with pytest.raises(CloudUnavailable) as caught:
+        await collect(engine.synthesize(request("Hello.", voice)))
+    assert "ghost" in caught.value.reason and "invalid_value" in caught.value.reason
+    assert caught.value.refused and caught.value.hint == "check voices.ghost"
+
+
+@pytest.mark.parametrize("marker, words", [("[fail]", "failed: internal_error"),
+                                           ("[invalid]", "refused the request: invalid_value")])
+async def test_an_error_mid_announcement_fails_it_and_the_next_one_works(
+    engine: QwenEngine, dashscope: FakeDashScope, marker: str, words: str
+) -> None:
+    with pytest.raises(SynthesisError, match=words):
+        await collect(engine.synthesize(request(f"First sentence. Then {marker} this.")))
+    assert await collect(engine.synthesize(request("All good."))) == pcm_for("All good.", "Cherry")
+
+
+async def test_a_dropped_connection_is_replaced_once_without_repeating_audio(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    dashscope.chunk_bytes = 2400
+    dashscope.cut_next_task(after_chunks=2)
+    req = request("A sentence long enough for several chunks.")
+    audio = await collect(engine.synthesize(req))
+    assert audio == pcm_for("A sentence long enough for several chunks.", "Cherry")
+    assert req.trace.connection == "replaced"
+
+
+async def test_a_stall_fails_after_stall_timeout(engine: QwenEngine) -> None:
+    with pytest.raises(SynthesisError, match="stall_timeout_s"):
+        await collect(engine.synthesize(request("Stuck [stall] here.")))
+
+
+async def test_the_model_goes_in_the_url(engine: QwenEngine, dashscope: FakeDashScope) -> None:
+    keeper = engine.keeper_for(request("x", INSTRUCT))
+    assert keeper.url == f"{dashscope.realtime_url}?model=qwen3-tts-instruct-flash-realtime"

@@ -154,3 +154,25 @@ async def test_devices_lists_the_default_output() -> None:
     lines = run.out.splitlines()
     marked = [line for line in lines if line.startswith("*")]
     assert len(marked) == 1 and "default" in marked[0]
+
+
+async def test_check_sets_up_each_qwen_voice_and_warns_about_impossible_profiles(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(
+        tmp_path / "c.yaml", broker, dashscope, dashscope__realtime_url=dashscope.realtime_url,
+        voices__butler={"engine": "qwen", "model": "qwen3-tts-instruct-flash-realtime",
+                        "voice": "Serena", "instructions": "Calm"},
+        voices__zhichu={"engine": "sambert", "model": "sambert-zhichu-v1"},
+        voices__ghost={"engine": "qwen", "model": "qwen3-tts-flash-realtime",
+                       "voice": "no-such-voice"},
+    )
+    run = await edge_tts("check", "-c", str(config))
+    assert run.code == 1, run.all
+    assert ("FAIL cloud: DashScope refused voice 'ghost' (qwen3-tts-flash-realtime, "
+            "no-such-voice): invalid_value") in run.out
+    assert "warn voices.zhichu.model: Sambert is not among the models" in run.out
+    # The Serena session was set up and dropped: nothing said, nothing paid for.
+    sessions = [t for t in dashscope.tasks if t.streaming == "realtime"]
+    assert {t.parameters["voice"] for t in sessions} == {"Serena", "Cherry"}  # ghost: refused
+    assert all(not t.texts for t in dashscope.tasks)

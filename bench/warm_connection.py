@@ -52,7 +52,7 @@ async def ours(url: str, n: int) -> list[Row]:
                 await asyncio.sleep(2 * IDLE_S + 0.5)  # the silence is what is measured
                 idle.values.append(await d.announce(TEXT))
             # The same measure as the SDK's rows: no MQTT, no player.
-            engine = d.daemon.engines["cosyvoice"]
+            engine = d.daemon.cloud.engines["cosyvoice"]
             voice = config.voices["default"]
             for _ in range(n):
                 await asyncio.sleep(0.3)  # spaced like the SDK's pool measurements

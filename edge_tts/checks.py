@@ -84,7 +84,7 @@ async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
     for voice in (v for v in voices if v.engine == "qwen"):
         qwen = QwenEngine(ds.realtime_url, api_key, keep_warm=False,
                           connect_timeout_s=ds.connect_timeout_s)
-        keeper = qwen.warm(voice, config.audio.sample_rate)
+        keeper = qwen.keeper_for_voice(voice, config.audio.sample_rate)
         try:
             ws = await keeper.connect()  # connects and configures the session
             await ws.close()

@@ -130,7 +130,7 @@ class Daemon:
     def _warm_default_voice(self) -> None:
         voice = self.config.voices[self.config.default_voice]
         if voice.engine == "qwen" and self.config.dashscope.keep_warm and self._api_key:
-            self.cloud.qwen.warm(voice, self.config.audio.sample_rate)
+            self.cloud.qwen.keeper_for_voice(voice, self.config.audio.sample_rate)
 
     # --- life ------------------------------------------------------------------------------
 

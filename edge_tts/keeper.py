@@ -173,7 +173,7 @@ class ConnectionKeeper:
                 raise self._failed(exc) from None
         self.stats.opened += 1
         if self._refused:
-            log.info("DashScope accepts the API key again")
+            log.info("DashScope accepts us again")
             self._refused = False
         self.stats.last_error = None
         log.debug("connected to %s", self.host)

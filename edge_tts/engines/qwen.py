@@ -142,8 +142,9 @@ class QwenEngine:
             asyncio.ensure_future(self._close_keeper(old, old_runner))
         return keeper
 
-    def warm(self, voice: Voice, sample_rate: int) -> ConnectionKeeper:
-        """Start keeping a session ready for `voice` (the default voice, at start)."""
+    def keeper_for_voice(self, voice: Voice, sample_rate: int) -> ConnectionKeeper:
+        """The keeper for `voice` as configured (no per-message overrides); created, and so
+        kept ready, if it was not yet: the default voice's at start."""
         return self.keeper_for(SynthesisRequest(text="", voice=voice, sample_rate=sample_rate))
 
     async def _prepare(self, ws: ClientConnection, voice: Voice, config: dict[str, Any]) -> None:

@@ -1,0 +1,83 @@
+"""Qwen-TTS Realtime announce latency with a session made ready ahead of time, against the
+official SDK in the same run.
+
+    .venv/bin/python bench/qwen_session.py [-n 20] [--rtt-ms 0 50]
+
+From the MQTT publish to the first PCM byte handed to the audio device, with the fake cloud
+answering its first audio 300 ms after the text is committed (its "model time"):
+  (a) edge-tts, a Qwen voice as the default voice, announcements spaced so the next session
+      is ready (each announcement uses one session; the keeper readies the next at once),
+  (b) edge-tts, announcements back to back (the next one published as the last ends),
+and the dashscope SDK's QwenTtsRealtime: cold (connect, session.update, text, commit) and
+with the session set up beforehand (from the text to the first delta).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from harness import API_KEY, ROOT, Row, bench_config, broker, fake_cloud, running_daemon, table
+
+FIRST_PACKET_MS = 300.0
+TEXT = "Door open."
+VOICE = {"engine": "qwen", "model": "qwen3-tts-flash-realtime", "voice": "Cherry"}
+
+
+def realtime(url: str) -> str:
+    return url.replace("/api-ws/v1/inference", "/api-ws/v1/realtime")
+
+
+async def ours(url: str, n: int) -> list[Row]:
+    spaced, burst = Row("(a) edge-tts, Qwen session made ready"), \
+        Row("(b) edge-tts, Qwen, back to back")
+    with broker() as b, tempfile.TemporaryDirectory() as tmp:
+        config = bench_config(Path(tmp), b, url, dashscope={"realtime_url": realtime(url)},
+                              voices={"default": VOICE}, cache={"max_mb": 0})
+        async with running_daemon(config) as d:
+            qwen = d.daemon.cloud.qwen
+            await d.announce(TEXT)  # opens the audio device
+            for _ in range(n):
+                await asyncio.wait_for(qwen.keeper_for_voice(config.voices["default"],
+                                                             config.audio.sample_rate)
+                                       .wait_warm(), 10)
+                spaced.values.append(await d.announce(TEXT))
+            for _ in range(n):
+                burst.values.append(await d.announce(TEXT))
+            stats = qwen.stats()[0]
+            print(f"  qwen sessions: {stats['opened']} opened, {stats['reused']} ready when "
+                  f"needed, {stats['waited']} waited, {stats['failures']} failures",
+                  file=sys.stderr)
+    return [spaced, burst]
+
+
+def sdk(url: str, n: int) -> list[Row]:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "sdk_qwen_first_audio.py"),
+                          realtime(url), API_KEY, str(n), TEXT],
+                         check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return [Row("dashscope SDK QwenTtsRealtime, cold", result["cold"]),
+            Row("dashscope SDK QwenTtsRealtime, session set up beforehand", result["ready"])]
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("--rtt-ms", type=float, nargs="+", default=[0, 50])
+    args = p.parse_args()
+    for rtt in args.rtt_ms:
+        print(f"running with {rtt:g} ms added round trip...", file=sys.stderr)
+        with fake_cloud(FIRST_PACKET_MS, rtt_ms=rtt) as url:
+            rows = await ours(url, args.n) + sdk(url, args.n)
+        title = (f"Qwen-TTS Realtime time to first audio, fake cloud first audio "
+                 f"{FIRST_PACKET_MS:g} ms, {rtt:g} ms added round trip")
+        print(table(title, rows, reference_ms=FIRST_PACKET_MS))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

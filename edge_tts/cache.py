@@ -63,6 +63,8 @@ def cache_key(request: SynthesisRequest) -> str:
         "sample_rate": request.sample_rate,
         "text": normalize_text(request.text),
     }
+    if v.engine == "qwen":  # (only here, so the other engines' keys stay as they were)
+        identity["qwen"] = [v.language_type, v.mode, v.optimize_instructions]
     blob = json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()
 

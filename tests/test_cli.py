@@ -176,3 +176,23 @@ async def test_check_sets_up_each_qwen_voice_and_warns_about_impossible_profiles
     sessions = [t for t in dashscope.tasks if t.streaming == "realtime"]
     assert {t.parameters["voice"] for t in sessions} == {"Serena", "Cherry"}  # ghost: refused
     assert all(not t.texts for t in dashscope.tasks)
+
+
+@pytest.mark.parametrize(("voice", "profile", "speaker"), [
+    ("butler", {"engine": "qwen", "model": "qwen3-tts-flash-realtime", "voice": "Ethan"}, "Ethan"),
+    ("zhichu", {"engine": "sambert", "model": "sambert-zhichu-v1"}, "sambert-zhichu-v1"),
+])
+async def test_say_speaks_qwen_and_sambert_voices_once_and_keeps_nothing_open(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, voice: str,
+    profile: dict[str, str], speaker: str,
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope,
+                          dashscope__realtime_url=dashscope.realtime_url,
+                          **{f"voices__{voice}": profile})
+    out = tmp_path / "hello.wav"
+    run = await edge_tts("say", "-c", str(config), "-v", voice, "-o", str(out), "Good night.")
+    assert run.code == 0, run.err
+    with wave.open(str(out)) as wav:
+        assert wav.readframes(wav.getnframes()) == pcm_for("Good night.", speaker)
+    # A one-off: no session or connection made ready for a next time that never comes.
+    assert len(dashscope.connections) == 1

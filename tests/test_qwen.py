@@ -147,3 +147,15 @@ async def test_a_stall_fails_after_stall_timeout(engine: QwenEngine) -> None:
 async def test_the_model_goes_in_the_url(engine: QwenEngine, dashscope: FakeDashScope) -> None:
     keeper = engine.keeper_for(request("x", INSTRUCT))
     assert keeper.url == f"{dashscope.realtime_url}?model=qwen3-tts-instruct-flash-realtime"
+
+
+async def test_at_most_two_sessions_are_kept_ready(engine: QwenEngine,
+                                                   dashscope: FakeDashScope) -> None:
+    voices = [Voice(name=n, engine="qwen", model="qwen3-tts-flash-realtime", voice=n)
+              for n in ("Dylan", "Ethan", "Serena")]
+    for voice in voices:
+        await collect(engine.synthesize(request("Hi.", voice)))
+    assert len(engine.stats()) == 2  # the oldest profile's keeper was closed
+    await dashscope.wait_for(lambda: not any(
+        c.tasks and c.tasks[0].parameters["voice"] == "Dylan"
+        for c in dashscope.open_connections()))

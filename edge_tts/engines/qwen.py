@@ -115,6 +115,7 @@ class QwenEngine:
         # One keeper per session configuration, most recently used last.
         self._keepers: OrderedDict[str, tuple[ConnectionKeeper, asyncio.Task[None] | None]] = \
             OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()  # keepers pushed out of the warm set
 
     # --- sessions kept ready ---------------------------------------------------------------
 
@@ -139,7 +140,9 @@ class QwenEngine:
         self._keepers[key] = (keeper, runner)
         while len(self._keepers) > _MAX_WARM:
             _, (old, old_runner) = self._keepers.popitem(last=False)
-            asyncio.ensure_future(self._close_keeper(old, old_runner))
+            closing = asyncio.ensure_future(self._close_keeper(old, old_runner))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         return keeper
 
     def keeper_for_voice(self, voice: Voice, sample_rate: int) -> ConnectionKeeper:
@@ -173,7 +176,7 @@ class QwenEngine:
 
     async def close(self) -> None:
         keepers, self._keepers = list(self._keepers.values()), OrderedDict()
-        await asyncio.gather(*(self._close_keeper(k, r) for k, r in keepers))
+        await asyncio.gather(*(self._close_keeper(k, r) for k, r in keepers), *self._closing)
 
     @staticmethod
     async def _close_keeper(keeper: ConnectionKeeper, runner: asyncio.Task[None] | None) -> None:

@@ -11,10 +11,11 @@ from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
-from edge_tts.engines.cosyvoice import CosyVoiceEngine
+from edge_tts.engines.cosyvoice import CosyVoiceEngine, text_pieces
 from edge_tts.engines.sambert import SambertEngine
 from edge_tts.errors import CloudUnavailable, SynthesisError
 from edge_tts.keeper import ConnectionKeeper
+from edge_tts.text import weight
 
 VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
 
@@ -176,3 +177,18 @@ async def test_a_sambert_failure_fails_the_request_and_the_next_one_works(
         await collect(sambert.synthesize(request("Broken [fail]", voice)))
     assert await collect(sambert.synthesize(request("Fine.", voice))) == pcm_for(
         "Fine.", "sambert-zhichu-v1")
+
+
+async def test_texts_over_the_documented_task_limits_are_refused_before_sending(
+    dashscope: FakeDashScope,
+) -> None:
+    engine = engine_for(dashscope)
+    with pytest.raises(SynthesisError, match="at most 200,000 in one task"):
+        await collect(engine.synthesize(request("中" * 100_001)))
+    long_ssml = "<speak>" + "a" * 20_001 + "</speak>"
+    with pytest.raises(SynthesisError, match="at most 20,000 in one"):
+        await collect(engine.synthesize(request(long_ssml, ssml=True)))
+    assert dashscope.connections == []  # refused before a connection was even taken
+    # Under the limit it goes, in pieces far below what the service takes in one message.
+    pieces = text_pieces(request("中" * 50_000 + "。Done."))
+    assert "".join(pieces) == "中" * 50_000 + "。Done." and max(map(weight, pieces)) <= 2000

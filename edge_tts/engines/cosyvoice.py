@@ -14,8 +14,9 @@ import websockets
 
 from ..errors import ConnectionLost, SynthesisError
 from ..keeper import ConnectionKeeper
-from ..models import COSYVOICE_TEXT_WEIGHT
-from ..text import split_sentences
+from ..announcement import ssml_text
+from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT
+from ..text import split_sentences, weight
 from . import SynthesisRequest, new_task_id, replaced_once
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,19 @@ def text_pieces(request: SynthesisRequest) -> list[str]:
     return split_sentences(request.text, _PIECE_WEIGHT)
 
 
+def check_limits(request: SynthesisRequest) -> None:
+    """The documented limits of one CosyVoice task: 200,000 characters in all, and SSML (one
+    continue-task) 20,000 without its tags; a Chinese character counts two."""
+    if request.ssml:
+        spoken = weight(ssml_text(request.text))
+        if spoken > COSYVOICE_TEXT_WEIGHT:
+            raise SynthesisError(f"the SSML says {spoken} characters (a Chinese one counts two); "
+                                 f"CosyVoice takes at most {COSYVOICE_TEXT_WEIGHT:,} in one")
+    elif (total := weight(request.text)) > COSYVOICE_TASK_WEIGHT:
+        raise SynthesisError(f"the text is {total} characters (a Chinese one counts two); "
+                             f"CosyVoice takes at most {COSYVOICE_TASK_WEIGHT:,} in one task")
+
+
 class InferenceEngine:
     """A task protocol on the inference endpoint (CosyVoice, Sambert): one task at a time on
     a kept connection, audio as binary frames, task-started / task-finished / task-failed."""
@@ -86,6 +100,9 @@ class InferenceEngine:
         self._keeper = keeper
         self._first_audio_timeout_s = first_audio_timeout_s
         self._stall_timeout_s = stall_timeout_s
+
+    def check(self, request: SynthesisRequest) -> None:
+        """Raise SynthesisError for a request the service documents it would refuse."""
 
     def messages(self, request: SynthesisRequest, task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The run-task, and what follows task-started."""
@@ -99,6 +116,7 @@ class InferenceEngine:
 
     async def _run(self, request: SynthesisRequest, task_id: str, *,
                    replacing: bool) -> AsyncGenerator[bytes, None]:
+        self.check(request)
         async with self._keeper.lease() as lease:
             ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
@@ -165,6 +183,9 @@ class InferenceEngine:
 
 class CosyVoiceEngine(InferenceEngine):
     """CosyVoice: run-task (duplex), the text in continue-tasks, finish-task."""
+
+    def check(self, request: SynthesisRequest) -> None:
+        check_limits(request)
 
     def messages(self, request: SynthesisRequest, task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         pieces = [continue_task(task_id, piece) for piece in text_pieces(request)]

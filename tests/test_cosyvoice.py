@@ -188,6 +188,9 @@ async def test_texts_over_the_documented_task_limits_are_refused_before_sending(
     long_ssml = "<speak>" + "a" * 20_001 + "</speak>"
     with pytest.raises(SynthesisError, match="at most 20,000 in one"):
         await collect(engine.synthesize(request(long_ssml, ssml=True)))
+    v2 = Voice(name="old", engine="cosyvoice", model="cosyvoice-v2", voice="longxiaochun")
+    with pytest.raises(SynthesisError, match="cosyvoice-v2 does not speak SSML"):
+        await collect(engine.synthesize(request("<speak>Hi</speak>", v2, ssml=True)))
     assert dashscope.connections == []  # refused before a connection was even taken
     # Under the limit it goes, in pieces far below what the service takes in one message.
     pieces = text_pieces(request("中" * 50_000 + "。Done."))

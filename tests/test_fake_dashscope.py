@@ -244,3 +244,21 @@ async def test_sdk_sambert_failure_reaches_the_sdk(dashscope: FakeDashScope,
                                      text="Broken [fail]", sample_rate=16000, format="pcm")
     response = result.get_response()
     assert response.code == "InternalError" and "fail" in response.message
+
+
+async def test_sdk_qwen_clear_drops_uncommitted_text(dashscope: FakeDashScope) -> None:
+    client, events = _qwen_client(dashscope)
+
+    def run() -> None:
+        client.connect()
+        client.update_session(voice="Cherry", mode="commit")
+        client.append_text("Never mind this.")
+        client.clear_appended_text()
+        client.append_text("Say this.")
+        client.commit()
+        client.finish()
+        assert events.finished.wait(10)
+
+    await asyncio.to_thread(run)
+    assert "input_text_buffer.cleared" in events.kinds()
+    assert bytes(events.audio) == pcm_for("Say this.", "Cherry", 24000)

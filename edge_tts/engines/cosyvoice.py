@@ -15,7 +15,7 @@ import websockets
 from ..errors import ConnectionLost, SynthesisError
 from ..keeper import ConnectionKeeper
 from ..announcement import ssml_text
-from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT
+from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT, SSML_MODELS
 from ..text import split_sentences, weight
 from . import SynthesisRequest, new_task_id, replaced_once
 
@@ -81,6 +81,9 @@ def check_limits(request: SynthesisRequest) -> None:
     """The documented limits of one CosyVoice task: 200,000 characters in all, and SSML (one
     continue-task) 20,000 without its tags; a Chinese character counts two."""
     if request.ssml:
+        if request.voice.model not in SSML_MODELS:
+            raise SynthesisError(f"{request.voice.model} does not speak SSML (the reference: "
+                                 f"only {' and '.join(SSML_MODELS)})")
         spoken = weight(ssml_text(request.text))
         if spoken > COSYVOICE_TEXT_WEIGHT:
             raise SynthesisError(f"the SSML says {spoken} characters (a Chinese one counts two); "

@@ -5,6 +5,7 @@ a table of medians and p95."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -157,3 +158,12 @@ def table(title: str, rows: list[Row], reference_ms: float | None = None) -> str
         lines.append(f"| {r.name} | {len(r.values)} | {r.median:.1f} | {r.p95:.1f} | "
                      f"{min(r.values):.1f} | {max(r.values):.1f}{over} |")
     return "\n".join(lines) + "\n"
+
+
+def sdk_rows(script: str, url: str, n: int, text: str, labels: dict[str, str]) -> list[Row]:
+    """Run a bench/ script measuring the official SDK in its own process (its threads never
+    share our event loop); it prints one JSON object of lists of ms, named as in `labels`."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), url, API_KEY, str(n),
+                          text], check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return [Row(label, result[key]) for key, label in labels.items()]

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from harness import API_KEY, ROOT, Row, bench_config, broker, fake_cloud, running_daemon, table
+from harness import Row, bench_config, broker, fake_cloud, running_daemon, sdk_rows, table
 
 FIRST_PACKET_MS = 300.0
 TEXT = "Door open."
@@ -57,12 +55,9 @@ async def ours(url: str, n: int) -> list[Row]:
 
 
 def sdk(url: str, n: int) -> list[Row]:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "sdk_qwen_first_audio.py"),
-                          realtime(url), API_KEY, str(n), TEXT],
-                         check=True, capture_output=True, text=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    return [Row("dashscope SDK QwenTtsRealtime, cold", result["cold"]),
-            Row("dashscope SDK QwenTtsRealtime, session set up beforehand", result["ready"])]
+    return sdk_rows("sdk_qwen_first_audio.py", realtime(url), n, TEXT, {
+        "cold": "dashscope SDK QwenTtsRealtime, cold",
+        "ready": "dashscope SDK QwenTtsRealtime, session set up beforehand"})
 
 
 async def main() -> None:

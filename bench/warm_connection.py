@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import API_KEY, ROOT, Row, bench_config, broker, fake_cloud, running_daemon, table
+from harness import Row, bench_config, broker, fake_cloud, running_daemon, sdk_rows, table
 
 from edge_tts.engines import SynthesisRequest
 
@@ -71,11 +69,9 @@ async def ours(url: str, n: int) -> list[Row]:
 
 
 def sdk(url: str, n: int) -> list[Row]:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "sdk_first_audio.py"), url,
-                          API_KEY, str(n), TEXT], check=True, capture_output=True, text=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    return [Row("dashscope SDK, cold SpeechSynthesizer", result["cold"]),
-            Row("dashscope SDK, warm from its object pool", result["pool"])]
+    return sdk_rows("sdk_first_audio.py", url, n, TEXT, {
+        "cold": "dashscope SDK, cold SpeechSynthesizer",
+        "pool": "dashscope SDK, warm from its object pool"})
 
 
 async def main() -> None:

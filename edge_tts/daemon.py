@@ -53,7 +53,10 @@ class Cloud:
         return next((str(e) for e in errors if e), None)
 
     def stats(self) -> dict[str, object]:
-        return {**self.keeper.stats.as_dict(), "qwen_sessions": self.qwen.stats()}
+        """The inference connection's figures; `warm` for any endpoint; each kept Qwen
+        profile's own figures under `qwen_sessions`."""
+        return {**self.keeper.stats.as_dict(), "warm": self.warm,
+                "qwen_sessions": self.qwen.stats()}
 
     async def close(self) -> None:
         await asyncio.gather(self.keeper.close(), self.qwen.close())
@@ -66,11 +69,10 @@ def build_engines(
     """Every engine, the inference ones sharing one kept connection. Connections are kept
     warm only when `serving` (not for a one-off `say`) and only for endpoints a voice uses."""
     ds = config.dashscope
-    engines_used = {v.engine for v in config.voices.values()}
     keeper = ConnectionKeeper(
         ds.inference_url,
         api_key,
-        keep_warm=ds.keep_warm and serving and bool(engines_used & {"cosyvoice", "sambert"}),
+        keep_warm=ds.keep_warm and serving and _uses_inference(config),
         idle_timeout_s=ds.idle_timeout_s,
         connect_timeout_s=ds.connect_timeout_s,
         on_change=on_change,
@@ -87,6 +89,10 @@ def build_engines(
         "piper": PiperEngine(release_after_s=config.fallback.release_after_s),
     }
     return Cloud(engines, keeper, qwen)
+
+
+def _uses_inference(config: Config) -> bool:
+    return any(v.engine in ("cosyvoice", "sambert") for v in config.voices.values())
 
 
 class Daemon:
@@ -207,15 +213,16 @@ class Daemon:
             self.link = self._link()
             await self._restart("link", self.link.run())
             await self.link.connected.wait()
-        if config.dashscope != old.dashscope or api_key != self._api_key:
+        if config.dashscope != old.dashscope or api_key != self._api_key or \
+                _uses_inference(config) != _uses_inference(old):
             log.info("reload: new cloud connection settings")
             old_cloud = self.cloud
             self._api_key = api_key
             self.cloud = build_engines(config, api_key, self._stats_changed)
             await self._restart("keeper", self.keeper.run())
             await old_cloud.close()
-            self._warm_default_voice()
             _warn_without_key(api_key)
+        self._warm_default_voice()  # it may be a new voice, or a new output rate
         if config.audio != old.audio and self._own_player and isinstance(self.player, Player):
             log.info("reload: new audio settings")
             old_player, self.player = self.player, Player(config.audio)

@@ -106,7 +106,10 @@ def write_config(path: Path, broker: Broker, dashscope: FakeDashScope, **overrid
         "announcements": {"max_chars": 200},
         "cache": {"dir": str(path.parent / "cache"), "max_mb": 50},
     }
-    for dotted, value in overrides.items():
+    for dotted, value in overrides.items():  # section__key=value, or key=value at the top
+        if "__" not in dotted:
+            config[dotted] = value
+            continue
         section, key = dotted.split("__")
         config.setdefault(section, {})[key] = value
     path.write_text(yaml.safe_dump(config))

@@ -127,3 +127,27 @@ async def test_malformed_ssml_is_refused_with_a_reason_and_the_next_is_spoken(
     assert failed["event"] == "failed" and "not well-formed XML" in failed["error"]
     _, pcm = await spoken(home, capture, {"text": "Next one.", "id": "next"})
     assert pcm == pcm_for("Next one.")
+
+
+async def test_a_qwen_default_voice_has_its_session_ready_before_the_first_announcement(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    config = write_config(tmp_path / "config.yaml", broker, dashscope,
+                          dashscope__realtime_url=dashscope.realtime_url,
+                          default_voice="butler", fallback__first_audio_ms=3000, **VOICES)
+    proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await proc.start(home)
+    try:
+        def ready() -> bool:
+            return any(c.path == "/api-ws/v1/realtime" and c.tasks
+                       and c.tasks[0].parameters["voice"] == "Serena"
+                       for c in dashscope.open_connections())
+        await dashscope.wait_for(ready)
+        await home.log.wait_for(lambda: any(s["cloud"]["warm"] for s in home.log.stats))
+        started, pcm = await spoken(home, capture, {"text": "Dinner.", "id": "first"})
+        assert started["connection"] == "warm"
+        assert pcm == pcm_for("Dinner.", "Serena")
+        stats = home.log.stats[-1]["cloud"]
+        assert stats["qwen_sessions"][0]["reused"] >= 1
+    finally:
+        await proc.stop()

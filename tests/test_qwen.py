@@ -159,3 +159,12 @@ async def test_at_most_two_sessions_are_kept_ready(engine: QwenEngine,
     await dashscope.wait_for(lambda: not any(
         c.tasks and c.tasks[0].parameters["voice"] == "Dylan"
         for c in dashscope.open_connections()))
+
+
+async def test_per_message_instructions_get_a_session_of_their_own(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    await collect(engine.synthesize(request("Normal.", INSTRUCT)))
+    await collect(engine.synthesize(request("Urgent!", INSTRUCT, instructions="Loud and fast")))
+    spoken = [t for t in dashscope.tasks if t.texts]
+    assert [t.parameters["instructions"] for t in spoken] == ["Calm and warm", "Loud and fast"]

@@ -427,6 +427,7 @@ class FakeDashScope:
                 session.update(update)
                 task.parameters = session
                 await ws.send(_qwen("session.updated", session=dict(session)))
+                await self._notify()
             elif kind == "input_text_buffer.append":
                 text = event.get("text")
                 if not isinstance(text, str):

@@ -6,6 +6,7 @@ engine speaks the next one."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -151,3 +152,19 @@ async def test_a_qwen_default_voice_has_its_session_ready_before_the_first_annou
         assert stats["qwen_sessions"][0]["reused"] >= 1
     finally:
         await proc.stop()
+
+
+async def test_a_reload_that_makes_a_qwen_voice_the_default_readies_its_session(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture,
+    running: DaemonProcess,
+) -> None:
+    assert not any(c.path == "/api-ws/v1/realtime" for c in dashscope.connections)
+    write_config(running.config, broker, dashscope, dashscope__realtime_url=dashscope.realtime_url,
+                 default_voice="butler", fallback__first_audio_ms=3000, **VOICES)
+    assert running.proc is not None
+    running.proc.send_signal(signal.SIGHUP)
+    await dashscope.wait_for(lambda: any(
+        c.path == "/api-ws/v1/realtime" and c.tasks and c.tasks[0].parameters["voice"] == "Serena"
+        for c in dashscope.open_connections()))
+    started, pcm = await spoken(home, capture, {"text": "After reload.", "id": "r"})
+    assert started["connection"] == "warm" and pcm == pcm_for("After reload.", "Serena")

@@ -168,3 +168,19 @@ async def test_per_message_instructions_get_a_session_of_their_own(
     await collect(engine.synthesize(request("Urgent!", INSTRUCT, instructions="Loud and fast")))
     spoken = [t for t in dashscope.tasks if t.texts]
     assert [t.parameters["instructions"] for t in spoken] == ["Calm and warm", "Loud and fast"]
+
+
+async def test_a_stopped_announcement_closes_its_session_and_the_next_is_made_ready(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    dashscope.chunk_bytes = 2400
+    dashscope.chunk_interval_s = 0.05  # still speaking when the stop comes
+    req = request("A long sentence that is cut off in the middle by a stop.")
+    audio = engine.synthesize(req)
+    await anext(audio)
+    await audio.aclose()  # what the player does on a stop
+    first = next(t for t in dashscope.tasks if t.texts)
+    await dashscope.wait_for(lambda: first.outcome != "running")
+    assert first.outcome == "dropped"  # the connection closed under it, no session.finished
+    await asyncio.wait_for(engine.keeper_for(req).wait_warm(), 5)
+    assert await collect(engine.synthesize(request("Next."))) == pcm_for("Next.", "Cherry")

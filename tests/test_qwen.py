@@ -184,3 +184,13 @@ async def test_a_stopped_announcement_closes_its_session_and_the_next_is_made_re
     assert first.outcome == "dropped"  # the connection closed under it, no session.finished
     await asyncio.wait_for(engine.keeper_for(req).wait_warm(), 5)
     assert await collect(engine.synthesize(request("Next."))) == pcm_for("Next.", "Cherry")
+
+
+async def test_a_realtime_url_pointing_at_the_wrong_endpoint_is_a_clear_error(
+    dashscope: FakeDashScope,
+) -> None:
+    # The CosyVoice endpoint answers the handshake but opens no Qwen session.
+    wrong = QwenEngine(dashscope.url, Secret(API_KEY), keep_warm=False, connect_timeout_s=0.5)
+    with pytest.raises(CloudUnavailable, match="did not set up the session"):
+        await collect(wrong.synthesize(request("Hello.")))
+    await wrong.close()

@@ -151,7 +151,17 @@ class QwenEngine:
         return self.keeper_for(SynthesisRequest(text="", voice=voice, sample_rate=sample_rate))
 
     async def _prepare(self, ws: ClientConnection, voice: Voice, config: dict[str, Any]) -> None:
-        """session.created → session.update → session.updated, or why not."""
+        """session.created → session.update → session.updated, or CloudUnavailable saying
+        why not."""
+        try:
+            await self._set_up(ws, voice, config)
+        except SynthesisError as exc:
+            if isinstance(exc, CloudUnavailable):
+                raise
+            raise CloudUnavailable(exc.reason) from None
+
+    @staticmethod
+    async def _set_up(ws: ClientConnection, voice: Voice, config: dict[str, Any]) -> None:
         created = await _recv_event(ws)
         if created["type"] != "session.created":
             raise CloudUnavailable(f"DashScope opened no Qwen session (got {created['type']})")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import Voice
-from ..errors import ConnectionLost
+from ..errors import ConnectionLost, SynthesisError
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +74,29 @@ async def replaced_once(
             replacing = True
             log.warning("%s; running the request again on a new connection (after %d bytes)",
                         exc.reason, delivered)
+
+
+class AudioWait:
+    """An engine's two waits on the service: the first audio within first_audio_timeout_s of
+    the start, each next frame within stall_timeout_s of the audio before it."""
+
+    def __init__(self, first_audio_timeout_s: float, stall_timeout_s: float) -> None:
+        self._first_s, self._stall_s = first_audio_timeout_s, stall_timeout_s
+        self._deadline = time.monotonic() + first_audio_timeout_s
+        self._heard = False
+
+    def heard(self) -> None:
+        """Audio arrived: from now on, silence is a stall."""
+        self._heard = True
+
+    async def recv(self, ws: Any) -> str | bytes:
+        timeout = self._stall_s if self._heard else self._deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(timeout, 0)):
+                frame: str | bytes = await ws.recv()
+                return frame
+        except TimeoutError:
+            limit, key = ((self._stall_s, "stall_timeout_s") if self._heard
+                          else (self._first_s, "first_audio_timeout_s"))
+            raise SynthesisError(
+                f"DashScope sent no audio within {limit:g} s (dashscope.{key})") from None

@@ -3,10 +3,8 @@ finish-task), and the task protocol it shares with Sambert on the same kept conn
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -17,12 +15,10 @@ from ..keeper import ConnectionKeeper
 from ..announcement import ssml_text
 from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT, SSML_MODELS
 from ..text import split_sentences, weight
-from . import SynthesisRequest, new_task_id, replaced_once
+from . import AudioWait, SynthesisRequest, new_task_id, replaced_once
 
 log = logging.getLogger(__name__)
 
-_FIRST = "dashscope.first_audio_timeout_s"
-_STALL = "dashscope.stall_timeout_s"
 # Sentences go one per continue-task; a sentence longer than the service takes in one
 # message is cut (the documented limit is 20,000 characters, CJK counting two).
 _PIECE_WEIGHT = min(2000, COSYVOICE_TEXT_WEIGHT)
@@ -123,21 +119,17 @@ class InferenceEngine:
         async with self._keeper.lease() as lease:
             ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
-            deadline = time.monotonic() + self._first_audio_timeout_s
+            wait = AudioWait(self._first_audio_timeout_s, self._stall_timeout_s)
             start, then = self.messages(request, task_id)
             try:
                 await ws.send(json.dumps(start))
-                await self._await_started(ws, task_id, deadline)
+                await self._await_started(ws, task_id, wait)
                 for message in then:
                     await ws.send(json.dumps(message))
-                got_audio = False
                 while True:
-                    if got_audio:
-                        frame = await self._receive(ws, self._stall_timeout_s, _STALL)
-                    else:
-                        frame = await self._receive(ws, deadline - time.monotonic(), _FIRST)
+                    frame = await wait.recv(ws)
                     if isinstance(frame, bytes):
-                        got_audio = True
+                        wait.heard()
                         yield frame
                         continue
                     event = self._event(frame, task_id)
@@ -151,20 +143,11 @@ class InferenceEngine:
                     f"connection to DashScope closed during the task (code {code})"
                 ) from None
 
-    async def _await_started(self, ws: Any, task_id: str, deadline: float) -> None:
+    async def _await_started(self, ws: Any, task_id: str, wait: AudioWait) -> None:
         while True:
-            frame = await self._receive(ws, deadline - time.monotonic(), _FIRST)
+            frame = await wait.recv(ws)
             if isinstance(frame, str) and self._event(frame, task_id) == "task-started":
                 return
-
-    async def _receive(self, ws: Any, timeout: float, what: str) -> str | bytes:
-        try:
-            async with asyncio.timeout(max(timeout, 0)):
-                frame: str | bytes = await ws.recv()
-                return frame
-        except TimeoutError:
-            limit = self._stall_timeout_s if what == _STALL else self._first_audio_timeout_s
-            raise SynthesisError(f"DashScope sent no audio within {limit:g} s ({what})") from None
 
     @staticmethod
     def _event(frame: str, task_id: str) -> str:

@@ -21,7 +21,6 @@ import base64
 import contextlib
 import json
 import logging
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
@@ -36,7 +35,7 @@ from ..keeper import ConnectionKeeper, KeeperStats
 from ..models import QWEN_INSTRUCT, QWEN_LEGACY, qwen_rate
 from ..resample import Resampler
 from ..text import split_sentences
-from . import SynthesisRequest, replaced_once
+from . import AudioWait, SynthesisRequest, replaced_once
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,10 @@ def _error(event: dict[str, Any]) -> tuple[bool, str]:
 
 
 async def _recv_event(ws: ClientConnection) -> dict[str, Any]:
-    frame = await ws.recv()
+    return _parse_event(await ws.recv())
+
+
+def _parse_event(frame: str | bytes) -> dict[str, Any]:
     try:
         event = json.loads(frame)
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -210,21 +212,19 @@ class QwenEngine:
         async with keeper.lease() as lease:
             ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
-            deadline = time.monotonic() + self._first_audio_timeout_s
+            wait = AudioWait(self._first_audio_timeout_s, self._stall_timeout_s)
             try:
                 for piece in split_sentences(request.text, _PIECE_WEIGHT):
                     await ws.send(_event("input_text_buffer.append", text=piece))
                     if config["mode"] == "commit":
                         await ws.send(_event("input_text_buffer.commit"))
                 await ws.send(_event("session.finish"))
-                got_audio = False
                 while True:
-                    timeout = self._stall_timeout_s if got_audio else deadline - time.monotonic()
-                    event = await self._receive(ws, timeout, stalled=got_audio)
+                    event = _parse_event(await wait.recv(ws))
                     kind = event["type"]
                     if kind == "response.audio.delta":
                         pcm = base64.b64decode(event.get("delta") or "")
-                        got_audio = True
+                        wait.heard()
                         out = resampler.feed(pcm) if resampler else pcm
                         if out:
                             yield out
@@ -247,16 +247,3 @@ class QwenEngine:
                 raise ConnectionLost(
                     f"connection to DashScope closed during the session (code {code})"
                 ) from None
-
-    async def _receive(self, ws: ClientConnection, timeout: float, *,
-                       stalled: bool) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(max(timeout, 0)):
-                return await _recv_event(ws)
-        except TimeoutError:
-            if stalled:
-                raise SynthesisError(f"DashScope sent no audio within {self._stall_timeout_s:g} s "
-                                     "(dashscope.stall_timeout_s)") from None
-            raise SynthesisError(f"DashScope sent no audio within "
-                                 f"{self._first_audio_timeout_s:g} s "
-                                 "(dashscope.first_audio_timeout_s)") from None

@@ -4,6 +4,7 @@ a table of medians and p95."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,3 +168,18 @@ def sdk_rows(script: str, url: str, n: int, text: str, labels: dict[str, str]) -
                           text], check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return [Row(label, result[key]) for key, label in labels.items()]
+
+
+async def over_round_trips(doc: str, measure: Callable[[str, int], Awaitable[list[Row]]],
+                           title: str, first_packet_ms: float, idle_s: float = 60) -> None:
+    """The command line of a latency benchmark (-n, --rtt-ms): for each added round trip, a
+    fake cloud of its own, `measure(url, n)`, and the table, titled `title` + the round trip."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("--rtt-ms", type=float, nargs="+", default=[0, 50])
+    args = p.parse_args()
+    for rtt in args.rtt_ms:
+        print(f"running with {rtt:g} ms added round trip...", file=sys.stderr)
+        with fake_cloud(first_packet_ms, idle_s=idle_s, rtt_ms=rtt) as url:
+            rows = await measure(url, args.n)
+        print(table(f"{title}, {rtt:g} ms added round trip", rows, reference_ms=first_packet_ms))

@@ -14,14 +14,13 @@ condition runs with its own fake cloud; --rtt-ms adds round-trip time through a 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import Row, bench_config, broker, fake_cloud, running_daemon, sdk_rows, table
+from harness import Row, bench_config, broker, over_round_trips, running_daemon, sdk_rows
 
 from edge_tts.engines import SynthesisRequest
 
@@ -74,19 +73,9 @@ def sdk(url: str, n: int) -> list[Row]:
         "pool": "dashscope SDK, warm from its object pool"})
 
 
-async def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-n", type=int, default=20)
-    p.add_argument("--rtt-ms", type=float, nargs="+", default=[0, 50])
-    args = p.parse_args()
-    for rtt in args.rtt_ms:
-        print(f"running with {rtt:g} ms added round trip...", file=sys.stderr)
-        with fake_cloud(FIRST_PACKET_MS, idle_s=IDLE_S, rtt_ms=rtt) as url:
-            rows = await ours(url, args.n) + sdk(url, args.n)
-        title = (f"Time to first audio, fake cloud first packet {FIRST_PACKET_MS:g} ms, "
-                 f"{rtt:g} ms added round trip")
-        print(table(title, rows, reference_ms=FIRST_PACKET_MS))
+async def both(url: str, n: int) -> list[Row]:
+    return await ours(url, n) + sdk(url, n)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(over_round_trips(__doc__, both, f"Time to first audio, fake cloud first packet {FIRST_PACKET_MS:g} ms", FIRST_PACKET_MS, idle_s=IDLE_S))

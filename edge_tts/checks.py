@@ -89,8 +89,13 @@ async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
             ws = await keeper.connect()  # connects and configures the session
             await ws.close()
         except CloudUnavailable as exc:
-            problems.append(f"cloud: {exc.reason}")
+            problems.append(_unavailable(exc))
     return problems
+
+
+def _unavailable(exc: CloudUnavailable) -> str:
+    """The cloud's refusal, with what to do about it when it is ours to fix."""
+    return f"cloud: {exc.reason}" + (f" ({exc.hint})" if exc.refused else "")
 
 
 async def _check_inference(config: Config, api_key: Secret | None,
@@ -101,7 +106,7 @@ async def _check_inference(config: Config, api_key: Secret | None,
     try:
         ws = await keeper.connect()
     except CloudUnavailable as exc:
-        return f"cloud: {exc.reason}"
+        return _unavailable(exc)
     try:
         if voice is None:
             return None

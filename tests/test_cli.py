@@ -102,7 +102,8 @@ async def test_check_reports_a_refused_key_without_showing_it(
     wrong = "sk-wrong-key-abcdef0123456789"
     run = await edge_tts("check", "-c", str(config), key=wrong)
     assert run.code == 1
-    assert "FAIL cloud: DashScope refused the API key (HTTP 401)" in run.out
+    assert ("FAIL cloud: DashScope refused the API key (HTTP 401) "
+            "(check dashscope.api_key_file or $DASHSCOPE_API_KEY)") in run.out
     assert wrong not in run.all and API_KEY not in run.all
     assert "ok   broker" in run.out  # the other checks still ran
 
@@ -171,6 +172,7 @@ async def test_check_sets_up_each_qwen_voice_and_warns_about_impossible_profiles
     assert run.code == 1, run.all
     assert ("FAIL cloud: DashScope refused voice 'ghost' (qwen3-tts-flash-realtime, "
             "no-such-voice): invalid_value") in run.out
+    assert "(check voices.ghost)" in run.out
     assert "warn voices.zhichu.model: Sambert is not among the models" in run.out
     # The Serena session was set up and dropped: nothing said, nothing paid for.
     sessions = [t for t in dashscope.tasks if t.streaming == "realtime"]

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import unicodedata
 import uuid
-from datetime import datetime
-from xml.etree import ElementTree
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from .errors import BadAnnouncement
+from .ssml import check_ssml
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,13 @@ PRIORITIES = ("low", "normal", "high", "critical")
 _KNOWN_KEYS = {"text", "ssml", "voice", "volume", "priority", "chime", "id", "instructions",
                "cache", "sent_at"}
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
+
+# Bounds on what a payload may make the parser do, whatever it contains.
+_MAX_DEPTH = 8  # nesting of JSON arrays and objects (an announcement needs 1)
+_MAX_INT_DIGITS = 20
+_MAX_INSTRUCTIONS = 2000  # characters; the services' own limits are lower
+_FUTURE_SLACK_S = 300.0  # a sent_at this far ahead of our clock is a clock out of step
+_EXCERPT = 40  # characters of the input quoted back in a reason
 
 
 def new_id() -> str:
@@ -36,26 +44,43 @@ class Announcement:
     voice: str | None = None
     volume: int | None = None
     priority: str = "normal"
-    chime: bool | str | None = None
+    chime: bool | str | None = None  # true, false, "builtin" or a name from audio.chimes
     instructions: str | None = None
     cache: bool = True  # false: neither read nor write the phrase cache
     sent_at: float | None = None  # when the sender published it (epoch seconds), if it said
     ssml: bool = False  # text is an SSML document (<speak>...</speak>)
     received_at: float = field(default_factory=time.monotonic, compare=False)
+    seq: int | None = field(default=None, compare=False)  # its entry in the durable queue
 
 
-def check_text(text: str, max_chars: int) -> str:
+def excerpt(value: object, limit: int = _EXCERPT) -> str:
+    """`value` as a short, printable quote for a reason or a log line."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else "\ufffd" for c in text)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def check_text(text: str, max_chars: int, what: str = "text") -> str:
     text = text.strip()
     if not text:
-        raise BadAnnouncement("text is empty")
-    if any(unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROLS for c in text):
-        raise BadAnnouncement("text contains control characters (binary data?)")
+        raise BadAnnouncement(f"{what} is empty")
     if len(text) > max_chars:
         raise BadAnnouncement(
-            f"text is {len(text)} characters, over the limit of {max_chars} "
+            f"{what} is {len(text)} characters, over the limit of {max_chars} "
             "(announcements.max_chars)"
         )
+    _check_characters(text, what)
     return text
+
+
+def _check_characters(text: str, what: str) -> None:
+    for c in text:
+        category = unicodedata.category(c)
+        if category == "Cs":
+            raise BadAnnouncement(f"{what} contains an unpaired surrogate (U+{ord(c):04X})")
+        if category == "Cc" and c not in _ALLOWED_CONTROLS:
+            raise BadAnnouncement(f"{what} contains control characters (binary data?)")
 
 
 def _field(obj: dict[str, Any], key: str, kinds: type | tuple[type, ...], what: str) -> Any:
@@ -66,65 +91,152 @@ def _field(obj: dict[str, Any], key: str, kinds: type | tuple[type, ...], what: 
         raise BadAnnouncement(f"'{key}' must be {what}")
     if not isinstance(value, kinds):
         raise BadAnnouncement(f"'{key}' must be {what}")
+    if isinstance(value, str):
+        _check_characters(value, f"'{key}'")
     return value
 
 
-def parse_payload(
-    payload: bytes, *, voices: Collection[str], max_chars: int, msg_id: str | None = None
-) -> Announcement:
-    """Turn a `say` payload (plain UTF-8 text or a JSON object) into an Announcement.
+def max_payload_bytes(max_chars: int) -> int:
+    """The largest `say` payload read at all: the text at up to four UTF-8 bytes a character,
+    SSML markup around it, and the other fields."""
+    return 8 * max_chars + 4096
 
-    Raises BadAnnouncement with a reason a user can read; `exc.id` is the id to report.
+
+def parse_payload(
+    payload: bytes, *, voices: Collection[str], max_chars: int, msg_id: str | None = None,
+    chimes: Collection[str] = (),
+) -> Announcement:
+    """Turn a `say` payload (plain UTF-8 text, a JSON string, or a JSON object) into an
+    Announcement. Total and bounded: any payload gives an Announcement or BadAnnouncement with
+    a reason a user can read (quoting at most a short excerpt); `exc.id` is the id to report.
     """
     announcement_id = msg_id or new_id()
     try:
-        return _parse(payload, voices, max_chars, announcement_id)
+        return _parse(payload, voices, max_chars, announcement_id, chimes)
     except BadAnnouncement as exc:
         exc.id = exc.id or announcement_id
         raise
 
 
-def _parse(payload: bytes, voices: Collection[str], max_chars: int, announcement_id: str) -> Announcement:
+def _parse(payload: bytes, voices: Collection[str], max_chars: int, announcement_id: str,
+           chimes: Collection[str]) -> Announcement:
+    limit = max_payload_bytes(max_chars)
+    if len(payload) > limit:
+        raise BadAnnouncement(f"payload is {len(payload)} bytes, over the limit of {limit} "
+                              "(8 x announcements.max_chars + 4096)")
     try:
         body = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadAnnouncement(f"payload is not valid UTF-8 (byte {exc.start})") from None
-    # A payload that opens like JSON is JSON; anything else is the text itself.
-    if not body.lstrip().startswith(("{", "[")):
+    body = body.removeprefix("\ufeff")  # a byte-order mark some editors put first
+    stripped = body.lstrip()
+    if stripped.startswith('"'):
+        # A JSON string is its value; text that merely opens with a quote is the text.
+        try:
+            value = _loads(body)
+        except BadAnnouncement:
+            value = None
+        if isinstance(value, str):
+            body = value
         return Announcement(text=check_text(body, max_chars), id=announcement_id)
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise BadAnnouncement(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    # A payload that opens like JSON is JSON; anything else is the text itself.
+    if not stripped.startswith(("{", "[")):
+        return Announcement(text=check_text(body, max_chars), id=announcement_id)
+    obj = _loads(body)
     if not isinstance(obj, dict):
         raise BadAnnouncement("JSON payload must be an object")
     raw_id = _field(obj, "id", (str, int), "a string")
     if raw_id is not None:
         announcement_id = str(raw_id)[:64]
     try:
-        return _from_json(obj, voices, max_chars, announcement_id)
+        return _from_json(obj, voices, max_chars, announcement_id, chimes)
     except BadAnnouncement as exc:
         exc.id = exc.id or announcement_id
         raise
 
 
-def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, announcement_id: str) -> Announcement:
+def _loads(body: str) -> Any:
+    """json.loads, bounded: nesting, integer digits; NaN and Infinity refused."""
+    if _nesting(body) > _MAX_DEPTH:
+        raise BadAnnouncement(f"JSON nested more than {_MAX_DEPTH} deep; an announcement is "
+                              "one object")
+    try:
+        return json.loads(body, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except json.JSONDecodeError as exc:
+        raise BadAnnouncement(
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # what json itself may raise past its limits
+        raise BadAnnouncement(f"invalid JSON: {excerpt(str(exc))}") from None
+
+
+def _nesting(body: str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (strings skipped), counted
+    before the parser recurses into it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > _MAX_DEPTH:
+                    break
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_INT_DIGITS:
+        raise BadAnnouncement(f"JSON has a number of {len(digits)} digits; "
+                              f"at most {_MAX_INT_DIGITS} are read")
+    return int(digits)
+
+
+def _float(digits: str) -> float:
+    value = float(digits)
+    if not math.isfinite(value):
+        raise BadAnnouncement(f"JSON has a number too large to use ({excerpt(digits, 20)})")
+    return value
+
+
+def _constant(name: str) -> float:
+    raise BadAnnouncement(f"JSON has {name}, which is not a number an announcement can use")
+
+
+def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int,
+               announcement_id: str, chimes: Collection[str]) -> Announcement:
     unknown = set(obj) - _KNOWN_KEYS
     if unknown:
-        log.warning("announcement %s: ignoring unknown keys %s", announcement_id, sorted(unknown))
+        shown = ", ".join(excerpt(k, 20) for k in sorted(unknown)[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        log.warning("announcement %s: ignoring unknown keys %s%s", announcement_id, shown, more)
     if "text" not in obj and "ssml" not in obj:
         raise BadAnnouncement("JSON payload has no 'text' (or 'ssml')")
     if "text" in obj and "ssml" in obj:
         raise BadAnnouncement("JSON payload has both 'text' and 'ssml'; send one")
     ssml = "ssml" in obj
-    text = obj["ssml" if ssml else "text"]
+    key = "ssml" if ssml else "text"
+    text = obj[key]
     if not isinstance(text, str):
-        raise BadAnnouncement(f"'{'ssml' if ssml else 'text'}' must be a string")
+        raise BadAnnouncement(f"'{key}' must be a string")
+    text = check_text(text, max_payload_bytes(max_chars) if ssml else max_chars, key)
     if ssml:
-        check_ssml(text)
+        # The limit applies to what would be spoken, not to the markup around it.
+        check_text(check_ssml(text), max_chars, "the SSML's text")
     voice = _field(obj, "voice", str, "a voice name")
     if voice is not None and voice not in voices:
-        raise BadAnnouncement(f"unknown voice {voice!r} (known: {', '.join(sorted(voices))})")
+        raise BadAnnouncement(f"unknown voice {excerpt(voice)} "
+                              f"(known: {', '.join(sorted(voices))})")
     volume = _field(obj, "volume", (int, float), "a number 0-100")
     if volume is not None:
         if not 0 <= volume <= 100:
@@ -133,12 +245,15 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, ann
     priority = _field(obj, "priority", str, f"one of {', '.join(PRIORITIES)}") or "normal"
     if priority not in PRIORITIES:
         raise BadAnnouncement(f"'priority' must be one of {', '.join(PRIORITIES)}")
-    chime = _field(obj, "chime", (bool, str), "true, false or a WAV path")
+    chime = _chime(obj, chimes)
     instructions = _field(obj, "instructions", str, "a string")
+    if instructions is not None and len(instructions) > _MAX_INSTRUCTIONS:
+        raise BadAnnouncement(f"'instructions' is {len(instructions)} characters, over the "
+                              f"limit of {_MAX_INSTRUCTIONS}")
     cache = _field(obj, "cache", bool, "true or false")
     sent_at = _sent_at(obj.get("sent_at"))
     return Announcement(
-        text=check_text(text, max_chars),
+        text=text,
         id=announcement_id,
         voice=voice,
         volume=volume,
@@ -151,36 +266,39 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int, ann
     )
 
 
-def check_ssml(document: str) -> None:
-    """An SSML announcement must be well-formed XML whose root is <speak>."""
-    try:
-        root = ElementTree.fromstring(document.strip())
-    except ElementTree.ParseError as exc:
-        raise BadAnnouncement(f"'ssml' is not well-formed XML: {exc}") from None
-    if root.tag != "speak":
-        raise BadAnnouncement(f"'ssml' must be one <speak> element (got <{root.tag}>)")
-
-
-def ssml_text(document: str) -> str:
-    """What an SSML document says, without its markup: for voices that take plain text."""
-    words = " ".join("".join(ElementTree.fromstring(document.strip()).itertext()).split())
-    return words or document
+def _chime(obj: dict[str, Any], chimes: Collection[str]) -> bool | str | None:
+    """A message's chime: true, false, "builtin" or a name from audio.chimes, never a path."""
+    names = ["builtin", *sorted(chimes)]
+    what = f"true, false or a chime name ({', '.join(names)}; audio.chimes)"
+    chime = _field(obj, "chime", (bool, str), what)
+    if isinstance(chime, str) and chime not in names:
+        raise BadAnnouncement(f"'chime' {excerpt(chime)} is not a configured chime; must be "
+                              f"{what}")
+    return chime
 
 
 def _sent_at(value: Any) -> float | None:
     """`sent_at`: an ISO 8601 time (with its offset, as Home Assistant's now() gives) or epoch
-    seconds."""
+    seconds; a time that is not finite, cannot be represented, or lies ahead of our clock by
+    more than a clock's usual error is refused."""
     if value is None:
         return None
+    when: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        when = float(value)
+    elif isinstance(value, str) and len(value) <= 64:
         try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            if when.tzinfo is None:
-                when = when.astimezone()  # local time
-            return when.timestamp()
-    raise BadAnnouncement("'sent_at' must be an ISO 8601 time or epoch seconds")
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = moment.astimezone()  # local time
+            when = moment.timestamp()
+        except (ValueError, OverflowError, OSError):
+            when = None
+    if when is None or not math.isfinite(when):
+        raise BadAnnouncement(f"'sent_at' must be an ISO 8601 time or epoch seconds "
+                              f"(got {excerpt(value)})")
+    ahead = when - time.time()
+    if ahead > _FUTURE_SLACK_S:
+        raise BadAnnouncement(f"'sent_at' is {min(ahead, 1e12):.0f} s in the future: is the "
+                              "sender's clock or this one wrong?")
+    return when

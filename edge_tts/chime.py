@@ -4,10 +4,15 @@ output rate, so nothing to resample) or a WAV file of the user's."""
 from __future__ import annotations
 
 import functools
+import io
 import math
+import os
+import stat
 import wave
 from array import array
 from pathlib import Path
+
+MAX_CHIME_BYTES = 4 * 2**20  # a few seconds of 48 kHz stereo; a chime is a second or two
 
 
 class ChimeError(Exception):
@@ -36,9 +41,31 @@ def builtin_chime(rate: int) -> bytes:
     return samples.tobytes()
 
 
-def _read_wav(path: Path, rate: int) -> bytes:
+def read_chime_file(path: Path) -> bytes:
+    """The bytes of a chime file: a regular file of at most MAX_CHIME_BYTES, opened without
+    blocking, so a FIFO, a device or a huge file named as a chime cannot hang or swamp the
+    speaker."""
     try:
-        with wave.open(str(path)) as wav:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ChimeError(f"cannot open {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ChimeError(f"{path} is not a regular file")
+        if st.st_size > MAX_CHIME_BYTES:
+            raise ChimeError(f"{path} is {st.st_size} bytes, over the {MAX_CHIME_BYTES} a chime "
+                             "may have")
+        data = f.read(MAX_CHIME_BYTES + 1)
+    if len(data) > MAX_CHIME_BYTES:
+        raise ChimeError(f"{path} grew past the {MAX_CHIME_BYTES} bytes a chime may have")
+    return data
+
+
+def _read_wav(path: Path, rate: int) -> bytes:
+    data = read_chime_file(path)
+    try:
+        with wave.open(io.BytesIO(data)) as wav:
             channels, width, wav_rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
             frames = wav.readframes(wav.getnframes())
     except (OSError, EOFError, wave.Error) as exc:

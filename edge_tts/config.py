@@ -118,7 +118,8 @@ class Voice:
 class AudioConfig:
     device: str | int = "default"
     sample_rate: int = 24000
-    chime: str | None = None
+    chime: str | None = None  # builtin, a name from `chimes`, or a WAV path
+    chimes: tuple[tuple[str, str], ...] = ()  # name -> WAV path: what a message may choose
     lead_in_ms: int = 120
     jitter_ms: int = 60
     keep_open_s: float = 10.0
@@ -398,10 +399,29 @@ def _voices(root: _Section) -> dict[str, Voice]:
     return {str(name): _voice(s, str(name)) for name in raw}
 
 
+def _chimes(audio: _Section) -> tuple[tuple[str, str], ...]:
+    """audio.chimes: the chimes a message may name, each a WAV file that exists now."""
+    raw = audio.data.get("chimes")
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise audio.fail("chimes", "must be a mapping of chime names to WAV files")
+    chimes = []
+    for name, path in raw.items():
+        where = f"{audio.where('chimes')}.{name}"
+        if not isinstance(name, str) or not name.strip() or name == "builtin":
+            raise ConfigError(f"{where}: a chime name must be a non-empty string other than "
+                              "builtin")
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise ConfigError(f"{where}: no such WAV file {path!r}")
+        chimes.append((name, path))
+    return tuple(chimes)
+
+
 def _audio(root: _Section) -> AudioConfig:
     s = root.section(
-        "audio", ("device", "sample_rate", "chime", "lead_in_ms", "jitter_ms", "keep_open_s",
-                  "volume", "critical_min_volume")
+        "audio", ("device", "sample_rate", "chime", "chimes", "lead_in_ms", "jitter_ms",
+                  "keep_open_s", "volume", "critical_min_volume")
     )
     device: str | int = s.data.get("device", "default")
     if isinstance(device, bool) or not isinstance(device, str | int) or device == "":
@@ -409,13 +429,16 @@ def _audio(root: _Section) -> AudioConfig:
     rate = s.integer("sample_rate", 24000, 8000, 48000)
     if rate not in SAMPLE_RATES:
         raise s.fail("sample_rate", f"must be one of {', '.join(map(str, SAMPLE_RATES))}")
+    chimes = _chimes(s)
     chime = s.text("chime", None)
-    if chime not in (None, "builtin") and not Path(str(chime)).is_file():
-        raise s.fail("chime", f"no such WAV file {chime!r} (or use builtin)")
+    if chime not in (None, "builtin", *dict(chimes)) and not Path(str(chime)).is_file():
+        raise s.fail("chime", f"no such WAV file {chime!r} (or builtin, or a name from "
+                              "audio.chimes)")
     return AudioConfig(
         device=device,
         sample_rate=rate,
         chime=chime,
+        chimes=chimes,
         lead_in_ms=s.integer("lead_in_ms", 120, 0, 2000),
         jitter_ms=s.integer("jitter_ms", 60, 0, 1000),
         keep_open_s=s.number("keep_open_s", 10, 0, 86400),

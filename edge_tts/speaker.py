@@ -8,7 +8,8 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 
-from .announcement import Announcement, ssml_text
+from .announcement import Announcement
+from .ssml import ssml_text
 from .cache import PhraseCache, cache_key, replay
 from .chime import ChimeError, load_chime
 from .config import Config, Voice
@@ -144,13 +145,24 @@ class Speaker:
                                     misses=int(not selection.hit))
 
     async def _chime_for(self, a: Announcement) -> bytes | None:
-        spec = a.chime
-        if spec is None or spec is True:
-            spec = self._config.audio.chime or ("builtin" if spec is True else None)
+        """The chime's PCM: the message's choice (true, false, builtin or a name from
+        audio.chimes, never a path) or else audio.chime, which the config may give as a path."""
+        audio = self._config.audio
+        named = dict(audio.chimes)
+        if a.chime is None or a.chime is True:
+            spec = audio.chime or ("builtin" if a.chime is True else None)
+        elif a.chime is False:
+            spec = None
+        elif a.chime == "builtin" or a.chime in named:
+            spec = a.chime
+        else:  # queued before a reload removed the name: never taken as a path
+            log.warning("announcement %s: no chime named %r any more", a.id, a.chime)
+            spec = None
         if not spec:
             return None
+        spec = named.get(spec, spec)
         try:
-            return await asyncio.to_thread(load_chime, str(spec), self._config.audio.sample_rate)
+            return await asyncio.to_thread(load_chime, spec, audio.sample_rate)
         except ChimeError as exc:
             log.warning("announcement %s: no chime: %s", a.id, exc)
             return None

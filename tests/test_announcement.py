@@ -47,6 +47,7 @@ def test_json_fields_are_kept() -> None:
         ('{"text": "a", "volume": true}', "'volume' must be a number 0-100"),
         ('{"text": "a", "priority": "urgent"}', "'priority' must be one of"),
         ('{"text": "a", "chime": 3}', "'chime' must be"),
+        ('{"text": "a", "chime": "/etc/shadow"}', "is not a configured chime"),
         ("bell\x07", "control characters"),
         ("[1]", "must be an object"),
     ],
@@ -86,3 +87,87 @@ def test_any_json_object_gives_an_announcement_or_a_reason(obj: dict[str, object
     else:
         assert a.voice in (None, *VOICES)
         assert a.volume is None or 0 <= a.volume <= 100
+
+
+# --- hostile payloads: each is refused with a short reason, none raises anything else ---
+
+HOSTILE = [
+    ("[" * 1000, "nested more than 8 deep"),
+    ('{"text": "x", "a": ' + "[" * 100_000 + "]" * 100_000 + "}", "over the limit"),
+    ('{"text": "x", "id": ' + "9" * 5000 + "}", "number of 5000 digits"),
+    ('{"text": "x", "volume": ' + "9" * 4301 + "}", "digits"),
+    ('{"text": "x", "sent_at": ' + "9" * 400 + "}", "number of 400 digits"),
+    ('{"text": "x", "sent_at": "0001-01-01T00:00:00"}', "'sent_at' must be an ISO 8601"),
+    ('{"text": "x", "sent_at": "9999-12-31T23:59:59+14:00"}', "in the future"),
+    ('{"text": "x", "sent_at": NaN}', "NaN"),
+    ('{"text": "x", "sent_at": Infinity}', "Infinity"),
+    ('{"text": "x", "sent_at": -Infinity}', "-Infinity"),
+    ('{"text": "x", "sent_at": 1e999}', "too large"),
+    ('{"text": "x", "sent_at": 1e300}', "in the future"),
+    ('{"text": "caf\\ud800e"}', "unpaired surrogate"),
+    ('{"text": "a", "instructions": "caf\\udfffe"}', "'instructions' contains an unpaired"),
+    ('{"text": "a", "id": "x\\ud800"}', "'id' contains an unpaired"),
+    ('{"text": "a", "instructions": "' + "i" * 2001 + '"}', "'instructions' is 2001"),
+    ('{"ssml": "<!DOCTYPE speak [<!ENTITY a \\"aaaaaaaaaa\\">]><speak>&a;&a;</speak>"}',
+     "DOCTYPE"),
+    ('{"ssml": "<speak>&unknown;</speak>"}', "undefined entity"),
+    ('{"ssml": "<?xml-stylesheet href=\\"x\\"?><speak>a</speak>"}', "processing instruction"),
+    ('{"ssml": "<speak>' + "<s>word</s> " * 500 + '</speak>"}',
+     "the SSML's text is 2499 characters, over the limit of 2000"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), HOSTILE, ids=[r for _, r in HOSTILE])
+def test_hostile_payloads_are_refused_with_a_short_reason(payload: str, reason: str) -> None:
+    with pytest.raises(BadAnnouncement) as refused:
+        parse(payload, max_chars=2000)  # the default
+    assert reason in refused.value.reason
+    assert len(refused.value.reason) < 200
+
+
+def test_a_huge_field_is_quoted_back_as_a_short_excerpt() -> None:
+    with pytest.raises(BadAnnouncement) as refused:
+        parse_payload(json.dumps({"text": "a", "voice": "v" * 50_000}).encode(),
+                      voices=VOICES, max_chars=10_000)
+    assert "unknown voice 'vvvv" in refused.value.reason
+    assert len(refused.value.reason) < 200
+
+
+def test_byte_order_mark_and_json_strings_are_not_spoken_as_markup() -> None:
+    assert parse(b'\xef\xbb\xbf{"text": "BOM first"}').text == "BOM first"
+    assert parse(b'\xef\xbb\xbfplain with BOM').text == "plain with BOM"
+    assert parse('"A JSON string."').text == "A JSON string."
+    assert parse('"Quoted" opens this sentence.').text == '"Quoted" opens this sentence.'
+
+
+def test_entities_of_xml_itself_are_fine_in_ssml() -> None:
+    a = parse('{"ssml": "<speak>Salt &amp; pepper &#233;</speak>"}')
+    assert a.ssml and "&amp;" in a.text
+
+
+def test_sent_at_within_a_clock_error_of_now_is_accepted() -> None:
+    import time
+    assert parse(json.dumps({"text": "a", "sent_at": time.time() + 60})).sent_at
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=30))
+def test_any_json_value_in_any_field_gives_an_announcement_or_a_reason(value: object) -> None:
+    for key in ("text", "ssml", "voice", "volume", "priority", "chime", "id", "instructions",
+                "cache", "sent_at"):
+        body = {"text": "a", key: value} if key != "ssml" else {key: value}
+        try:
+            parse(json.dumps(body))
+        except BadAnnouncement as exc:
+            assert exc.reason and len(exc.reason) < 300
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
+       | st.text(alphabet="[]{}\"\\:,0123456789eE.-+ NaInfityrulsf", max_size=300))
+def test_any_text_as_a_payload_gives_an_announcement_or_a_reason(body: str) -> None:
+    for payload in (body, "{" + body, '{"ssml": "<speak>' + body + '</speak>"}'):
+        try:
+            parse(payload.encode("utf-8", "surrogatepass"))
+        except BadAnnouncement as exc:
+            assert exc.reason

@@ -4,13 +4,18 @@ no wait; on request, from config, from a WAV of the user's, or not at all."""
 from __future__ import annotations
 
 import array
+import os
 import wave
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from conftest import Capture, DaemonProcess, Home
-from edge_tts.chime import ChimeError, builtin_chime, load_chime
+from edge_tts.chime import MAX_CHIME_BYTES, ChimeError, builtin_chime, load_chime
+from edge_tts.config import Config, load_config
+from edge_tts.errors import ConfigError
 from fake_dashscope import FakeDashScope, pcm_for
 
 LEAD_IN = 100 * 48  # audio.lead_in_ms of the test config, in bytes at 24 kHz
@@ -38,33 +43,88 @@ async def test_the_builtin_chime_plays_first_and_the_speech_follows_without_a_ga
     assert started["first_audio_ms"] < 300  # what is heard first is the chime
 
 
-async def test_a_wav_chime_of_the_users_and_chime_false(
-    daemon: DaemonProcess, home: Home, capture: Capture, tmp_path: Path
-) -> None:
-    tone = array.array("h", [1000, -1000] * 2400)
-    path = tmp_path / "ding.wav"
+def write_tone(path: Path) -> bytes:
+    tone = array.array("h", [1000, -1000] * 2400).tobytes()
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(24000)
-        w.writeframes(tone.tobytes())
-    await home.say({"text": "With my chime.", "id": "mine", "chime": str(path)})
+        w.writeframes(tone)
+    return tone
+
+
+async def test_a_message_names_a_configured_chime_or_none(
+    daemon_with: Any, home: Home, capture: Capture, tmp_path: Path
+) -> None:
+    tone = write_tone(tmp_path / "ding.wav")
+    await daemon_with(audio__chimes={"ding": str(tmp_path / "ding.wav")})
+    await home.say({"text": "With my chime.", "id": "mine", "chime": "ding"})
     assert (await home.log.outcome("mine"))["event"] == "finished"
     played = after_lead_in(capture.read())
-    assert played[:len(tone) * 2] == tone.tobytes()
-    assert played[len(tone) * 2:].startswith(pcm_for("With my chime."))
+    assert played[:len(tone)] == tone
+    assert played[len(tone):].startswith(pcm_for("With my chime."))
 
     await home.say({"text": "No chime.", "id": "plain", "chime": False})
     assert (await home.log.outcome("plain"))["event"] == "finished"
     assert after_lead_in(capture.read()).startswith(pcm_for("No chime."))
 
 
-async def test_a_missing_chime_file_still_speaks(
-    daemon: DaemonProcess, home: Home, capture: Capture
+@pytest.mark.parametrize("chime", ["/etc/shadow", "/proc/self/environ", "/dev/stdin",
+                                   "../ding.wav", "DING", "ding.wav"])
+async def test_a_message_cannot_name_a_file_as_its_chime(
+    daemon_with: Any, home: Home, capture: Capture, tmp_path: Path, chime: str
 ) -> None:
-    await home.say({"text": "Still spoken.", "id": "s", "chime": "/no/such/chime.wav"})
+    write_tone(tmp_path / "ding.wav")
+    await daemon_with(audio__chimes={"ding": str(tmp_path / "ding.wav")})
+    await home.say({"text": "Sneaky.", "id": "sneaky", "chime": chime})
+    failed = await home.log.outcome("sneaky")
+    assert failed["event"] == "failed"
+    assert "is not a configured chime" in failed["error"] and "ding" in failed["error"]
+    # The daemon read nothing and goes on: the next announcement is spoken.
+    await home.say({"text": "Next one.", "id": "next"})
+    assert (await home.log.outcome("next"))["event"] == "finished"
+    assert pcm_for("Next one.") in capture.read()
+
+
+async def test_a_configured_chime_that_went_missing_still_speaks(
+    daemon_with: Any, home: Home, capture: Capture, tmp_path: Path
+) -> None:
+    write_tone(tmp_path / "ding.wav")
+    await daemon_with(audio__chimes={"ding": str(tmp_path / "ding.wav")})
+    (tmp_path / "ding.wav").unlink()
+    await home.say({"text": "Still spoken.", "id": "s", "chime": "ding"})
     assert (await home.log.outcome("s"))["event"] == "finished"
     assert after_lead_in(capture.read()).startswith(pcm_for("Still spoken."))
+
+
+def test_a_chime_file_that_is_not_a_regular_file_is_refused_without_blocking(
+    tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)  # nobody writes: a blocking open would wait for ever
+    with pytest.raises(ChimeError, match="not a regular file"):
+        load_chime(str(fifo), 24000)
+    with pytest.raises(ChimeError, match="not a regular file"):
+        load_chime("/dev/zero", 24000)
+    big = tmp_path / "big.wav"
+    with big.open("wb") as f:
+        f.truncate(MAX_CHIME_BYTES + 1)
+    with pytest.raises(ChimeError, match="over the"):
+        load_chime(str(big), 24000)
+
+
+def test_config_chimes_must_be_files_and_names(tmp_path: Path) -> None:
+    write_tone(tmp_path / "ding.wav")
+    good = {"chimes": {"ding": str(tmp_path / "ding.wav")}, "chime": "ding"}
+    assert load_config_text({"audio": good}).audio.chimes == (("ding", str(tmp_path / "ding.wav")),)
+    for audio, reason in [
+        ({"chimes": {"ding": "/no/such.wav"}}, "audio.chimes.ding: no such WAV file"),
+        ({"chimes": {"builtin": str(tmp_path / "ding.wav")}}, "other than builtin"),
+        ({"chimes": ["x"]}, "audio.chimes: must be a mapping"),
+        ({"chime": "bell"}, "audio.chime: no such WAV file"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            load_config_text({"audio": audio})
 
 
 def test_chime_files_are_read_mixed_down_and_checked(tmp_path: Path) -> None:
@@ -84,3 +144,9 @@ def test_chime_files_are_read_mixed_down_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ChimeError, match="16-bit"):
         load_chime(str(eight_bit), 24000)
     assert len(load_chime(str(stereo), 48000)) == 2 * 20  # resampled to the output rate
+
+
+def load_config_text(data: dict[str, Any]) -> Config:
+    path = Path(os.environ["XDG_STATE_HOME"]).parent / "chime-config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(str(path))

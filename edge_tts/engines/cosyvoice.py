@@ -12,7 +12,7 @@ import websockets
 
 from ..errors import ConnectionLost, SynthesisError
 from ..keeper import ConnectionKeeper
-from ..announcement import ssml_text
+from ..ssml import ssml_text
 from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT, SSML_MODELS
 from ..text import split_sentences, weight
 from . import AudioWait, SynthesisRequest, new_task_id, replaced_once

@@ -94,8 +94,17 @@ async def _serve(args: argparse.Namespace, config: Config, api_key: Secret | Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await daemon.run()
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        # Something the daemon cannot go on without broke. run() has said offline and closed
+        # what it could; end now, without waiting for worker threads (a playback in progress
+        # could hold the process for a minute), so systemd restarts it at once.
+        log.critical("edge-tts cannot go on and stops to be restarted", exc_info=True)
+        logging.shutdown()
+        os._exit(70)  # EX_SOFTWARE
     log.info("stopped")
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from .announcement import Announcement, parse_payload
+from .announcement import Announcement, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
 from .config import Config, Secret
 from .discovery import discovery_messages
@@ -23,8 +23,9 @@ from .engines.piper import PiperEngine
 from .engines.qwen import QwenEngine
 from .engines.sambert import SambertEngine
 from .errors import BadAnnouncement, SynthesisError
+from .journal import Journal, Restored, digest
 from .keeper import ConnectionKeeper, KeeperStats
-from .mqtt import MqttLink
+from .mqtt import Incoming, MqttLink
 from .player import AudioSink, Player
 from .queue import AnnouncementQueue, playback_volume
 from .speaker import Event, Speaker
@@ -33,6 +34,7 @@ from .systemd import Notifier
 log = logging.getLogger(__name__)
 
 _SHUTDOWN_S = 1.5  # what closing connections may take after a SIGTERM, in all
+_FINAL = frozenset({"finished", "failed", "dropped"})  # an announcement's last event
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.queue = AnnouncementQueue(config.announcements.queue_size,
                                        config.announcements.dedupe_s)
+        self.journal = Journal.for_device(config.device.name)
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._stats_pending = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -146,6 +149,7 @@ class Daemon:
             if isinstance(self.player, Player):
                 await self.player.prepare()
             await self._preload_fallback()
+            self._resume(await asyncio.to_thread(self.journal.open))
             self._start("link", self.link.run())
             self._start("keeper", self.keeper.run())
             self._warm_default_voice()
@@ -201,6 +205,7 @@ class Daemon:
                 await self.cloud.close()
         if self._own_player and isinstance(self.player, Player):
             await self.player.close()
+        self.journal.close()
 
     async def reload(self, config: Config, api_key: Secret | None) -> None:
         """Apply a new, already validated config; the queue and the announcement being spoken
@@ -244,28 +249,63 @@ class Daemon:
 
     # --- announcements ---------------------------------------------------------------------
 
-    async def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == self.link.topics.stop:
+    async def _on_message(self, message: Incoming) -> None:
+        """Take one message; when this returns the message may be acknowledged: it is
+        journaled (or refused with an event). Nothing a message holds ends the daemon."""
+        try:
+            await self._take(message)
+        except Exception as exc:  # the last line of defence: one message, one failure
+            log.exception("message on %s could not be handled", message.topic)
+            self._emit(Event("", "failed", error=f"internal error: {excerpt(str(exc), 80)}"),
+                       None)
+
+    async def _take(self, message: Incoming) -> None:
+        if message.topic == self.link.topics.stop:
             self._stop()
             return
+        payload_digest = digest(message.payload)
+        if message.mid and self.journal.redelivered(message.mid, payload_digest):
+            log.info("message %d on %s is the broker's redelivery of one already queued",
+                     message.mid, message.topic)
+            return
         try:
-            announcement = parse_payload(
-                payload,
+            a = parse_payload(
+                message.payload,
                 voices=self.config.voices.keys(),
                 max_chars=self.config.announcements.max_chars,
+                chimes=dict(self.config.audio.chimes).keys(),
             )
         except BadAnnouncement as exc:
-            log.warning("announcement %s on %s refused: %s", exc.id, topic, exc.reason)
+            log.warning("announcement %s on %s refused: %s", exc.id, message.topic, exc.reason)
             self._emit(Event(exc.id or "", "failed", error=exc.reason), None)
             return
-        a = announcement
-        if a.sent_at is not None:
-            age = time.time() - a.sent_at
-            if age > self.config.announcements.max_age_s:
-                reason = f"too old: sent {age:.0f} s ago (announcements.max_age_s)"
-                log.info("announcement %s dropped: %s", a.id, reason)
-                self._emit(Event(a.id, "dropped", error=reason), a)
-                return
+        if self._too_old(a, a.sent_at):
+            return
+        a = self.journal.add(a, mid=message.mid, payload_digest=payload_digest)
+        self._enqueue(a)
+        await self.journal.flush()
+
+    def _resume(self, restored: list[Restored]) -> None:
+        """Queue again what the last run left unfinished (its events said `queued`)."""
+        for r in restored:
+            a = r.announcement
+            if not self._too_old(a, a.sent_at if a.sent_at is not None else r.received):
+                log.info("announcement %s: resumed from the queue journal", a.id)
+                self._enqueue(a)
+
+    def _too_old(self, a: Announcement, since: float | None) -> bool:
+        """Drop `a`, with an event, if it was sent longer than max_age_s ago."""
+        if since is None:
+            return False
+        age = time.time() - since
+        if age <= self.config.announcements.max_age_s:
+            return False
+        reason = f"too old: sent {age:.0f} s ago (announcements.max_age_s)"
+        log.info("announcement %s dropped: %s", a.id, reason)
+        self._emit(Event(a.id, "dropped", error=reason), a)
+        return True
+
+    def _enqueue(self, a: Announcement) -> None:
         refused = self.queue.put(a)
         for r in refused:
             log.info("announcement %s dropped: %s", r.announcement.id, r.reason)
@@ -289,26 +329,38 @@ class Daemon:
     async def _speak_queue(self) -> None:
         while True:
             a = await self.queue.get()
-            volume = playback_volume(self.config, a, datetime.now())
-            if volume is None:
-                log.info("announcement %s dropped: quiet hours", a.id)
-                self._emit(Event(a.id, "dropped", error="quiet hours"), a)
-                self.queue.done()
-                continue
-            a = replace(a, volume=volume)
-            self._speaking = a
-            self.link.publish_state({"state": "speaking", "id": a.id, "text": a.text})
-            self.notifier.status(self._status())
             try:
-                await self.speaker.speak(a)
-            finally:
+                await self._speak_one(a)
+            except Exception as exc:  # the last line of defence: one announcement fails
+                log.exception("announcement %s could not be spoken", a.id)
                 self._speaking = None
                 self.queue.done()
-            today, count = self._spoken_today
-            self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
-            if not len(self.queue):
+                self._emit(Event(a.id, "failed", error=f"internal error: "
+                                 f"{excerpt(str(exc), 80)}"), a)
                 self.link.publish_state({"state": "idle", "id": None, "text": None})
-            self.notifier.status(self._status())
+
+    async def _speak_one(self, a: Announcement) -> None:
+        """Speak one announcement at the volume its priority and the hour give it."""
+        volume = playback_volume(self.config, a, datetime.now())
+        if volume is None:
+            log.info("announcement %s dropped: quiet hours", a.id)
+            self._emit(Event(a.id, "dropped", error="quiet hours"), a)
+            self.queue.done()
+            return
+        a = replace(a, volume=volume)
+        self._speaking = a
+        self.link.publish_state({"state": "speaking", "id": a.id, "text": a.text})
+        self.notifier.status(self._status())
+        try:
+            await self.speaker.speak(a)
+        finally:
+            self._speaking = None
+            self.queue.done()
+        today, count = self._spoken_today
+        self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
+        if not len(self.queue):
+            self.link.publish_state({"state": "idle", "id": None, "text": None})
+        self.notifier.status(self._status())
 
     # --- what the daemon tells about itself ------------------------------------------------
 
@@ -348,6 +400,8 @@ class Daemon:
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
         self.link.publish_event(event.as_dict())
+        if event.event in _FINAL and announcement is not None:
+            self.journal.end(announcement)
         if event.event == "started":
             self._last = {"id": event.id, "source": event.source,
                           "first_audio_ms": event.first_audio_ms,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,17 @@ class Topics:
         )
 
 
-OnMessage = Callable[[str, bytes], Awaitable[None]]
+@dataclass(frozen=True)
+class Incoming:
+    """A message on one of our topics, as the broker delivered it."""
+
+    topic: str
+    payload: bytes
+    mid: int = 0  # the broker's packet id: the same when it delivers a message again
+
+
+# Awaited before the message is acknowledged: when it returns, the message is safe with us.
+OnMessage = Callable[[Incoming], Awaitable[None]]
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
@@ -83,6 +94,8 @@ def make_client(config: MqttConfig, *, identifier: str | None = None,
         keepalive=config.keepalive_s,
         tls_context=tls_context(config),
         timeout=timeout,
+        # Events and state go out at once, not held back by Nagle's algorithm (~40 ms).
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         **session,  # type: ignore[arg-type]
     )
 
@@ -145,6 +158,9 @@ class MqttLink:
         will = aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True)
         client = make_client(self._config, identifier=f"edge-tts-{self._device}", will=will,
                              persistent=True)
+        # A QoS 1 announcement is acknowledged only once it is safe with us (journaled): until
+        # then the broker keeps it and delivers it again if this process dies.
+        client._client.manual_ack_set(True)
         async with client:
             self._client = client
             self._was_up = True
@@ -171,13 +187,16 @@ class MqttLink:
                     # A retained `say` would be spoken again on every connect.
                     log.warning("ignoring a retained message on %s (publish announcements "
                                 "without retain)", message.topic)
-                    continue
-                payload = message.payload
-                if isinstance(payload, str):
-                    payload = payload.encode()
-                elif not isinstance(payload, bytes | bytearray):
-                    payload = b"" if payload is None else str(payload).encode()
-                await self._on_message(str(message.topic), bytes(payload))
+                else:
+                    payload = message.payload
+                    if isinstance(payload, str):
+                        payload = payload.encode()
+                    elif not isinstance(payload, bytes | bytearray):
+                        payload = b"" if payload is None else str(payload).encode()
+                    await self._on_message(Incoming(str(message.topic), bytes(payload),
+                                                    message.mid))
+                if message.qos:
+                    client._client.ack(message.mid, message.qos)
         except asyncio.CancelledError:
             # A clean shutdown says so itself; the last will covers the unclean ones.
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):

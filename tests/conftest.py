@@ -4,6 +4,7 @@ over a real WebSocket), a speaker (the ALSA `file` device), and a config file ty
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -36,6 +37,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["ALSA_CONFIG_PATH"] = str(ALSA_CONF)
     os.environ.pop("DASHSCOPE_API_KEY", None)
     os.environ.pop("EDGE_TTS_CONFIG", None)
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's daemons keep their durable queue in a directory of the test's own."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(path))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    return path / "edge-tts"
 
 
 @pytest.fixture
@@ -204,28 +214,67 @@ async def home(broker: Broker) -> AsyncIterator[Home]:
 
 
 class DaemonProcess:
-    """`edge-tts serve` running as a user runs it, in its own process."""
+    """`edge-tts serve` running as a user runs it, in its own process. Its stderr is read as
+    it comes (a pipe left unread would block a talkative daemon); a stop that takes longer
+    than `stop_timeout` kills it and fails the test."""
 
     def __init__(self, config: Path, env: dict[str, str]) -> None:
         self.config = config
         self.env = env
         self.proc: asyncio.subprocess.Process | None = None
-        self.stderr = b""
+        self._stderr = bytearray()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def stderr(self) -> bytes:
+        return bytes(self._stderr)
 
     async def start(self, home: Home) -> None:
+        online = home.log.availability.count("online")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edge_tts", "serve", "-c", str(self.config),
             env=self.env, stderr=asyncio.subprocess.PIPE,
         )
-        await home.log.wait_for(lambda: "online" in home.log.availability)
+        self._reader = asyncio.create_task(self._drain(self.proc))
+        await home.log.wait_for(lambda: home.log.availability.count("online") > online)
 
-    async def stop(self) -> int:
+    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.read(65536):
+            self._stderr += chunk
+            del self._stderr[:-4_000_000]  # the tail is what a failure report needs
+
+    async def stop(self, stop_timeout: float = 20) -> int:
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.terminate()
-        assert self.proc.stderr is not None
-        self.stderr = await self.proc.stderr.read()
-        return await self.proc.wait()
+        try:
+            async with asyncio.timeout(stop_timeout):
+                code = await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            await self._finish_reading()
+            pytest.fail(f"edge-tts did not stop within {stop_timeout} s of SIGTERM; killed")
+        await self._finish_reading()
+        return code
+
+    async def kill(self) -> int:
+        """SIGKILL: a crash or a power cut, as far as the process can tell."""
+        assert self.proc is not None
+        self.proc.kill()
+        code = await self.proc.wait()
+        await self._finish_reading()
+        return code
+
+    async def _finish_reading(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
 
 
 @pytest.fixture
@@ -238,4 +287,27 @@ async def daemon(
     proc = DaemonProcess(config, env)
     await proc.start(home)
     yield proc
-    await proc.stop()
+    if proc.running:
+        await proc.stop()
+
+
+@pytest.fixture
+async def daemon_with(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> AsyncIterator[Any]:
+    """A factory: `await daemon_with(section__key=value, ...)` starts the daemon on the test
+    config with those overrides; every daemon it started is stopped (or killed) at the end."""
+    started: list[DaemonProcess] = []
+
+    async def start(**overrides: Any) -> DaemonProcess:
+        config = write_config(tmp_path / f"config-{len(started)}.yaml", broker, dashscope,
+                              **overrides)
+        proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+        started.append(proc)
+        await proc.start(home)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.running:
+            await proc.stop()

@@ -1,0 +1,193 @@
+"""Nothing accepted is lost: every announcement the broker delivered is on disk before it is
+acknowledged and stays there until its final event, so a `kill -9`, a crash or a restart
+(SIGTERM) leaves nothing unspoken and speaks nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech
+from edge_tts.announcement import Announcement
+from edge_tts.journal import Journal, digest
+from fake_dashscope import FakeDashScope, pcm_for
+
+QUEUED = [("low", "Low: the post came."), ("normal", "Normal: the washer is done."),
+          ("high", "High: the door is open."), ("normal", "Normal: dinner is ready.")]
+
+
+async def queue_behind_a_long_announcement(home: Home, dashscope: FakeDashScope) -> None:
+    """A finished announcement, then one speaking slowly with four queued behind it."""
+    await home.say({"text": "Already said.", "id": "done"})
+    assert (await home.log.outcome("done"))["event"] == "finished"
+    dashscope.chunk_interval_s = 0.3  # still speaking when the process goes
+    await home.say({"text": "Speaking when it went.", "id": "cut"})
+    await home.log.event("cut", "started")
+    for i, (priority, text) in enumerate(QUEUED):
+        await home.say({"text": text, "id": f"q{i}", "priority": priority})
+    await home.log.wait_for(lambda: all("queued" in home.log.of(f"q{i}") for i in range(4)))
+
+
+async def speaks_each_once_after_restart(daemon: DaemonProcess, home: Home, capture: Capture,
+                                         dashscope: FakeDashScope) -> None:
+    dashscope.chunk_interval_s = 0.0
+    again = DaemonProcess(daemon.config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    before = len(home.log.events)
+    await again.start(home)
+    try:
+        await home.log.wait_for(lambda: sum(
+            e["event"] == "finished" for e in home.log.events[before:]) >= 5, timeout=30)
+    finally:
+        await again.stop()
+    after = home.log.events[before:]
+    finished = [e["id"] for e in after if e["event"] == "finished"]
+    # Each unfinished one exactly once, most urgent first, in order of arrival within a
+    # priority; the one that had finished is not spoken again.
+    assert finished == ["q2", "cut", "q1", "q3", "q0"]
+    assert Counter(e["id"] for e in after if e["event"] == "started") == Counter(finished)
+    texts = [QUEUED[2][1], "Speaking when it went.", QUEUED[1][1], QUEUED[3][1], QUEUED[0][1]]
+    assert split_speech(capture.read())[1] == b"".join(pcm_for(t) for t in texts)
+
+
+async def test_a_kill_9_loses_nothing_queued_and_repeats_nothing_finished(
+    daemon_with: Any, home: Home, capture: Capture, dashscope: FakeDashScope
+) -> None:
+    daemon = await daemon_with(audio__keep_open_s=60)
+    await queue_behind_a_long_announcement(home, dashscope)
+    await daemon.kill()
+    await speaks_each_once_after_restart(daemon, home, capture, dashscope)
+
+
+async def test_a_restart_loses_nothing_queued(
+    daemon_with: Any, home: Home, capture: Capture, dashscope: FakeDashScope
+) -> None:
+    daemon = await daemon_with(audio__keep_open_s=60)
+    await queue_behind_a_long_announcement(home, dashscope)
+    assert await daemon.stop() == 0  # systemctl restart: SIGTERM, then a new process
+    # A restart is not a reason to tell Home Assistant anything was dropped.
+    assert not [e for e in home.log.events if e["event"] in ("dropped", "failed")]
+    await speaks_each_once_after_restart(daemon, home, capture, dashscope)
+
+
+async def test_an_announcement_left_over_past_its_age_is_dropped_with_an_event(
+    daemon_with: Any, home: Home, dashscope: FakeDashScope, state_home: Path
+) -> None:
+    daemon = await daemon_with(announcements__max_age_s=1)
+    dashscope.chunk_interval_s = 0.3
+    await home.say({"text": "Speaking when it went.", "id": "cut"})
+    await home.log.event("cut", "started")
+    await home.say({"text": "Waiting.", "id": "waiting"})
+    await home.log.event("waiting", "queued")
+    await daemon.kill()
+    # Older than max_age_s by the time it comes back.
+    journal = state_home / "queue-kitchen.jsonl"
+    lines = [json.loads(x) for x in journal.read_text().split("\n") if x]
+    for record in lines:
+        record["received"] -= 60
+    journal.write_text("".join("\n" + json.dumps(r) for r in lines))
+    dashscope.chunk_interval_s = 0.0
+    again = DaemonProcess(daemon.config, daemon.env)
+    await again.start(home)
+    try:
+        dropped = await home.log.event("waiting", "dropped")
+        assert dropped["error"].startswith("too old: sent 6")
+        await home.log.wait_for(lambda: home.log.of("cut")[-1:] == ["dropped"])
+    finally:
+        await again.stop()
+    assert "finished" not in home.log.of("waiting") + home.log.of("cut")
+
+
+async def test_an_unexpected_error_ends_the_process_at_once_saying_offline(
+    tmp_path: Path, daemon_with: Any, home: Home
+) -> None:
+    """A part of the daemon that dies (here the queue, made to break) ends the process with
+    `offline` published, without waiting for anything, so systemd restarts it."""
+    running = await daemon_with()
+    await running.stop()
+    script = tmp_path / "broken.py"
+    script.write_text(
+        "import sys, edge_tts.queue as q\n"
+        "async def broken(self):\n"
+        "    raise RuntimeError('the queue broke')\n"
+        "q.AnnouncementQueue.get = broken\n"
+        "from edge_tts.__main__ import main\n"
+        f"sys.exit(main(['serve', '-c', {str(running.config)!r}]))\n")
+    proc = DaemonProcess(running.config, running.env)
+    proc_args = [sys.executable, str(script)]
+    offline_before = home.log.availability.count("offline")
+    started = time.monotonic()
+    proc.proc = await asyncio.create_subprocess_exec(*proc_args, env=running.env,
+                                                     stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(20):
+        code = await proc.proc.wait()
+    assert code == 70
+    await home.log.wait_for(lambda: home.log.availability.count("offline") > offline_before)
+    assert time.monotonic() - started < 20
+    assert proc.proc.stderr is not None
+    assert b"the queue broke" in await proc.proc.stderr.read()
+
+
+# --- the journal itself -------------------------------------------------------------------
+
+
+def test_the_journal_gives_back_what_did_not_end_in_order(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "q.jsonl")
+    assert journal.open() == []
+    a = journal.add(Announcement(text="one", id="1"), mid=5, payload_digest=digest(b"one"))
+    b = journal.add(Announcement(text="two", id="2", priority="high", chime="builtin"))
+    c = journal.add(Announcement(text="three", id="3", sent_at=123.0))
+    journal.end(b)
+    journal.close()
+    again = Journal(tmp_path / "q.jsonl")
+    restored = again.open()
+    assert [(r.announcement.id, r.announcement.text) for r in restored] == [("1", "one"),
+                                                                           ("3", "three")]
+    assert restored[1].announcement.sent_at == 123.0
+    assert again.redelivered(5, digest(b"one")) and not again.redelivered(5, digest(b"x"))
+    # The rewritten file holds only what is pending; new entries never reuse a number.
+    d = again.add(Announcement(text="four", id="4"))
+    assert d.seq is not None and a.seq is not None and c.seq is not None and d.seq > c.seq
+    again.end(restored[0].announcement)
+    again.end(restored[1].announcement)
+    again.close()
+    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()] == ["4"]
+
+
+def test_a_torn_line_is_skipped_and_the_rest_restored(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "q.jsonl")
+    journal.open()
+    journal.add(Announcement(text="kept", id="k"))
+    journal.close()
+    with (tmp_path / "q.jsonl").open("ab") as f:
+        f.write(b'\n{"add": 9, "announcement": {"text": "to')  # the power went here
+    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()] == ["k"]
+
+
+def test_one_flushed_write_per_announcement_and_it_shrinks_when_idle(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "q.jsonl")
+    journal.open()
+    for i in range(400):
+        journal.end(journal.add(Announcement(text="x" * 100, id=str(i))))
+    assert (tmp_path / "q.jsonl").stat().st_size < 64 * 1024 + 1024  # emptied once it grew
+
+
+def test_a_journal_that_cannot_be_written_does_not_stop_announcements(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    journal = Journal(blocked / "q.jsonl")  # its directory cannot exist
+    assert journal.open() == []
+    a = journal.add(Announcement(text="still spoken", id="s"))
+    assert a.seq is not None and journal.problem and "cannot write" in journal.problem
+    journal.end(a)
+
+
+def test_the_state_directory_follows_systemd_then_xdg(tmp_path: Path) -> None:
+    from edge_tts.journal import state_dir
+    assert state_dir({"STATE_DIRECTORY": "/var/lib/edge-tts"}) == Path("/var/lib/edge-tts")
+    assert state_dir({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "edge-tts"

@@ -1,15 +1,21 @@
 """The phrase cache: the PCM of every completed synthesis, on disk, so a phrase heard before
 starts at once, costs nothing and plays with the cloud gone.
 
-An entry is one file, `<dir>/<key[:2]>/<key>.pcm`: a header (magic, sample rate, length,
-SHA-256 of the PCM) and the PCM. It is written under a temporary name, flushed to disk and
-renamed into place only after the synthesis finished cleanly, so a crash or power cut leaves
-either no entry or a whole one; the length and checksum are verified before a byte is played,
-and a bad entry is removed and synthesized afresh. Recency is the file's mtime (touched on
-every hit): eviction removes the least recently used first and survives restarts. Several
-processes (the daemon, `edge-tts say`, `edge-tts cache`) share a cache safely: renames are
-atomic, readers of an evicted file keep their open copy, and the hit/miss counters are
-updated under a file lock.
+An entry is one file, `<dir>/<key[:2]>/<key>.pcm`: a header (magic, sample rate, length, the
+entry's own key, SHA-256 of key and PCM) and the PCM. It is written under a temporary name,
+flushed to disk and renamed into place only after the synthesis finished cleanly, so a crash
+or power cut leaves either no entry or a whole one; the key, length and checksum are verified
+before a byte is played (a file swapped for another valid entry is not this phrase), and a bad
+entry is removed and synthesized afresh. Recency is the file's mtime (touched on every hit):
+eviction removes the least recently used first and survives restarts. Several processes (the
+daemon, `edge-tts say`, `edge-tts cache`) share a cache safely: renames are atomic, readers of
+an evicted file keep their open copy, a writer holds a lock on its temporary file (so a
+process that opens the cache sweeps exactly the ones whose writer died), and the hit/miss
+counters are updated under a file lock.
+
+The cache never costs an announcement: a disk that is full, read-only or gone makes it stop
+writing (the announcement plays all the same) and say why in `problem`, until the disk has
+room again.
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from .engines import SynthesisRequest
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"EDGETTS1"
-_HEADER = struct.Struct("<8sIQ32s")  # magic, sample rate, PCM length, SHA-256 of the PCM
+_MAGIC = b"EDGETTS2"
+# magic, sample rate, PCM length, the entry's key, SHA-256 of key and PCM
+_HEADER = struct.Struct("<8sIQ32s32s")
 _CHUNK_BYTES = 4800  # 100 ms at 24 kHz: what a hit hands the player at a time
-_STALE_PART_S = 600  # a temporary file this old belongs to a process that died
+_RETRY_S = 60.0  # a cache that could not write tries again after this, or once there is room
+_ROOM_BYTES = 4 * 2**20  # free space that counts as room again
 
 
 def normalize_text(text: str) -> str:
@@ -117,22 +125,70 @@ class PhraseCache:
         # (entries, bytes) as of this process's last scan (stats or eviction): what the status
         # line shows without reading the directory again.
         self.footprint: tuple[int, int] | None = None
+        self.problem: str | None = None  # why the cache is not writing now, if it is not
+        self._retry_at = 0.0
 
     @classmethod
     def open(cls, root: Path, max_bytes: int) -> PhraseCache:
         """Create the directories (raises OSError if that is impossible) and sweep what a
-        crashed writer left behind."""
+        dead writer left behind."""
         cache = cls(root, max_bytes)
         cache._parts.mkdir(parents=True, exist_ok=True)
         probe = cache._parts / f"probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-        now = time.time()
-        for part in cache._parts.glob("*.part"):
-            with contextlib.suppress(OSError):
-                if now - part.stat().st_mtime > _STALE_PART_S:
-                    part.unlink()
+        cache.sweep()
         return cache
+
+    def sweep(self) -> int:
+        """Remove the temporary files of writers that died (no writer holds their lock)."""
+        removed = 0
+        for part in self._parts.glob("*.part"):
+            try:
+                fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            else:
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                    removed += 1
+            finally:
+                os.close(fd)
+        if removed:
+            log.info("cache: removed %d unfinished entries of a writer that died", removed)
+        return removed
+
+    # --- the disk's health -----------------------------------------------------------------
+
+    def writable(self) -> bool:
+        """Whether to try keeping a phrase now: always, unless a write failed lately and the
+        disk does not show room again."""
+        if self.problem is None or time.monotonic() >= self._retry_at:
+            return True
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return False
+        return not st.f_flag & os.ST_RDONLY and st.f_bavail * st.f_frsize >= _ROOM_BYTES
+
+    def write_failed(self, exc: OSError) -> None:
+        """A write failed: stop writing for a while and say why."""
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        problem = f"not writing: {reason} ({self.root})"
+        if problem != self.problem:
+            log.warning("cache: %s; phrases are spoken without being kept until it can write",
+                        problem)
+        self.problem = problem
+        self._retry_at = time.monotonic() + _RETRY_S
+
+    def write_worked(self) -> None:
+        if self.problem is not None:
+            log.info("cache: writing again")
+        self.problem = None
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pcm"
@@ -150,14 +206,14 @@ class PhraseCache:
         except OSError as exc:
             log.warning("cache: cannot read %s (%s); synthesizing instead", path, exc)
             return None
-        problem = _verify(blob, sample_rate)
+        problem = _verify(blob, key, sample_rate)
         if problem:
             log.warning("cache entry %s is damaged (%s); removed, synthesizing afresh",
                         key[:12], problem)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 path.unlink()
             return None
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone meanwhile, or a disk turned read-only
             os.utime(path)  # most recently used
         return blob[_HEADER.size:]
 
@@ -169,10 +225,11 @@ class PhraseCache:
         a failed, cut or stopped synthesis leaves nothing behind. A cache that cannot be
         written (disk full, permissions) never costs the announcement."""
         entry: EntryWriter | None = None
-        try:
-            entry = EntryWriter(self, key, sample_rate)
-        except OSError as exc:
-            log.warning("cache: cannot write in %s (%s); playing without keeping", self.root, exc)
+        if self.writable():
+            try:
+                entry = EntryWriter(self, key, sample_rate)
+            except OSError as exc:
+                self.write_failed(exc)
         try:
             async with contextlib.aclosing(audio) as chunks:
                 async for chunk in chunks:
@@ -180,7 +237,7 @@ class PhraseCache:
                         try:
                             entry.append(chunk)
                         except OSError as exc:
-                            log.warning("cache: writing failed (%s); playing without keeping", exc)
+                            self.write_failed(exc)
                             entry.discard()
                             entry = None
                     yield chunk
@@ -188,7 +245,9 @@ class PhraseCache:
                 try:
                     await entry.commit()
                 except OSError as exc:
-                    log.warning("cache: keeping the phrase failed (%s)", exc)
+                    self.write_failed(exc)
+                else:
+                    self.write_worked()
         finally:
             if entry is not None:
                 entry.discard()
@@ -246,8 +305,12 @@ class PhraseCache:
         entries = list(self._entries())
         self.footprint = (len(entries), sum(size for _, size, _ in entries))
         times = [mtime for _, _, mtime in entries]
-        with self._locked_counters() as counters:
-            hits, misses = counters["hits"], counters["misses"]
+        hits = misses = 0
+        try:
+            with self._locked_counters() as counters:
+                hits, misses = counters["hits"], counters["misses"]
+        except OSError as exc:
+            log.warning("cache: cannot read %s (%s)", self._counters, exc.strerror or exc)
         return CacheStats(len(entries), sum(size for _, size, _ in entries), self.max_bytes,
                           hits, misses, min(times, default=None), max(times, default=None))
 
@@ -273,10 +336,11 @@ class EntryWriter:
         cache._parts.mkdir(parents=True, exist_ok=True)
         self._part = cache._parts / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
         self._file = self._part.open("wb")
+        fcntl.flock(self._file, fcntl.LOCK_EX)  # ours while we live: see PhraseCache.sweep
         self._file.write(b"\0" * _HEADER.size)  # filled in at commit
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256(bytes.fromhex(key))
         self._length = 0
-        self._sealed = False
+        self._done = False
 
     def append(self, pcm: bytes) -> None:
         self._file.write(pcm)
@@ -286,14 +350,19 @@ class EntryWriter:
     async def commit(self) -> None:
         """Publish the entry, off the event loop; once begun, a cancellation of the caller
         does not interrupt it half way."""
-        self._sealed = True
-        await asyncio.shield(asyncio.to_thread(self._commit))
+        self._done = True
+        try:
+            await asyncio.shield(asyncio.to_thread(self._commit))
+        except OSError:
+            self._done = False  # what is left of it is discarded
+            raise
 
     def _commit(self) -> None:
         """Header in, flushed to disk, renamed into place: from here on a whole entry."""
         f = self._file
         f.seek(0)
-        f.write(_HEADER.pack(_MAGIC, self._sample_rate, self._length, self._hash.digest()))
+        f.write(_HEADER.pack(_MAGIC, self._sample_rate, self._length, bytes.fromhex(self._key),
+                             self._hash.digest()))
         f.flush()
         os.fsync(f.fileno())
         f.close()
@@ -304,25 +373,32 @@ class EntryWriter:
         self._cache.evict()
 
     def discard(self) -> None:
-        if self._sealed:
+        """Drop the unfinished entry; quietly, for it may be the disk that failed (a full
+        disk raises again when the buffered rest is flushed on close)."""
+        if self._done:
             return
-        if not self._file.closed:
+        self._done = True
+        with contextlib.suppress(OSError):
             self._file.close()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             self._part.unlink()
 
 
-def _verify(blob: bytes, sample_rate: int) -> str | None:
+def _verify(blob: bytes, key: str, sample_rate: int) -> str | None:
     if len(blob) < _HEADER.size:
         return f"{len(blob)} bytes, shorter than its header"
-    magic, rate, length, digest = _HEADER.unpack_from(blob)
+    magic, rate, length, own_key, digest = _HEADER.unpack_from(blob)
     if magic != _MAGIC:
-        return "not an edge-tts cache entry"
+        return "not an edge-tts cache entry (or one of an older version)"
+    if own_key != bytes.fromhex(key):
+        return "the entry of another phrase"
     if rate != sample_rate:
         return f"recorded at {rate} Hz, not {sample_rate} Hz"
     if len(blob) - _HEADER.size != length:
         return f"{len(blob) - _HEADER.size} bytes of PCM where the header says {length}"
-    if hashlib.sha256(memoryview(blob)[_HEADER.size:]).digest() != digest:
+    checksum = hashlib.sha256(own_key)
+    checksum.update(memoryview(blob)[_HEADER.size:])
+    if checksum.digest() != digest:
         return "checksum mismatch"
     return None
 

@@ -63,9 +63,20 @@ async def _daemon_status(client: aiomqtt.Client, topics: Topics) -> str:
                 f"{cloud['opened']} connections opened, {cloud['renewals']} renewals, "
                 f"{cloud['reused']} announcements on a warm connection, {cloud['waited']} waited "
                 f"for a handshake, {cloud['failures']} failures"
-                + (f" (last: {cloud['last_error']})" if cloud.get("last_error") else ""))
+                + (f" (last: {cloud['last_error']})" if cloud.get("last_error") else "")
+                + _disk_problems(stats))
     except (KeyError, ValueError, TypeError):
         return "the daemon is online (no stats published yet)"
+
+
+def _disk_problems(stats: dict[str, object]) -> str:
+    """What the daemon said about its disk: a cache not writing, a queue not durable."""
+    said = []
+    for part, what in (("cache", "cache"), ("queue", "queue journal")):
+        section = stats.get(part)
+        if isinstance(section, dict) and section.get("problem"):
+            said.append(f"; {what}: {section['problem']}")
+    return "".join(said)
 
 
 async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:

@@ -360,7 +360,7 @@ class Daemon:
         self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
         if not len(self.queue):
             self.link.publish_state({"state": "idle", "id": None, "text": None})
-        self.notifier.status(self._status())
+        self._stats_changed(self.keeper.stats)  # the cache and the queue changed
 
     # --- what the daemon tells about itself ------------------------------------------------
 
@@ -377,14 +377,28 @@ class Daemon:
             cloud = f"cloud: {self.cloud.last_error}"
         today, count = self._spoken_today
         spoken = count if today == date.today() else 0
-        parts = [state, cloud, self._cache_summary(), f"{spoken} announcements today", self._note]
+        journal = f"queue not durable: {self.journal.problem}" if self.journal.problem else ""
+        parts = [state, cloud, self._cache_summary(), f"{spoken} announcements today", journal,
+                 self._note]
         return "; ".join(p for p in parts if p)
+
+    def _cache_stats(self) -> dict[str, object]:
+        if self.cache is None:
+            return {"enabled": False}
+        entries, size = self.cache.footprint or (0, 0)
+        return {"enabled": True, "dir": str(self.cache.root), "entries": entries, "bytes": size,
+                "writing": self.cache.problem is None, "problem": self.cache.problem}
+
+    def _queue_stats(self) -> dict[str, object]:
+        return {"length": len(self.queue), "journal": str(self.journal.path),
+                "durable": self.journal.problem is None, "problem": self.journal.problem}
 
     def _cache_summary(self) -> str:
         if self.cache is None:
             return "cache off"
         entries, size = self.cache.footprint or (0, 0)
-        return f"cache {size / 2**20:.0f} MB, {entries} entries"
+        problem = f" ({self.cache.problem})" if self.cache.problem else ""
+        return f"cache {size / 2**20:.0f} MB, {entries} entries{problem}"
 
     def _stats_changed(self, _: KeeperStats) -> None:
         # Several changes in one step of the loop go out as one message.
@@ -395,6 +409,7 @@ class Daemon:
     def _publish_stats(self) -> None:
         self._stats_pending = False
         self.link.publish_stats({"since": self._started_at, "cloud": self.cloud.stats(),
+                                 "cache": self._cache_stats(), "queue": self._queue_stats(),
                                  "last_announcement": self._last})
         self.notifier.status(self._status())
 

@@ -218,9 +218,10 @@ class DaemonProcess:
     it comes (a pipe left unread would block a talkative daemon); a stop that takes longer
     than `stop_timeout` kills it and fails the test."""
 
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
+    def __init__(self, config: Path, env: dict[str, str], wrap: list[str] | None = None) -> None:
         self.config = config
         self.env = env
+        self.wrap = wrap or []  # a command the daemon runs under (unshare: its own mounts)
         self.proc: asyncio.subprocess.Process | None = None
         self._stderr = bytearray()
         self._reader: asyncio.Task[None] | None = None
@@ -232,7 +233,7 @@ class DaemonProcess:
     async def start(self, home: Home) -> None:
         online = home.log.availability.count("online")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge_tts", "serve", "-c", str(self.config),
+            *self.wrap, sys.executable, "-m", "edge_tts", "serve", "-c", str(self.config),
             env=self.env, stderr=asyncio.subprocess.PIPE,
         )
         self._reader = asyncio.create_task(self._drain(self.proc))

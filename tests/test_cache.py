@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Capture, DaemonProcess, Home, split_speech
+from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech, write_config
+from mosquitto import Broker
 from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.cache import PhraseCache, cache_key
@@ -119,14 +122,33 @@ async def test_failed_and_cut_syntheses_leave_nothing(tmp_path: Path) -> None:
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-async def test_a_crashed_writers_leftovers_never_play_and_are_swept(tmp_path: Path) -> None:
+async def test_a_dead_writers_leftovers_never_play_and_are_swept_at_once(
+    tmp_path: Path,
+) -> None:
     cache = PhraseCache.open(tmp_path, 10**6)
     part = tmp_path / "tmp" / f"{'cc' * 32}.999.deadbeef.part"
-    part.write_bytes(b"\0" * 52 + pcm_for("Power cut.")[:1000])
-    os.utime(part, (1, 1))  # long ago: its writer is gone
+    part.write_bytes(b"\0" * 84 + pcm_for("Power cut.")[:1000])  # written a second ago
+    # A live writer's unfinished entry, in another process, is left alone.
+    live = cache.record(chunks(pcm_for("Still writing.")), "dd" * 32, RATE)
+    await anext(live)
     assert cache.load("cc" * 32, RATE) is None
-    PhraseCache.open(tmp_path, 10**6)  # the next start sweeps it
+    PhraseCache.open(tmp_path, 10**6)  # the next start sweeps what no writer holds
     assert not part.exists()
+    (still,) = (tmp_path / "tmp").glob("*.part")
+    assert still.name.startswith("dd" * 32)
+    async for _ in live:
+        pass
+    assert cache.load("dd" * 32, RATE) == pcm_for("Still writing.")
+
+
+async def test_an_entry_swapped_for_another_valid_entry_is_not_played(tmp_path: Path) -> None:
+    cache = PhraseCache.open(tmp_path, 10**6)
+    await store(cache, "aa" * 32, pcm_for("Front door open."))
+    await store(cache, "bb" * 32, pcm_for("Back door open."))
+    cache.path("aa" * 32).write_bytes(cache.path("bb" * 32).read_bytes())
+    assert cache.load("aa" * 32, RATE) is None  # the other phrase's entry: removed
+    assert not cache.path("aa" * 32).exists()
+    assert cache.load("bb" * 32, RATE) == pcm_for("Back door open.")
 
 
 # --- size ----------------------------------------------------------------------------------
@@ -135,7 +157,7 @@ async def test_eviction_removes_the_least_recently_used_first_across_restarts(
     tmp_path: Path,
 ) -> None:
     pcm = pcm_for("x" * 10)  # 0.6 s: 28800 bytes
-    size = len(pcm) + 52
+    size = len(pcm) + 84  # the header: magic, rate, length, key, checksum
     cache = PhraseCache.open(tmp_path, 3 * size)
     keys = [f"{n:02d}" * 32 for n in range(4)]
     for age, key in enumerate(keys[:3]):
@@ -304,7 +326,7 @@ async def test_a_damaged_entry_is_synthesized_afresh(
     assert split_speech(capture.read())[1] == pcm_for(text)  # not a damaged byte played
     assert len(dashscope.tasks) == 2
     (healed,) = entries(cache_dir(daemon))
-    assert hashlib.sha256(healed.read_bytes()[52:]).digest() == hashlib.sha256(
+    assert hashlib.sha256(healed.read_bytes()[84:]).digest() == hashlib.sha256(
         pcm_for(text)).digest()
 
 
@@ -366,3 +388,77 @@ async def test_cache_warm_refuses_a_bad_phrase_file(tmp_path: Path, daemon: Daem
     run = await asyncio.to_thread(edge_tts, daemon.config, "warm", str(bad))
     assert run.returncode == 2
     assert "must be a YAML list of phrases" in run.stderr and "Traceback" not in run.stderr
+
+
+# --- the disk under the cache ----------------------------------------------------------------
+
+
+def tiny_filesystem(directory: Path, size: str) -> list[str]:
+    """A command prefix: the daemon runs in a mount namespace of its own (no root needed) in
+    which `directory` is a tmpfs of `size`, a real filesystem that really fills up."""
+    return ["unshare", "-rm", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"', str(directory)]
+
+
+def remount(daemon: DaemonProcess, directory: Path, options: str) -> None:
+    assert daemon.proc is not None
+    subprocess.run(["nsenter", "-t", str(daemon.proc.pid), "-U", "-m", "--preserve-credentials",
+                    "mount", "-o", f"remount,{options}", str(directory)], check=True)
+
+
+async def test_the_cache_survives_a_full_then_read_only_disk(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, cache__dir=str(tiny))
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY),
+                           wrap=tiny_filesystem(tiny, "64k"))
+    await daemon.start(home)
+
+    async def speak(text: str, ident: str) -> str:
+        await home.say({"text": text, "id": ident})
+        outcome = await home.log.outcome(ident)
+        assert outcome["event"] == "finished", outcome
+        assert pcm_for(text) in split_speech(capture.read())[1]  # whole, whatever the disk did
+        return str((await home.log.event(ident, "started"))["source"])
+
+    def cache_said(writing: bool, problem: str | None = None) -> Any:
+        def said() -> bool:
+            last = home.log.stats[-1]["cache"] if home.log.stats else {}
+            return last.get("writing") is writing and (
+                problem is None or problem in str(last.get("problem")))
+        return said
+
+    try:
+        long_phrase = "The smoke alarm in the kitchen is ringing now."  # ~130 kB: does not fit
+        assert await speak("Hi there.", "small") == "cloud"
+        assert await speak(long_phrase, "full") == "cloud"
+        await home.log.wait_for(cache_said(False, "No space left on device"))
+        assert await speak("Hi there.", "small-again") == "cache"  # what was kept still plays
+
+        remount(daemon, tiny, "size=16m")  # room again
+        assert await speak(long_phrase, "room") == "cloud"
+        await home.log.wait_for(cache_said(True))
+        assert await speak(long_phrase, "kept") == "cache"
+
+        remount(daemon, tiny, "ro")
+        assert await speak(long_phrase, "hit-on-read-only") == "cache"
+        assert await speak("Something new.", "new-on-read-only") == "cloud"
+        await home.log.wait_for(cache_said(False, "Read-only file system"))
+        assert daemon.running
+    finally:
+        await daemon.stop()
+    assert b"Traceback" not in daemon.stderr
+
+
+async def test_a_cache_directory_removed_under_the_daemon_is_made_again(
+    daemon: DaemonProcess, home: Home, capture: Capture
+) -> None:
+    await home.say({"text": "Before.", "id": "before"})
+    assert (await home.log.outcome("before"))["event"] == "finished"
+    shutil.rmtree(cache_dir(daemon))
+    for ident in ("after", "again"):
+        await home.say({"text": "After.", "id": ident})
+        assert (await home.log.outcome(ident))["event"] == "finished"
+    assert (await home.log.event("again", "started"))["source"] == "cache"

@@ -63,10 +63,25 @@ async def _daemon_status(client: aiomqtt.Client, topics: Topics) -> str:
                 f"{cloud['opened']} connections opened, {cloud['renewals']} renewals, "
                 f"{cloud['reused']} announcements on a warm connection, {cloud['waited']} waited "
                 f"for a handshake, {cloud['failures']} failures"
+                + _task_failures(cloud)
                 + (f" (last: {cloud['last_error']})" if cloud.get("last_error") else "")
                 + _disk_problems(stats))
     except (KeyError, ValueError, TypeError):
         return "the daemon is online (no stats published yet)"
+
+
+def _task_failures(cloud: dict[str, object]) -> str:
+    """Tasks the service failed or refused (a key refused at task level shows here), on the
+    inference connection and every Qwen session, with the last one's reason."""
+    sessions = cloud.get("qwen_sessions")
+    stats = [cloud] + [s for s in (sessions if isinstance(sessions, list) else [])
+                       if isinstance(s, dict)]
+    total = sum(n for s in stats if isinstance(n := s.get("task_failures"), int))
+    last = next((e for s in stats if (e := s.get("last_task_error"))), None)
+    if not total:
+        return ""
+    return f", {total} tasks failed or refused by the service" + (
+        f" (last: {last})" if last else "")
 
 
 def _disk_problems(stats: dict[str, object]) -> str:

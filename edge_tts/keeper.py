@@ -70,6 +70,8 @@ class KeeperStats:
     retired: int = 0  # connections closed by us (faults, renewals, keep_warm off)
     lost: int = 0  # idle connections the server or network closed under us
     failures: int = 0  # handshakes that failed
+    task_failures: int = 0  # tasks the service failed or refused (a key refused at task level)
+    last_task_error: str | None = None  # kept: a connection that opens fine does not clear it
     warm: bool = False  # a connection is ready now
     last_error: str | None = None
 
@@ -240,6 +242,13 @@ class ConnectionKeeper:
         task = asyncio.get_running_loop().create_task(ws.close())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def task_failed(self, reason: str) -> None:
+        """A task on one of our connections failed at the service (task-failed, a session
+        error): counted, and its reason shown as the last error."""
+        self.stats.task_failures += 1
+        self.stats.last_task_error = reason
+        self._notify()
 
     def _notify(self) -> None:
         self.stats.warm = self._ready is not None

@@ -6,18 +6,25 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .announcement import Announcement
 from .ssml import ssml_text
 from .cache import PhraseCache, cache_key, replay
 from .chime import ChimeError, load_chime
 from .config import Config, Voice
-from .engines import Engine, SynthesisRequest
+from .engines import Engine, SynthesisRequest, SynthesisTrace, new_task_id
+from .backoff import Backoff
 from .errors import AudioDeviceError, SynthesisError
 from .player import AudioSink
+from .text import split_sentences, weight
 
 log = logging.getLogger(__name__)
+
+_MAX_CLOUD_ATTEMPTS = 3  # asking the cloud again for the rest of one announcement
+# A lower bound on speech: characters (a CJK one counts two) a second at rate 1.0. Telling
+# from the audio how far speech got, it errs towards saying a sentence again.
+_SLOWEST_UNITS_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -108,8 +115,10 @@ class Speaker:
             log.info("announcement %s: stopped", a.id, extra=_fields(a, source))
             self._emit(Event(a.id, "dropped", source=source, error=self._stop_reason), a)
             return False
-        log.info("announcement %s: finished", a.id, extra=_fields(a, source))
-        self._emit(Event(a.id, "finished", source=source, reason=heard.reason), a)
+        reason = heard.reason or request.trace.resumed
+        log.info("announcement %s: finished%s", a.id, f" ({reason})" if reason else "",
+                 extra=_fields(a, source))
+        self._emit(Event(a.id, "finished", source=source, reason=reason), a)
         return True
 
     async def _select(self, a: Announcement, request: SynthesisRequest) -> _Selection:
@@ -135,7 +144,9 @@ class Speaker:
             return _Selection("fallback", await self._fallback_audio(a, fallback), cache,
                               reason=exc.reason)
         if cache:
-            audio = cache.record(audio, key, rate)
+            audio = cache.record(audio, key, rate)  # kept only if it ends cleanly
+        if source == "cloud":
+            audio = self._resumable(a, request, audio)
         return _Selection(source, audio, cache)
 
     @staticmethod
@@ -184,21 +195,79 @@ class Speaker:
         audio = engine.synthesize(request)
         if self._fallback_for(voice) is None:
             return audio
-        limit_ms = self._config.fallback.first_audio_ms
-        try:
-            async with asyncio.timeout(limit_ms / 1000):
-                first = await anext(audio)
-        except StopAsyncIteration:
-            raise SynthesisError("the cloud sent no audio") from None
-        except TimeoutError:
-            await audio.aclose()  # type: ignore[attr-defined]
-            raise SynthesisError(f"no audio from the cloud within {limit_ms} ms") from None
-        return _prepend(first, audio)
+        return await _first_audio_within(audio, self._config.fallback.first_audio_ms)
 
-    async def _fallback_audio(self, a: Announcement, fallback: Voice) -> AsyncGenerator[bytes, None]:
+    async def _resumable(self, a: Announcement, request: SynthesisRequest,
+                         audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        """The cloud's audio, never left half-spoken: if the cloud breaks after the speech
+        began, the rest (from the sentence that was cut) is asked of the cloud again on a new
+        connection, with a short backoff, for as long as fallback.first_audio_ms of silence
+        allows; then the fallback voice says it. Without a fallback voice the announcement
+        fails, as the cloud left it."""
+        pieces = [request.text] if request.ssml else split_sentences(request.text)
+        done, attempt, attempts = 0, request, 0
+        while True:
+            delivered = 0
+            try:
+                async with aclosing(audio) as chunks:
+                    async for chunk in chunks:
+                        delivered += len(chunk)
+                        yield chunk
+                return
+            except SynthesisError as exc:
+                cause = exc.reason
+            done += _sentences_done(attempt, pieces[done:], delivered)
+            rest = pieces[done:]
+            if not rest:
+                return
+            where = f"sentence {done + 1} of {len(pieces)}"
+            log.warning("announcement %s: the cloud broke off (%s); saying the rest from %s",
+                        a.id, cause, where, extra=_fields(a, "cloud"))
+            resumed = await self._cloud_again(a, request, "".join(rest), attempts)
+            if resumed is not None:
+                attempt, audio, attempts = resumed[0], resumed[1], resumed[2]
+                request.trace.resumed = f"{cause}; the cloud said the rest from {where}"
+                continue
+            fallback = self._fallback_for(request.voice)
+            if fallback is None:
+                raise SynthesisError(cause)
+            request.trace.resumed = (f"{cause}; the fallback voice {fallback.name} said the "
+                                     f"rest from {where}")
+            rest_text = ssml_text(request.text) if request.ssml else "".join(rest)
+            speech = await self._fallback_audio(a, fallback, rest_text)
+            async with aclosing(speech) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+
+    async def _cloud_again(self, a: Announcement, request: SynthesisRequest, text: str,
+                           attempts: int) -> tuple[SynthesisRequest, AsyncGenerator[bytes, None],
+                                                   int] | None:
+        """The cloud's audio for `text` on a new task, tried with a short backoff until its
+        first audio is in hand or fallback.first_audio_ms has passed; None if it would not."""
+        engine = self._engines.get(request.voice.engine)
+        if engine is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.fallback.first_audio_ms / 1000
+        backoff = Backoff(start=0.1, cap=0.5)
+        while attempts < _MAX_CLOUD_ATTEMPTS and (left := deadline - loop.time()) > 0:
+            attempts += 1
+            again = replace(request, text=text, task_id=new_task_id(), trace=SynthesisTrace())
+            try:
+                audio = await _first_audio_within(engine.synthesize(again), round(left * 1000))
+            except SynthesisError as exc:
+                log.info("announcement %s: the cloud again: %s", a.id, exc.reason)
+                await asyncio.sleep(min(backoff.next(), max(0.0, deadline - loop.time())))
+                continue
+            return again, audio, attempts
+        return None
+
+    async def _fallback_audio(self, a: Announcement, fallback: Voice,
+                              text: str | None = None) -> AsyncGenerator[bytes, None]:
         engine = self._engines.get(fallback.engine)
         assert engine is not None  # _fallback_for checked
-        request = SynthesisRequest(text=_plain(a), voice=fallback,
+        request = SynthesisRequest(text=_plain(a) if text is None else text, voice=fallback,
                                    sample_rate=self._config.audio.sample_rate)
         return engine.synthesize(request)
 
@@ -291,6 +360,42 @@ async def _after_chime(chime: bytes, selecting: asyncio.Future[_Selection],
 def _fields(a: Announcement, source: str) -> dict[str, str]:
     """Journal fields of an announcement's log lines (`journalctl ANNOUNCEMENT_ID=...`)."""
     return {"ANNOUNCEMENT_ID": a.id, "SOURCE": source}
+
+
+async def _first_audio_within(audio: AsyncGenerator[bytes, None],
+                              limit_ms: int) -> AsyncGenerator[bytes, None]:
+    """`audio` once its first chunk is in hand; SynthesisError if none comes within
+    `limit_ms` (nothing has been played then)."""
+    try:
+        async with asyncio.timeout(limit_ms / 1000):
+            first = await anext(audio)
+    except StopAsyncIteration:
+        raise SynthesisError("the cloud sent no audio") from None
+    except TimeoutError:
+        await audio.aclose()
+        raise SynthesisError(f"no audio from the cloud within {limit_ms} ms") from None
+    except BaseException:
+        await audio.aclose()
+        raise
+    return _prepend(first, audio)
+
+
+def _sentences_done(request: SynthesisRequest, pieces: list[str], delivered: int) -> int:
+    """How many of `pieces` (the attempt's sentences) were certainly heard whole: what the
+    protocol said (Qwen), else what the audio played proves at a generous speaking rate
+    (_SLOWEST_UNITS_S characters a second times the voice's rate), so a sentence is never
+    skipped; at worst one is heard again."""
+    if request.trace.sentences_done is not None:
+        return min(request.trace.sentences_done, len(pieces))
+    seconds = delivered / (2 * request.sample_rate)
+    heard = seconds * _SLOWEST_UNITS_S * max(request.voice.rate, 0.5)
+    done, total = 0, 0
+    for piece in pieces:
+        total += weight(piece)
+        if total > heard:
+            break
+        done += 1
+    return done
 
 
 async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

@@ -96,6 +96,7 @@ class FakeDashScope:
         self.chunk_bytes = chunk_bytes
         self.idle_timeout_s = idle_timeout_s
         self.refuse_connections = False
+        self.refuse_next = 0  # this many of the next handshakes refused (a route that recovers)
         self.handshake_delay_s = 0.0  # a slow route: time before the upgrade is answered
         self.chunk_interval_s = 0.0  # pace between audio chunks (0: as fast as possible)
         self.connections: list[ConnectionRecord] = []
@@ -183,6 +184,9 @@ class FakeDashScope:
             await self._notify()
 
     def _verdict(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable\n")
         if self.refuse_connections:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable\n")
         url = urlsplit(request.path)

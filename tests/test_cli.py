@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, Broker, Capture, split_speech, write_config
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
 from fake_dashscope import FakeDashScope, pcm_for
 
 
@@ -198,3 +199,19 @@ async def test_say_speaks_qwen_and_sambert_voices_once_and_keeps_nothing_open(
         assert wav.readframes(wav.getnframes()) == pcm_for("Good night.", speaker)
     # A one-off: no session or connection made ready for a next time that never comes.
     assert len(dashscope.connections) == 1
+
+
+async def test_a_task_the_service_fails_shows_in_stats_and_check(
+    daemon: DaemonProcess, home: Home, dashscope: FakeDashScope
+) -> None:
+    """A key refused at task level (or any task-failed) connects fine: it must still show
+    as a failure in the daemon's stats and in `check`, with its reason."""
+    await home.say({"text": "This one [fail] breaks.", "id": "refused"})
+    assert (await home.log.outcome("refused"))["event"] == "failed"
+    # Asked again for the rest before giving up: each refusal counted.
+    await home.log.wait_for(lambda: bool(home.log.stats) and
+                            home.log.stats[-1]["cloud"]["task_failures"] >= 1)
+    assert "fake [fail] marker" in home.log.stats[-1]["cloud"]["last_task_error"]
+    run = await edge_tts("check", "-c", str(daemon.config))
+    assert re.search(r"\d+ tasks failed or refused by the service", run.out), run.all
+    assert "fake [fail] marker" in run.out

@@ -70,15 +70,19 @@ async def test_each_engine_speaks_its_announcement_end_to_end(
     assert_spoken(pcm, "Piper here.")
 
 
-async def test_a_qwen_error_mid_announcement_fails_it_and_the_next_qwen_one_speaks(
+async def test_a_qwen_error_mid_announcement_is_finished_by_the_fallback_and_the_next_speaks(
     running: DaemonProcess, home: Home, capture: Capture, dashscope: FakeDashScope
 ) -> None:
-    # The first sentence was already heard: the announcement fails (a fallback would start
-    # it again from the top), saying why.
+    # The first sentence was already heard: the cloud is asked again for the rest, which
+    # fails again here, so the fallback voice says it from the sentence that broke.
     await home.say({"text": "Careful. [fail] Broken.", "voice": "butler", "id": "mid"})
-    failed = await home.log.outcome("mid", timeout=30)
-    assert failed["event"] == "failed" and "internal_error" in failed["error"]
-    assert home.log.of("mid") == ["queued", "started", "failed"]
+    finished = await home.log.outcome("mid", timeout=30)
+    assert finished["event"] == "finished" and "internal_error" in finished["reason"]
+    assert "the fallback voice offline said the rest from sentence 2 of 2" in finished["reason"]
+    assert home.log.of("mid") == ["queued", "started", "finished"]
+    played = split_speech(capture.read())[1]
+    assert played.startswith(pcm_for("Careful. ", "Serena"))
+    assert_spoken(played[len(pcm_for("Careful. ", "Serena")):], "[fail] Broken.")
     started, pcm = await spoken(home, capture, {"text": "Working again.", "voice": "butler",
                                                 "id": "good"})
     assert started["source"] == "cloud"

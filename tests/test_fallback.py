@@ -203,3 +203,65 @@ async def test_check_loads_the_fallback_voice(
     assert runs[1][0] == 1
     assert f"FAIL fallback voice 'offline': Piper model {tmp_path / 'no.onnx'} does not exist" \
         in runs[1][1]
+
+
+# --- a cloud that breaks mid-announcement: never half-spoken ---------------------------------
+
+QWEN = {"engine": "qwen", "model": "qwen3-tts-flash-realtime", "voice": "Serena"}
+BROKEN = ["The first sentence is here. ", "The second [fail] one breaks. ", "The third ends it."]
+
+
+async def test_a_qwen_session_failing_mid_announcement_hands_the_rest_to_the_fallback(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    daemon = await start_daemon(tmp_path, broker, dashscope, home, voices__butler=QWEN,
+                                dashscope__realtime_url=dashscope.realtime_url,
+                                audio__keep_open_s=60)
+    try:
+        await home.say({"text": "".join(BROKEN), "id": "broken", "voice": "butler"})
+        finished = await home.log.outcome("broken", timeout=30)
+    finally:
+        await daemon.stop()
+    assert finished["event"] == "finished", finished
+    assert "the fallback voice offline said the rest from sentence 2 of 3" in finished["reason"]
+    assert "fake [fail] marker" in finished["reason"]
+    # The first sentence exactly as the cloud said it (Qwen says when a sentence is complete),
+    # then the offline voice saying the second and third.
+    played = split_speech(capture.read())[1]
+    cloud = pcm_for(BROKEN[0], "Serena")
+    assert played.startswith(cloud)
+    assert_spoken(played[len(cloud):], BROKEN[1] + BROKEN[2])
+    # The cloud was asked again for the rest, from the sentence that broke, before handing over.
+    sessions = [t.texts for t in dashscope.tasks if t.streaming == "realtime" and t.texts]
+    assert sessions[0][:2] == BROKEN[:2] and len(sessions) >= 2
+    assert all(s[0] == BROKEN[1] for s in sessions[1:])
+
+
+async def test_a_connection_lost_mid_announcement_is_resumed_on_the_cloud_when_it_returns(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    """The warm connection dies mid-sentence and the immediate reconnect is refused too; the
+    cloud is asked again after a short backoff and says the rest, from a sentence that had
+    certainly not been heard whole."""
+    daemon = await start_daemon(tmp_path, broker, dashscope, home, audio__keep_open_s=60)
+    text = ["Sentence one is rather long. ", "Two follows. ", "Three ends."]
+    try:
+        dashscope.cut_next_task(after_chunks=3)
+        dashscope.refuse_next = 2  # the reconnect (and the keeper's own) fail; then it is back
+        await home.say({"text": "".join(text), "id": "cut"})
+        finished = await home.log.outcome("cut", timeout=30)
+    finally:
+        await daemon.stop()
+    assert finished["event"] == "finished", finished
+    assert "the cloud said the rest from sentence 1 of 3" in finished["reason"]
+    assert (await home.log.event("cut", "started"))["source"] == "cloud"
+    cut = pcm_for(text[0])[:3 * dashscope.chunk_bytes]
+    assert split_speech(capture.read())[1] == cut + b"".join(pcm_for(t) for t in text)
+
+
+async def test_without_a_fallback_voice_a_broken_cloud_still_fails_with_its_reason(
+    daemon: DaemonProcess, home: Home, dashscope: FakeDashScope
+) -> None:
+    await home.say({"text": "".join(BROKEN), "id": "broken"})
+    failed = await home.log.outcome("broken", timeout=30)
+    assert failed["event"] == "failed" and "fake [fail] marker" in failed["error"]

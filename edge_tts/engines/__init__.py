@@ -27,6 +27,10 @@ class SynthesisTrace:
     """How a synthesis went, filled in by the engine for the announcement's events."""
 
     connection: str | None = None  # warm | new | replaced (the warm one died, a new one spoke)
+    # Sentences (pieces of text.split_sentences) whose audio is complete, when the protocol
+    # says so (Qwen in commit mode: one response per sentence); None where it does not.
+    sentences_done: int | None = None
+    resumed: str | None = None  # the cloud broke mid-announcement: what took over, and where
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ class InferenceEngine:
                         wait.heard()
                         yield frame
                         continue
-                    event = self._event(frame, task_id)
+                    event = self._task_event(frame, task_id)
                     if event == "task-finished":
                         lease.reusable = True
                         log.debug("task %s finished", task_id)
@@ -146,8 +146,16 @@ class InferenceEngine:
     async def _await_started(self, ws: Any, task_id: str, wait: AudioWait) -> None:
         while True:
             frame = await wait.recv(ws)
-            if isinstance(frame, str) and self._event(frame, task_id) == "task-started":
+            if isinstance(frame, str) and self._task_event(frame, task_id) == "task-started":
                 return
+
+    def _task_event(self, frame: str, task_id: str) -> str:
+        """_event, with a task the service failed counted in the connection's stats."""
+        try:
+            return self._event(frame, task_id)
+        except SynthesisError as exc:
+            self._keeper.task_failed(exc.reason)
+            raise
 
     @staticmethod
     def _event(frame: str, task_id: str) -> str:

@@ -212,6 +212,8 @@ class QwenEngine:
         async with keeper.lease() as lease:
             ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
+            committing = config["mode"] == "commit"
+            request.trace.sentences_done = 0 if committing else None
             wait = AudioWait(self._first_audio_timeout_s, self._stall_timeout_s)
             try:
                 for piece in split_sentences(request.text, _PIECE_WEIGHT):
@@ -230,13 +232,16 @@ class QwenEngine:
                             yield out
                     elif kind == "error":
                         recoverable, what = _error(event)
-                        raise SynthesisError(
-                            f"DashScope {'refused the request' if recoverable else 'failed'}: "
-                            f"{what}")
+                        reason = (f"DashScope {'refused the request' if recoverable else 'failed'}"
+                                  f": {what}")
+                        keeper.task_failed(reason)
+                        raise SynthesisError(reason)
                     elif kind == "response.done":
                         status = (event.get("response") or {}).get("status", "completed")
                         if status not in ("completed", None):
                             raise SynthesisError(f"DashScope ended a response as {status}")
+                        if committing and request.trace.sentences_done is not None:
+                            request.trace.sentences_done += 1  # one commit, one sentence
                     elif kind == "session.finished":
                         if resampler and (tail := resampler.flush()):
                             yield tail

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -75,6 +76,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._lock: int | None = None  # held while this process keeps the queue
         self._next = 1
         self._pending: set[int] = set()
         self._redelivery: set[tuple[int, str]] = set()  # (mid, digest) restored at start
@@ -89,7 +91,20 @@ class Journal:
 
     def open(self) -> list[Restored]:
         """Read what the last run left unfinished, rewrite the file with just that, and open
-        it for appending. Returns the unfinished announcements in the order they arrived."""
+        it for appending. Returns the unfinished announcements in the order they arrived. A
+        second process for the same device finds the queue taken and keeps its own in memory
+        (it must not replay, or rewrite, another's)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = os.open(self.path.with_suffix(".lock"),
+                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._failed(f"another edge-tts process keeps {self.path}")
+            return []
+        except OSError as exc:
+            self._failed(f"cannot write {self.path}: {exc.strerror or exc}")
+            return []
         records = self._read()
         restored: list[Restored] = []
         keep: list[bytes] = []
@@ -106,7 +121,6 @@ class Journal:
             keep.append(_line(record))
             self._next = max(self._next, seq + 1)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             _replace(self.path, b"".join(keep))
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                0o600)
@@ -175,10 +189,11 @@ class Journal:
             self._compact()
 
     def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._lock):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._lock = None
 
     def _append(self, line: bytes) -> None:
         if self._fd is None:

@@ -191,3 +191,15 @@ def test_the_state_directory_follows_systemd_then_xdg(tmp_path: Path) -> None:
     from edge_tts.journal import state_dir
     assert state_dir({"STATE_DIRECTORY": "/var/lib/edge-tts"}) == Path("/var/lib/edge-tts")
     assert state_dir({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "edge-tts"
+
+
+def test_a_second_process_for_the_same_device_leaves_the_queue_alone(tmp_path: Path) -> None:
+    first = Journal(tmp_path / "q.jsonl")
+    first.open()
+    first.add(Announcement(text="mine", id="m"))
+    second = Journal(tmp_path / "q.jsonl")
+    assert second.open() == []  # not replayed by the second one
+    assert second.problem and "another edge-tts process" in second.problem
+    second.end(second.add(Announcement(text="its own", id="o")))  # in memory, harmless
+    first.close()
+    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()] == ["m"]

@@ -206,6 +206,7 @@ class Daemon:
         if self._own_player and isinstance(self.player, Player):
             await self.player.close()
         self.journal.close()
+        self.notifier.close()
 
     async def reload(self, config: Config, api_key: Secret | None) -> None:
         """Apply a new, already validated config; the queue and the announcement being spoken

@@ -1,9 +1,12 @@
 """Living under systemd: readiness, status and watchdog notifications, and logging to the
 journal with priorities and fields. Every part is a no-op off systemd.
 
-systemd-python (the `systemd` extra) is used when installed; without it, notifications go
-over $NOTIFY_SOCKET directly (the protocol is one datagram) and log lines to a journal
-stream carry their priority as a `<N>` prefix, which journald reads.
+Notifications go over $NOTIFY_SOCKET directly (the protocol is one datagram), from a
+non-blocking socket: a supervisor that does not read them (its queue full) costs a dropped
+notification and one log line, never a blocked event loop. (libsystemd's sd_notify sends on
+a blocking socket, so it is not used for this.) systemd-python (the `systemd` extra) is used
+for journal fields when installed; without it, log lines to a journal stream carry their
+priority as a `<N>` prefix, which journald reads.
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 try:  # the optional extra
-    from systemd import daemon as _sd_daemon  # type: ignore[attr-defined]
     from systemd import journal as _sd_journal  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on the install
-    _sd_daemon = None
     _sd_journal = None
 
 
@@ -36,27 +37,47 @@ class Notifier:
         owned = pid is None or pid == str(os.getpid())
         self.watchdog_interval_s = int(usec) / 1e6 if usec and usec.isdigit() and owned else None
         self._status: str | None = None
+        self._socket: socket.socket | None = None
+        self._dropping = False  # notifications are being dropped: said once
 
     @property
     def enabled(self) -> bool:
         return self._address is not None
 
     def notify(self, *fields: str) -> None:
+        """Send one notification, never waiting: dropped (and said once) if it cannot go."""
         if not self._address:
             return
-        message = "\n".join(fields)
+        message = "\n".join(fields).encode()
         try:
-            if _sd_daemon is not None:
-                _sd_daemon.notify(message)
-                return
-            address = self._address
-            if address.startswith("@"):
-                address = "\0" + address[1:]  # abstract namespace
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-                s.connect(address)
-                s.sendall(message.encode())
+            if self._socket is None:
+                self._socket = socket.socket(socket.AF_UNIX,
+                                             socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._socket.setblocking(False)
+            self._socket.sendto(message, self._target())
+        except BlockingIOError:
+            if not self._dropping:
+                log.warning("systemd is not reading notifications (its queue is full); "
+                            "dropping them until it does")
+            self._dropping = True
+            return
         except OSError as exc:
             log.debug("sd_notify failed: %s", exc)
+            return
+        if self._dropping:
+            log.info("systemd reads notifications again")
+        self._dropping = False
+
+    def _target(self) -> str | bytes:
+        address = self._address or ""
+        if address.startswith("@"):
+            return b"\0" + address[1:].encode()  # abstract namespace
+        return address
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def ready(self, status: str) -> None:
         self._status = status

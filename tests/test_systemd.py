@@ -267,3 +267,29 @@ def test_install_into_a_root_then_upgrade_then_uninstall(tmp_path: Path) -> None
     subprocess.run([str(ROOT / "scripts" / "uninstall"), "--root", str(root), "--purge"],
                    check=True, capture_output=True)
     assert not (root / "etc/edge-tts").exists()  # ...unless purged
+
+
+async def test_a_supervisor_that_never_reads_notifications_does_not_block_the_daemon(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture,
+    notify: NotifySocket
+) -> None:
+    """Nobody reads the notify socket: after a few watchdog pings its queue is full. The
+    daemon drops notifications (saying so once) and still speaks and stops on SIGTERM."""
+    config = write_config(tmp_path / "config.yaml", broker, dashscope)
+    env = dict(notified_env(notify), WATCHDOG_USEC="20000")  # a ping every 10 ms
+    daemon = DaemonProcess(config, env)
+    await daemon.start(home)
+    try:
+        queue_full = "systemd is not reading notifications"
+        async with asyncio.timeout(30):
+            while queue_full.encode() not in daemon.stderr:
+                await home.say({"text": "Are you there?", "id": "probe"})
+                await home.log.outcome("probe")
+                home.log.events.clear()
+        await home.say({"text": "Still speaking.", "id": "after"})
+        assert (await home.log.outcome("after"))["event"] == "finished"
+        assert await daemon.stop(stop_timeout=10) == 0  # before: blocked for good on a send
+        assert daemon.stderr.count(queue_full.encode()) == 1
+    finally:
+        if daemon.running:
+            await daemon.kill()

@@ -44,6 +44,11 @@ QWEN_LANGUAGES = ("Auto", "Chinese", "English", "German", "Italian", "Portuguese
                   "Japanese", "Korean", "French", "Russian")
 
 
+def take_voice(voice: str, take: int) -> str:
+    """The voice name whose pcm_for is the `take`-th synthesis of a text under vary_takes."""
+    return voice if take == 1 else f"{voice}#take{take}"
+
+
 def pcm_for(text: str, voice: str = "longanyang", sample_rate: int = 24000) -> bytes:
     """The fake's speech for a text: a tone whose pitch depends on voice and text, 60 ms a
     character (at least 300 ms), with no zero sample, so silence around it is unambiguous."""
@@ -97,6 +102,10 @@ class FakeDashScope:
         self.idle_timeout_s = idle_timeout_s
         self.refuse_connections = False
         self.refuse_next = 0  # this many of the next handshakes refused (a route that recovers)
+        # The service need not say a text the same way twice: with vary_takes, the n-th
+        # synthesis of a text (n > 1) is pcm_for(text, take_voice(voice, n)).
+        self.vary_takes = False
+        self._takes: dict[tuple[str, str], int] = {}
         self.handshake_delay_s = 0.0  # a slow route: time before the upgrade is answered
         self.chunk_interval_s = 0.0  # pace between audio chunks (0: as fast as possible)
         self.connections: list[ConnectionRecord] = []
@@ -147,6 +156,11 @@ class FakeDashScope:
     def cut_next_task(self, after_chunks: int = 1) -> None:
         """The next task's connection is cut, without a close frame, after this many chunks."""
         self._cut_next = after_chunks
+
+    def _take(self, text: str, voice: str) -> str:
+        """The voice a text is said in this time: the same every time unless vary_takes."""
+        n = self._takes[(text, voice)] = self._takes.get((text, voice), 0) + 1
+        return take_voice(voice, n) if self.vary_takes else voice
 
     def kill_connections(self) -> None:
         for ws in list(self._open):
@@ -358,7 +372,8 @@ class FakeDashScope:
         if first and self.first_packet_delay_s:
             await asyncio.sleep(self.first_packet_delay_s)  # the model's time to first audio
         params = task.parameters
-        pcm = pcm_for(text, params.get("voice") or task.model, params.get("sample_rate", 22050))
+        pcm = pcm_for(text, self._take(text, params.get("voice") or task.model),
+                      params.get("sample_rate", 22050))
         cut_after, self._cut_next = (self._cut_next, None) if first else (None, self._cut_next)
         if cut_after == 0:
             ws.transport.abort()
@@ -502,7 +517,7 @@ class FakeDashScope:
                                 item={"id": item, "type": "message", "role": "assistant"}))
             await ws.send(_qwen("response.content_part.added", response_id=rid, item_id=item,
                                 output_index=0, content_index=0, part={"type": "audio"}))
-            pcm = pcm_for(text, session["voice"], session["sample_rate"])
+            pcm = pcm_for(text, self._take(text, session["voice"]), session["sample_rate"])
             cut_after, self._cut_next = (self._cut_next, None) if first else (None, self._cut_next)
             if cut_after == 0:
                 ws.transport.abort()

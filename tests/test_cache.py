@@ -219,6 +219,14 @@ async def test_two_processes_share_the_cache_safely(tmp_path: Path) -> None:
 
 # --- through the daemon ----------------------------------------------------------------------
 
+async def until_exists(root: Path, pattern: str, timeout: float = 15) -> None:
+    """Wait for a file to appear: the filesystem offers no event to wait on, so it is looked
+    for every 10 ms, within a timeout."""
+    async with asyncio.timeout(timeout):
+        while not any(root.glob(pattern)):
+            await asyncio.sleep(0.01)
+
+
 def cache_dir(daemon: DaemonProcess) -> Path:
     return daemon.config.parent / "cache"
 
@@ -290,7 +298,9 @@ async def test_a_phrase_whose_synthesis_completed_is_kept_even_if_playback_was_s
     text = "A long story that nobody wants to hear to the end. " * 3
     await home.say({"text": text, "id": "long"})
     await home.log.event("long", "started")
-    await dashscope.wait_tasks(1)
+    # The whole phrase reached the daemon (the server having sent it is not enough): the
+    # entry is on disk. Then the stop must not take it back.
+    await until_exists(cache_dir(daemon), "??/*.pcm")
     await home.stop()
     # Stopped, or, on a device that plays faster than real time, already finished: either
     # way the synthesis was whole.

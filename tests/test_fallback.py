@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
-from fake_dashscope import FakeDashScope, pcm_for
+from fake_dashscope import FakeDashScope, pcm_for, take_voice
 
 from edge_tts.config import Voice
 from edge_tts.engines import SynthesisRequest
@@ -240,23 +240,29 @@ async def test_a_qwen_session_failing_mid_announcement_hands_the_rest_to_the_fal
 async def test_a_connection_lost_mid_announcement_is_resumed_on_the_cloud_when_it_returns(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
 ) -> None:
-    """The warm connection dies mid-sentence and the immediate reconnect is refused too; the
+    """The warm connection dies mid-sentence and the next connection is refused too; the
     cloud is asked again after a short backoff and says the rest, from a sentence that had
-    certainly not been heard whole."""
+    certainly not been heard whole. The service says a text differently each time here
+    (vary_takes): the second take is played from its sentence start, never spliced into the
+    first take at a byte offset."""
     daemon = await start_daemon(tmp_path, broker, dashscope, home, audio__keep_open_s=60)
     text = ["Sentence one is rather long. ", "Two follows. ", "Three ends."]
     try:
+        dashscope.vary_takes = True
         dashscope.cut_next_task(after_chunks=3)
-        dashscope.refuse_next = 2  # the reconnect (and the keeper's own) fail; then it is back
+        dashscope.refuse_next = 2  # the keeper's reconnect and the first retry fail; then back
         await home.say({"text": "".join(text), "id": "cut"})
         finished = await home.log.outcome("cut", timeout=30)
     finally:
         await daemon.stop()
     assert finished["event"] == "finished", finished
+    assert "connection to DashScope closed during the task" in finished["reason"]
     assert "the cloud said the rest from sentence 1 of 3" in finished["reason"]
     assert (await home.log.event("cut", "started"))["source"] == "cloud"
     cut = pcm_for(text[0])[:3 * dashscope.chunk_bytes]
-    assert split_speech(capture.read())[1] == cut + b"".join(pcm_for(t) for t in text)
+    # The cut sentence in its second take; the others had not been said yet: their first.
+    resumed = pcm_for(text[0], take_voice("longanyang", 2)) + pcm_for(text[1]) + pcm_for(text[2])
+    assert split_speech(capture.read())[1] == cut + resumed
 
 
 async def test_without_a_fallback_voice_a_broken_cloud_still_fails_with_its_reason(

@@ -13,7 +13,7 @@ from fake_dashscope import FakeDashScope, pcm_for
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.qwen import QwenEngine, session_config
-from edge_tts.errors import CloudUnavailable, SynthesisError
+from edge_tts.errors import CloudUnavailable, ConnectionLost, SynthesisError
 from edge_tts.resample import resample
 
 FLASH = Voice(name="butler", engine="qwen", model="qwen3-tts-flash-realtime", voice="Cherry")
@@ -128,15 +128,33 @@ async def test_an_error_mid_announcement_fails_it_and_the_next_one_works(
     assert await collect(engine.synthesize(request("All good."))) == pcm_for("All good.", "Cherry")
 
 
-async def test_a_dropped_connection_is_replaced_once_without_repeating_audio(
+async def test_a_connection_dropped_before_audio_is_replaced_once(
     engine: QwenEngine, dashscope: FakeDashScope
 ) -> None:
-    dashscope.chunk_bytes = 2400
-    dashscope.cut_next_task(after_chunks=2)
+    dashscope.cut_next_task(after_chunks=0)
     req = request("A sentence long enough for several chunks.")
     audio = await collect(engine.synthesize(req))
     assert audio == pcm_for("A sentence long enough for several chunks.", "Cherry")
     assert req.trace.connection == "replaced"
+
+
+async def test_a_connection_dropped_after_audio_says_how_many_sentences_were_whole(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    """The speaker resumes from the sentence that was cut: Qwen tells it how many were
+    complete (one response per committed sentence)."""
+    dashscope.chunk_bytes = 2400
+    req = request("Whole first. A second one that breaks.")
+    heard = bytearray()
+    dashscope.cut_next_task(after_chunks=2)  # within the first response: nothing whole yet
+    with pytest.raises(ConnectionLost):
+        async for chunk in engine.synthesize(req):
+            heard += chunk
+    assert bytes(heard) == pcm_for("Whole first. ", "Cherry")[:2 * 2400]
+    assert req.trace.sentences_done == 0
+    done = request("Whole first. And a second.")
+    await collect(engine.synthesize(done))
+    assert done.trace.sentences_done == 2
 
 
 async def test_a_stall_fails_after_stall_timeout(engine: QwenEngine) -> None:

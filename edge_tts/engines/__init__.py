@@ -55,29 +55,26 @@ class Engine(Protocol):
 async def replaced_once(
     run: Callable[[bool], AsyncGenerator[bytes, None]],
 ) -> AsyncGenerator[bytes, None]:
-    """The audio of `run(replacing=False)`; if its connection dies (ConnectionLost), once more
-    from `run(replacing=True)` on a new connection, skipping the bytes already handed on (the
-    service's audio for the same request is the same)."""
-    delivered, replacing = 0, False
+    """The audio of `run(replacing=False)`; if its connection dies (ConnectionLost) before any
+    audio came, once more from `run(replacing=True)` on a new connection. Once audio has been
+    handed on, ConnectionLost goes to the caller, who resumes from the sentence that was cut
+    (speaker.py): a second take of the same text need not sound the same, so it is never
+    spliced into the first."""
+    replacing = False
     while True:
-        skip = delivered
+        delivered = False
         try:
             async with aclosing(run(replacing)) as audio:
                 async for chunk in audio:
-                    if skip:
-                        cut, skip = min(skip, len(chunk)), max(0, skip - len(chunk))
-                        chunk = chunk[cut:]
-                        if not chunk:
-                            continue
-                    delivered += len(chunk)
+                    delivered = True
                     yield chunk
             return
         except ConnectionLost as exc:
-            if replacing:
+            if replacing or delivered:
                 raise
             replacing = True
-            log.warning("%s; running the request again on a new connection (after %d bytes)",
-                        exc.reason, delivered)
+            log.warning("%s before any audio; running the request again on a new connection",
+                        exc.reason)
 
 
 class AudioWait:

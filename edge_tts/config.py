@@ -522,22 +522,25 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     )
 
 
-def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
-    """-c FILE, else $EDGE_TTS_CONFIG, else /etc/edge-tts/config.yaml, else config/edge-tts.yaml."""
+def find_config(explicit: str | None, environ: Mapping[str, str],
+                defaults: tuple[Path, ...] = DEFAULT_CONFIG_PATHS) -> Path | None:
+    """-c FILE, else $EDGE_TTS_CONFIG, else the first of `defaults` that exists
+    (/etc/edge-tts/config.yaml, then config/edge-tts.yaml)."""
     if explicit:
         return Path(explicit)
     if environ.get("EDGE_TTS_CONFIG"):
         return Path(environ["EDGE_TTS_CONFIG"])
-    for path in DEFAULT_CONFIG_PATHS:
+    for path in defaults:
         if path.is_file():
             return path
     return None
 
 
-def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None,
+                defaults: tuple[Path, ...] = DEFAULT_CONFIG_PATHS) -> Config:
     """Find, read and validate the config; with no file anywhere, the built-in defaults."""
     environ = os.environ if environ is None else environ
-    path = find_config(explicit, environ)
+    path = find_config(explicit, environ, defaults)
     if path is None:
         return parse_config({})
     try:

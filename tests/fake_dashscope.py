@@ -19,6 +19,7 @@ and by methods: `cut_next_task(after_chunks)` cuts the next task's connection on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import hashlib
 import http
@@ -42,6 +43,9 @@ _SENTENCE_END = re.compile(r"[.!?;。！？；]\s*$")
 QWEN_RATES = (8000, 16000, 24000, 48000)
 QWEN_LANGUAGES = ("Auto", "Chinese", "English", "German", "Italian", "Portuguese", "Spanish",
                   "Japanese", "Korean", "French", "Russian")
+
+
+_SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)  # CosyVoice and Sambert
 
 
 def take_voice(voice: str, take: int) -> str:
@@ -72,6 +76,8 @@ class TaskRecord:
     texts: list[str] = field(default_factory=list)
     outcome: str = "running"  # running | finished | failed | dropped | stalled
     streaming: str = "duplex"  # duplex (CosyVoice) | out (Sambert) | realtime (Qwen)
+    started: bool = False  # task-started was sent
+    first_audio_at: float | None = None  # loop.time() the first audio frame was sent
 
 
 @dataclass
@@ -91,6 +97,7 @@ class FakeDashScope:
         api_key: str = "sk-test-0123456789abcdef",
         *,
         first_packet_delay_s: float = 0.0,
+        task_started_delay_s: float = 0.0,
         chunk_bytes: int = 4800,
         idle_timeout_s: float = 60.0,
         host: str = "127.0.0.1",
@@ -98,6 +105,11 @@ class FakeDashScope:
     ) -> None:
         self.api_key = api_key
         self.first_packet_delay_s = first_packet_delay_s
+        # The reference: wait for task-started before continue-task. With a delay here, a
+        # client that does not wait sends its text first, and the task fails.
+        self.task_started_delay_s = task_started_delay_s
+        self.refused: list[int] = []  # HTTP statuses of refused handshakes, in order
+        self._starting: set[asyncio.Task[None]] = set()
         self.chunk_bytes = chunk_bytes
         self.idle_timeout_s = idle_timeout_s
         self.refuse_connections = False
@@ -105,6 +117,9 @@ class FakeDashScope:
         # The service need not say a text the same way twice: with vary_takes, the n-th
         # synthesis of a text (n > 1) is pcm_for(text, take_voice(voice, n)).
         self.vary_takes = False
+        # Samples added to each response's speech, so its length is no round number (not a
+        # multiple of 60 ms, nor of a resampler's block).
+        self.tail_samples = 0
         self._takes: dict[tuple[str, str], int] = {}
         self.handshake_delay_s = 0.0  # a slow route: time before the upgrade is answered
         self.chunk_interval_s = 0.0  # pace between audio chunks (0: as fast as possible)
@@ -198,6 +213,12 @@ class FakeDashScope:
             await self._notify()
 
     def _verdict(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._refusal(connection, request)
+        if response is not None:
+            self.refused.append(response.status_code)
+        return response
+
+    def _refusal(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.refuse_next > 0:
             self.refuse_next -= 1
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable\n")
@@ -269,7 +290,13 @@ class FakeDashScope:
                                   streaming=header["streaming"])
                 record.tasks.append(task)
                 speech = None
-                await ws.send(_event("task-started", task_id))
+                if self.task_started_delay_s and header["streaming"] == "duplex":
+                    starting = asyncio.create_task(self._start_later(ws, task))
+                    self._starting.add(starting)
+                    starting.add_done_callback(self._starting.discard)
+                else:
+                    task.started = True
+                    await ws.send(_event("task-started", task_id))
                 if header["streaming"] == "out":  # Sambert: the whole text came with run-task
                     text = payload["input"]["text"]
                     task.texts.append(text)
@@ -280,6 +307,10 @@ class FakeDashScope:
                 await self._fail(ws, task, "InvalidParameter",
                                  f"Invalid action('{action}')! Please follow the protocol!",
                                  task_id=task_id)
+                return
+            elif not task.started:
+                await self._fail(ws, task, "InvalidParameter",
+                                 f"{action} before task-started: wait for task-started")
                 return
             elif action == "continue-task":
                 text = payload.get("input", {}).get("text")
@@ -300,6 +331,13 @@ class FakeDashScope:
             else:
                 await self._fail(ws, task, "InvalidParameter", f"unknown action {action!r}")
                 return
+
+    async def _start_later(self, ws: ServerConnection, task: TaskRecord) -> None:
+        await asyncio.sleep(self.task_started_delay_s)  # the service's time to start a task
+        if task.outcome == "running":
+            task.started = True
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(_event("task-started", task.task_id))
 
     async def _end_task(self, ws: ServerConnection, task: TaskRecord, outcome: str) -> bool:
         """Record the task's outcome and, if it finished, say task-finished; whether the
@@ -347,8 +385,15 @@ class FakeDashScope:
             return "parameters.voice is required"
         if params.get("format", "mp3") not in ("pcm", "wav", "mp3", "opus"):
             return "parameters.format is invalid"
-        if not isinstance(params.get("sample_rate", 22050), int):
-            return "parameters.sample_rate is invalid"
+        if params.get("sample_rate", 22050) not in _SAMPLE_RATES:
+            return f"parameters.sample_rate must be one of {', '.join(map(str, _SAMPLE_RATES))}"
+        for key, lo, hi in (("rate", 0.5, 2.0), ("pitch", 0.5, 2.0), ("volume", 0, 100)):
+            value = params.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not lo <= value <= hi):
+                return f"parameters.{key} must be {lo:g}-{hi:g} (got {value!r})"
+        if params.get("text_type", "PlainText") != "PlainText":
+            return "parameters.text_type must be PlainText"
         return None
 
     async def _synthesize(self, ws: ServerConnection, task: TaskRecord, text: str,
@@ -370,7 +415,7 @@ class FakeDashScope:
         if not text:
             return "finished"
         if first and self.first_packet_delay_s:
-            await asyncio.sleep(self.first_packet_delay_s)  # the model's time to first audio
+            await _pause(ws, self.first_packet_delay_s)  # the model's time to first audio
         params = task.parameters
         pcm = pcm_for(text, self._take(text, params.get("voice") or task.model),
                       params.get("sample_rate", 22050))
@@ -384,6 +429,8 @@ class FakeDashScope:
         for offset in range(0, len(pcm), self.chunk_bytes):
             if offset and self.chunk_interval_s:
                 await asyncio.sleep(self.chunk_interval_s)
+            if task.first_audio_at is None:
+                task.first_audio_at = asyncio.get_running_loop().time()
             await ws.send(pcm[offset:offset + self.chunk_bytes])
             if "[stall]" in text:
                 return "stalled"
@@ -509,7 +556,7 @@ class FakeDashScope:
                 await ws.close(1011, "internal error")
                 return "failed"
             if first and self.first_packet_delay_s:
-                await asyncio.sleep(self.first_packet_delay_s)
+                await _pause(ws, self.first_packet_delay_s)
             session = task.parameters
             rid, item = "resp_" + uuid.uuid4().hex, "item_" + uuid.uuid4().hex
             await ws.send(_qwen("response.created", response={"id": rid, "status": "in_progress"}))
@@ -518,6 +565,7 @@ class FakeDashScope:
             await ws.send(_qwen("response.content_part.added", response_id=rid, item_id=item,
                                 output_index=0, content_index=0, part={"type": "audio"}))
             pcm = pcm_for(text, self._take(text, session["voice"]), session["sample_rate"])
+            pcm += pcm[:2 * self.tail_samples]
             cut_after, self._cut_next = (self._cut_next, None) if first else (None, self._cut_next)
             if cut_after == 0:
                 ws.transport.abort()
@@ -558,6 +606,12 @@ class FakeDashScope:
         }))
         # The service closes the connection after a failure; it cannot be reused.
         await ws.close(1011, "task failed")
+
+
+async def _pause(ws: ServerConnection, seconds: float) -> None:
+    """Wait, as the model would, unless the connection closes first (nobody to send to)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ws.wait_closed(), seconds)
 
 
 def _event(name: str, task_id: str, payload: dict[str, Any] | None = None) -> str:

@@ -48,10 +48,20 @@ class Broker:
         else:
             raise RuntimeError(f"mosquitto did not start (exit {self._proc.wait()})")
         # Keep draining its log so a chatty broker never blocks on a full pipe.
-        threading.Thread(target=self._proc.stderr.read, daemon=True).start()
+        self._drain = threading.Thread(target=self._proc.stderr.read, daemon=True)
+        self._drain.start()
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(10)
-            self._proc = None
+        """Stop it (killed if it takes over 10 s) and close its pipe."""
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._drain.join(5)  # its end of the pipe is closed: the read has returned
+        if proc.stderr is not None:
+            proc.stderr.close()

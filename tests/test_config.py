@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,24 @@ def test_shipped_config_loads_with_every_contract_key() -> None:
     assert config.audio.sample_rate == 24000 and config.cache.max_mb == 200
 
 
-def test_no_file_anywhere_gives_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert find_config(None, {}) in (None, Path("/etc/edge-tts/config.yaml"))
-    config = parse_config({})
+def test_no_file_anywhere_gives_builtin_defaults(tmp_path: Path) -> None:
+    nowhere = (tmp_path / "etc" / "config.yaml", tmp_path / "config" / "edge-tts.yaml")
+    assert find_config(None, {}, nowhere) is None
+    config = load_config(None, {}, nowhere)
+    assert config.source is None
+    assert config == parse_config({})
     assert config.voices["default"].model == "cosyvoice-v3-flash"
-    assert config.device.name  # the hostname
+    assert config.device.name == (socket.gethostname().split(".")[0] or "edge-tts")
+
+
+def test_the_system_config_comes_before_the_shipped_one(tmp_path: Path) -> None:
+    system, shipped = tmp_path / "etc.yaml", tmp_path / "shipped.yaml"
+    shipped.write_text("device: {name: shipped}\n")
+    assert load_config(None, {}, (system, shipped)).device.name == "shipped"
+    system.write_text("device: {name: system}\n")
+    assert load_config(None, {}, (system, shipped)).device.name == "system"
+    assert load_config(None, {"EDGE_TTS_CONFIG": str(shipped)}, (system, shipped)
+                       ).device.name == "shipped"
 
 
 def test_search_order(tmp_path: Path) -> None:

@@ -10,11 +10,14 @@ import base64
 import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import dashscope as dashscope_sdk
 import pytest
-from conftest import API_KEY
+import websocket
+import websockets
+from conftest import API_KEY, fake_cloud
 from dashscope.audio.qwen_tts_realtime import AudioFormat as QwenAudioFormat
 from dashscope.audio.qwen_tts_realtime import QwenTtsRealtime, QwenTtsRealtimeCallback
 from dashscope.audio.tts import SpeechSynthesizer as SambertSynthesizer
@@ -22,10 +25,35 @@ from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesize
 from dashscope.common.error import RequestFailure
 from fake_dashscope import FakeDashScope, pcm_for
 
+from edge_tts.config import Secret, Voice
+from edge_tts.engines import SynthesisRequest
+from edge_tts.engines.cosyvoice import CosyVoiceEngine, continue_task, run_task
+from edge_tts.keeper import ConnectionKeeper
+
+COSY = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
+
 
 @pytest.fixture(autouse=True)
 def sdk_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dashscope_sdk, "api_key", API_KEY)
+
+
+@pytest.fixture(autouse=True)
+def sdk_sockets_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The SDK's websocket-client leaves a socket open after a refused handshake or a failed
+    task (its bug, not the fake's): every socket it opened is closed after the test."""
+    opened: list[websocket.WebSocket] = []
+    original = websocket.WebSocket.__init__
+
+    def tracked(self: websocket.WebSocket, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(websocket.WebSocket, "__init__", tracked)
+    yield
+    for ws in opened:
+        with contextlib.suppress(Exception):
+            ws.shutdown()
 
 
 async def test_sdk_call_receives_the_fakes_pcm(dashscope: FakeDashScope) -> None:
@@ -96,6 +124,67 @@ async def test_sdk_with_a_wrong_key_is_refused(dashscope: FakeDashScope,
     with pytest.raises(TimeoutError):  # how the SDK reports a refused handshake
         await asyncio.to_thread(synthesizer.call, "Hello", 5_000)
     assert dashscope.connections == []  # refused at the handshake, never served
+    assert dashscope.refused == [401]  # answered with a refusal, not left hanging
+
+
+# --- as strict as the reference ---------------------------------------------------------
+
+
+async def test_a_client_that_does_not_wait_for_task_started_has_its_task_failed() -> None:
+    """The reference: send continue-task only after task-started. A client that does not
+    wait fails here (the fake, like a busy service, answers run-task a moment late)."""
+    async with fake_cloud(task_started_delay_s=0.3) as fake:
+        request = SynthesisRequest("Too early.", COSY, 24000)
+        async with websockets.connect(fake.url, additional_headers={
+                "Authorization": f"Bearer {API_KEY}"}) as ws:
+            await ws.send(json.dumps(run_task(request)))
+            await ws.send(json.dumps(continue_task(request.task_id, "Too early.")))
+            event = json.loads(await ws.recv())
+    assert event["header"]["event"] == "task-failed"
+    assert "before task-started" in event["header"]["error_message"]
+
+
+async def test_the_sdk_and_our_client_both_wait_for_task_started() -> None:
+    async with fake_cloud(task_started_delay_s=0.3) as fake:
+        synthesizer = SpeechSynthesizer(model="cosyvoice-v3-flash", voice="longanyang",
+                                        format=AudioFormat.PCM_24000HZ_MONO_16BIT, url=fake.url)
+        assert await asyncio.to_thread(synthesizer.call, "The SDK waits.", 10_000) == \
+            pcm_for("The SDK waits.")
+        keeper = ConnectionKeeper(fake.url, Secret(API_KEY), keep_warm=False)
+        engine = CosyVoiceEngine(keeper, first_audio_timeout_s=5, stall_timeout_s=2)
+        try:
+            audio = b"".join([c async for c in engine.synthesize(
+                SynthesisRequest("So do we.", COSY, 24000))])
+        finally:
+            await keeper.close()
+    assert audio == pcm_for("So do we.")
+    assert [t.outcome for t in fake.tasks] == ["finished", "finished"]
+
+
+@pytest.mark.parametrize(("option", "value", "problem"), [
+    ("speech_rate", 3.0, "parameters.rate must be 0.5-2"),
+    ("pitch_rate", 0.1, "parameters.pitch must be 0.5-2"),
+    ("volume", 101, "parameters.volume must be 0-100"),
+])
+async def test_parameters_out_of_their_documented_range_are_refused(
+    dashscope: FakeDashScope, option: str, value: float, problem: str
+) -> None:
+    failed = threading.Event()
+    errors: list[dict[str, Any]] = []
+
+    class Record(ResultCallback):
+        def on_error(self, message: str) -> None:
+            errors.append(json.loads(message))
+            failed.set()
+
+    synthesizer = SpeechSynthesizer(model="cosyvoice-v3-flash", voice="longanyang",
+                                    format=AudioFormat.PCM_24000HZ_MONO_16BIT, callback=Record(),
+                                    url=dashscope.url, **{option: value})
+    with contextlib.suppress(ConnectionError, RequestFailure, TimeoutError):
+        await asyncio.to_thread(synthesizer.call, "Out of range.", 5_000)
+    assert await asyncio.to_thread(failed.wait, 10)
+    header = errors[0]["header"]
+    assert header["error_code"] == "InvalidParameter" and problem in header["error_message"]
 
 
 

@@ -3,6 +3,7 @@ per announcement, a session kept ready, text sentence by sentence, exact PCM."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,6 @@ from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.qwen import QwenEngine, session_config
 from edge_tts.errors import CloudUnavailable, ConnectionLost, SynthesisError
-from edge_tts.resample import resample
 
 FLASH = Voice(name="butler", engine="qwen", model="qwen3-tts-flash-realtime", voice="Cherry")
 INSTRUCT = Voice(name="calm", engine="qwen", model="qwen3-tts-instruct-flash-realtime",
@@ -84,13 +84,38 @@ def test_instructions_go_only_to_instruct_models_and_the_legacy_model_gets_24k_o
     assert session_config(request("x", INSTRUCT, instructions="Whisper"))["instructions"] == "Whisper"
 
 
-async def test_an_output_rate_qwen_lacks_is_resampled_exactly(
-    engine: QwenEngine, dashscope: FakeDashScope
+def linear(pcm: bytes, f: int, t: int) -> bytes:
+    """The resampler's definition written out plainly, sample by sample: output k sits at
+    input position k*f/t, linearly between its two neighbours; ceil(n*t/f) outputs."""
+    x = array.array("h", pcm)
+    n = len(x)
+    out = array.array("h")
+    for k in range(-(-n * t // f)):
+        i, frac = (k * f) // t, ((k * f) % t) / t
+        value = x[i] * (1 - frac) + x[min(i + 1, n - 1)] * frac
+        out.append(max(-32768, min(32767, round(value))))
+    return out.tobytes()
+
+
+@pytest.mark.parametrize("tail", [0, 1, 37, 159])
+async def test_an_output_rate_qwen_lacks_is_resampled_exactly_to_the_last_sample(
+    engine: QwenEngine, dashscope: FakeDashScope, tail: int
 ) -> None:
-    audio = await collect(engine.synthesize(request("Dinner is ready.", rate=22050)))
+    """24 kHz to 22.05 kHz works in blocks of 160 input samples; speech whose length is no
+    multiple of that must still give every output sample, the last ones included."""
+    dashscope.tail_samples = tail
+    dashscope.chunk_bytes = 2 * 997  # chunks that cut the blocks anywhere
+    text = "Dinner is ready. Come and eat."
+    audio = await collect(engine.synthesize(request(text, rate=22050)))
     session = next(t for t in dashscope.tasks if t.texts)
     assert session.parameters["sample_rate"] == 24000
-    assert audio == resample(pcm_for("Dinner is ready.", "Cherry", 24000), 24000, 22050)
+    spoken = b"".join(pcm_for(p, "Cherry", 24000) for p in ("Dinner is ready. ", "Come and eat."))
+    # The stream resamples the whole session as one: the two responses back to back.
+    with_tails = b"".join(
+        (pcm := pcm_for(p, "Cherry", 24000)) + pcm[:2 * tail]
+        for p in ("Dinner is ready. ", "Come and eat."))
+    assert len(with_tails) == len(spoken) + 4 * tail
+    assert audio == linear(with_tails, 24000, 22050)
 
 
 async def test_the_next_session_is_ready_before_the_next_announcement(

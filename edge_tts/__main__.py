@@ -253,9 +253,10 @@ def cmd_discovery(args: argparse.Namespace, config: Config, api_key: Secret | No
         print(f"edge-tts: broker {config.mqtt.host}:{config.mqtt.port}: {describe_error(exc)}",
               file=sys.stderr)
         return 1
-    print(f"removed {len(messages)} Home Assistant entities of device {config.device.name!r}"
-          " (they come back when the daemon next connects; set mqtt.discovery_prefix: null "
-          "to keep them away)")
+    entities = sum(1 for topic, _ in messages if topic.endswith("/config"))
+    print(f"removed {entities} Home Assistant entities of device {config.device.name!r} and "
+          "its retained availability, state and stats (they come back when the daemon next "
+          "connects; set mqtt.discovery_prefix: null to keep them away)")
     return 0
 
 

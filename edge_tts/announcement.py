@@ -19,14 +19,15 @@ from .ssml import check_ssml
 log = logging.getLogger(__name__)
 
 PRIORITIES = ("low", "normal", "high", "critical")
-_KNOWN_KEYS = {"text", "ssml", "voice", "volume", "priority", "chime", "id", "instructions",
-               "cache", "sent_at"}
+_KNOWN_KEYS = {"text", "ssml", "title", "voice", "volume", "priority", "chime", "id",
+               "instructions", "cache", "sent_at"}
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
 
 # Bounds on what a payload may make the parser do, whatever it contains.
 _MAX_DEPTH = 8  # nesting of JSON arrays and objects (an announcement needs 1)
 _MAX_INT_DIGITS = 20
 _MAX_INSTRUCTIONS = 2000  # characters; the services' own limits are lower
+_MAX_TITLE = 200
 _FUTURE_SLACK_S = 300.0  # a sent_at this far ahead of our clock is a clock out of step
 _EXCERPT = 40  # characters of the input quoted back in a reason
 
@@ -104,7 +105,7 @@ def max_payload_bytes(max_chars: int) -> int:
 
 def parse_payload(
     payload: bytes, *, voices: Collection[str], max_chars: int, msg_id: str | None = None,
-    chimes: Collection[str] = (),
+    chimes: Collection[str] = (), speak_title: bool = True,
 ) -> Announcement:
     """Turn a `say` payload (plain UTF-8 text, a JSON string, or a JSON object) into an
     Announcement. Total and bounded: any payload gives an Announcement or BadAnnouncement with
@@ -112,14 +113,14 @@ def parse_payload(
     """
     announcement_id = msg_id or new_id()
     try:
-        return _parse(payload, voices, max_chars, announcement_id, chimes)
+        return _parse(payload, voices, max_chars, announcement_id, chimes, speak_title)
     except BadAnnouncement as exc:
         exc.id = exc.id or announcement_id
         raise
 
 
 def _parse(payload: bytes, voices: Collection[str], max_chars: int, announcement_id: str,
-           chimes: Collection[str]) -> Announcement:
+           chimes: Collection[str], speak_title: bool) -> Announcement:
     limit = max_payload_bytes(max_chars)
     if len(payload) > limit:
         raise BadAnnouncement(f"payload is {len(payload)} bytes, over the limit of {limit} "
@@ -149,7 +150,7 @@ def _parse(payload: bytes, voices: Collection[str], max_chars: int, announcement
     if raw_id is not None:
         announcement_id = str(raw_id)[:64]
     try:
-        return _from_json(obj, voices, max_chars, announcement_id, chimes)
+        return _from_json(obj, voices, max_chars, announcement_id, chimes, speak_title)
     except BadAnnouncement as exc:
         exc.id = exc.id or announcement_id
         raise
@@ -214,7 +215,7 @@ def _constant(name: str) -> float:
 
 
 def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int,
-               announcement_id: str, chimes: Collection[str]) -> Announcement:
+               announcement_id: str, chimes: Collection[str], speak_title: bool) -> Announcement:
     unknown = set(obj) - _KNOWN_KEYS
     if unknown:
         shown = ", ".join(excerpt(k, 20) for k in sorted(unknown)[:5])
@@ -229,6 +230,11 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int,
     text = obj[key]
     if not isinstance(text, str):
         raise BadAnnouncement(f"'{key}' must be a string")
+    title = _field(obj, "title", str, "a string")
+    if title is not None and speak_title and title.strip() and not ssml:
+        # A notify title ("Washing machine") is said first, as a sentence of its own.
+        title = check_text(title, _MAX_TITLE, "'title'")
+        text = f"{title}{'' if title[-1] in '.!?:;。！？' else '.'} {text.strip()}"
     text = check_text(text, max_payload_bytes(max_chars) if ssml else max_chars, key)
     if ssml:
         # The limit applies to what would be spoken, not to the markup around it.

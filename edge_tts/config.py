@@ -149,6 +149,7 @@ class AnnouncementsConfig:
     queue_size: int = 20  # when full, the least urgent and oldest are dropped
     dedupe_s: float = 10.0  # the same text again within this while queued or playing: once
     max_age_s: float = 900.0  # an announcement with "sent_at" older than this is not spoken
+    speak_title: bool = True  # a message's "title" (a notify title) is said before its text
 
 
 @dataclass(frozen=True)
@@ -496,7 +497,8 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     if fallback is not None and fallback not in voices:
         raise root.fail("fallback_voice", f"names no voice in voices (known: {', '.join(voices)})")
     fb = root.section("fallback", ("first_audio_ms", "preload", "release_after_s"))
-    ann = root.section("announcements", ("max_chars", "queue_size", "dedupe_s", "max_age_s"))
+    ann = root.section("announcements", ("max_chars", "queue_size", "dedupe_s", "max_age_s",
+                                         "speak_title"))
     return Config(
         device=_device(root),
         mqtt=_mqtt(root),
@@ -517,6 +519,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
             queue_size=ann.integer("queue_size", 20, 1, 10_000),
             dedupe_s=ann.number("dedupe_s", 10, 0, 3600),
             max_age_s=ann.number("max_age_s", 900, 1, 7 * 86400),
+            speak_title=ann.boolean("speak_title", True),
         ),
         source=source,
     )

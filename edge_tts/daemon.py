@@ -150,6 +150,11 @@ class Daemon:
                 await self.player.prepare()
             await self._preload_fallback()
             self._resume(await asyncio.to_thread(self.journal.open))
+            # Home Assistant shows the truth from the first second: idle (unless something was
+            # resumed), and stats of this run (no last announcement yet), not the last run's.
+            if self._speaking is None:
+                self.link.publish_state({"state": "idle", "id": None, "text": None})
+            self._publish_stats()
             self._start("link", self.link.run())
             self._start("keeper", self.keeper.run())
             self._warm_default_voice()
@@ -275,6 +280,7 @@ class Daemon:
                 voices=self.config.voices.keys(),
                 max_chars=self.config.announcements.max_chars,
                 chimes=dict(self.config.audio.chimes).keys(),
+                speak_title=self.config.announcements.speak_title,
             )
         except BadAnnouncement as exc:
             log.warning("announcement %s on %s refused: %s", exc.id, message.topic, exc.reason)

@@ -17,6 +17,7 @@ from .config import Config
 from .mqtt import Topics
 
 COMPONENTS = ("notify", "button", "sensor")
+SUPPORT_URL = "https://github.com/edge-tts/edge-tts"
 
 
 def node_id(device: str) -> str:
@@ -24,54 +25,80 @@ def node_id(device: str) -> str:
     return "edge_tts_" + re.sub(r"[^a-zA-Z0-9_-]", "_", device)
 
 
+def entity_slug(text: str) -> str:
+    """Home Assistant's way of making an entity id from a name: lower case, every run of
+    other characters one underscore."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+# The notify entity's command template: the message as JSON text, stamped with the time Home
+# Assistant sent it, so a message kept by the broker while the daemon was away is dropped
+# when older than announcements.max_age_s. (Home Assistant hands a notify title to no MQTT
+# command template, in any release, so it cannot be passed on from here.)
+NOTIFY_TEMPLATE = '{"text": {{ value | tojson }}, "sent_at": {{ now().isoformat() | tojson }}}'
+
+
 def discovery_messages(config: Config) -> list[tuple[str, bytes]]:
-    """(topic, retained payload) for each entity of this device; none if discovery is off."""
+    """(topic, retained payload) for each entity of this device; none if discovery is off.
+
+    Entity ids are what Home Assistant derives from the device and entity names, and
+    `default_entity_id` says the same, so releases before 2025.10 (which do not know
+    default_entity_id) and after it give every entity the same id."""
     prefix = config.mqtt.discovery_prefix
     if not prefix:
         return []
     topics = Topics.of(config.mqtt.topic_prefix, config.device.name)
     node = node_id(config.device.name)
+    device_name = f"edge-tts {config.device.name}"
     device = {
         "identifiers": [node],
-        "name": f"edge-tts {config.device.name}",
+        "name": device_name,
         "manufacturer": "edge-tts",
         "model": "edge-tts speech daemon",
         "sw_version": __version__,
     }
-    common: dict[str, Any] = {
+    origin = {"name": "edge-tts", "sw_version": __version__, "support_url": SUPPORT_URL}
+    available = {
         "availability_topic": topics.availability,
         "payload_available": "online",
         "payload_not_available": "offline",
-        "device": device,
     }
     entities: list[tuple[str, str, dict[str, Any]]] = [
+        # Not tied to availability: Home Assistant does not call an unavailable entity, and a
+        # message sent while the daemon is away must reach the broker (QoS 1) to wait for it.
         ("notify", "say", {"name": "Say", "command_topic": topics.say, "qos": 1,
-                           "icon": "mdi:account-voice"}),
+                           "command_template": NOTIFY_TEMPLATE, "icon": "mdi:account-voice"}),
         ("button", "stop", {"name": "Stop speaking", "command_topic": topics.stop,
-                            "payload_press": "stop", "qos": 1, "icon": "mdi:stop"}),
+                            "payload_press": "stop", "qos": 1, "icon": "mdi:stop", **available}),
         ("sensor", "state", {"name": "State", "state_topic": topics.state,
                              "value_template": "{{ value_json.state }}",
                              "json_attributes_topic": topics.state,
-                             "icon": "mdi:speaker-message"}),
+                             "icon": "mdi:speaker-message", **available}),
         ("sensor", "first_audio", {
+            # Until this run has spoken, there is no value: "None" makes it unknown.
             "name": "Time to first audio", "state_topic": topics.stats,
-            "value_template": "{{ value_json.last_announcement.first_audio_ms }}",
+            "value_template": "{{ value_json.last_announcement.first_audio_ms "
+                              "if value_json.last_announcement else None }}",
             "json_attributes_topic": topics.stats,
-            "json_attributes_template": "{{ value_json.last_announcement | tojson }}",
+            "json_attributes_template": "{{ (value_json.last_announcement or {}) | tojson }}",
             "unit_of_measurement": "ms", "device_class": "duration",
-            "state_class": "measurement", "icon": "mdi:timer-outline"}),
+            "state_class": "measurement", "icon": "mdi:timer-outline", **available}),
     ]
     messages = []
     for component, object_id, fields in entities:
-        # default_entity_id replaced object_id in Home Assistant 2025.10 (object_id stops
-        # working in 2026.4): it gives the entity id, e.g. notify.edge_tts_kitchen_say.
-        payload = {**fields, **common, "unique_id": f"{node}_{object_id}",
-                   "default_entity_id": f"{component}.{node}_{object_id}"}
+        entity_id = f"{component}.{entity_slug(device_name + ' ' + fields['name'])}"
+        payload = {**fields, "device": device, "origin": origin,
+                   "unique_id": f"{node}_{object_id}", "default_entity_id": entity_id}
         topic = f"{prefix}/{component}/{node}/{object_id}/config"
         messages.append((topic, json.dumps(payload).encode()))
     return messages
 
 
 def removal_messages(config: Config) -> list[tuple[str, bytes]]:
-    """Empty retained payloads on the same topics: Home Assistant removes the entities."""
-    return [(topic, b"") for topic, _ in discovery_messages(config)]
+    """Empty retained payloads on every retained topic of the device: its discovery topics
+    (Home Assistant removes the entities) and its availability, state and stats."""
+    if not config.mqtt.discovery_prefix:
+        return []
+    topics = Topics.of(config.mqtt.topic_prefix, config.device.name)
+    own = [topics.availability, topics.state, topics.stats]
+    return [(topic, b"") for topic, _ in discovery_messages(config)] + [(t, b"") for t in own]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, replace
@@ -34,14 +35,15 @@ class Event:
     id: str
     event: str  # queued | started | finished | failed | dropped
     source: str | None = None  # cache | cloud | fallback | offline (a piper voice chosen)
-    first_audio_ms: int | None = None
+    first_audio_ms: int | None = None  # started: from speaking to the speech's first audio
     error: str | None = None
     connection: str | None = None  # started, from the cloud: warm | new | replaced
     reason: str | None = None  # started/finished by the fallback voice: why the cloud did not
+    queued_ms: int | None = None  # started: how long it waited before speaking began
 
     def as_dict(self) -> dict[str, object]:
         fields = asdict(self)
-        for optional in ("connection", "reason"):
+        for optional in ("connection", "reason", "queued_ms"):
             if fields[optional] is None:
                 del fields[optional]
         return fields
@@ -79,11 +81,11 @@ class Speaker:
                                    voice=voice, sample_rate=self._config.audio.sample_rate,
                                    instructions=a.instructions,
                                    ssml=a.ssml and voice.engine != "piper")
+        heard = _Started(self, a, request, time.monotonic())
         chime = await self._chime_for(a)
         # The chime plays while the speech is found (cache) or started (cloud, fallback): it
         # hides the cloud's latency instead of adding to it.
         selecting = asyncio.ensure_future(self._select(a, request))
-        heard = _Started(self, a, request)
         if chime:
             audio: AsyncGenerator[bytes, None] = _after_chime(chime, selecting, heard)
         else:
@@ -97,7 +99,7 @@ class Speaker:
             async with aclosing(audio) as stream:
                 complete = await self._sink.play(
                     stream, volume=a.volume if a.volume is not None else 100,
-                    on_first_audio=heard.heard,
+                    on_first_audio=None if chime else heard.heard,
                 )
         except (SynthesisError, AudioDeviceError) as exc:
             error = exc.reason if isinstance(exc, SynthesisError) else str(exc)
@@ -300,11 +302,15 @@ class _Selection:
 
 
 class _Started:
-    """Emits `started` once both are known: when the first PCM reached the device (the
-    chime's, if there is one) and where the speech comes from."""
+    """Emits `started` once both are known: when the speech's first audio was there (handed
+    to the device; after a chime, handed on behind it) and where it comes from. Its
+    first_audio_ms counts from the start of speaking, so neither the wait in the queue
+    (queued_ms) nor the chime is in it: it is how fast the speech came."""
 
-    def __init__(self, speaker: Speaker, a: Announcement, request: SynthesisRequest) -> None:
+    def __init__(self, speaker: Speaker, a: Announcement, request: SynthesisRequest,
+                 began: float) -> None:
         self._speaker, self._a, self._request = speaker, a, request
+        self._began = began  # when speaking began (time.monotonic(), the player's clock)
         self._at: float | None = None
         self.selection: _Selection | None = None
         self._emitted = False
@@ -320,7 +326,9 @@ class _Started:
         return self.selection.reason if self.selection else None
 
     def heard(self, at: float) -> None:
-        self._at = at
+        """The speech's first audio, at `at` (time.monotonic())."""
+        if self._at is None:
+            self._at = at
         self._maybe_emit()
 
     def selected(self, selection: _Selection) -> None:
@@ -332,12 +340,15 @@ class _Started:
             return
         self._emitted = True
         a, source = self._a, self.selection.source
-        ms = round((self._at - a.received_at) * 1000)
+        ms = max(0, round((self._at - self._began) * 1000))
+        queued = max(0, round((self._began - a.received_at) * 1000))
         connection = self._request.trace.connection if source == "cloud" else None
-        log.info("announcement %s: first audio after %d ms (%s%s)", a.id, ms, source,
-                 f", {connection} connection" if connection else "", extra=_fields(a, source))
+        log.info("announcement %s: first audio after %d ms (%s%s), after %d ms in the queue",
+                 a.id, ms, source, f", {connection} connection" if connection else "", queued,
+                 extra=_fields(a, source))
         self._speaker._emit(Event(a.id, "started", source=source, first_audio_ms=ms,
-                                  connection=connection, reason=self.selection.reason), a)
+                                  connection=connection, reason=self.selection.reason,
+                                  queued_ms=queued), a)
 
 
 def _done(selecting: asyncio.Future[_Selection]) -> _Selection | None:
@@ -354,6 +365,7 @@ async def _after_chime(chime: bytes, selecting: asyncio.Future[_Selection],
     started.selected(selection)
     async with aclosing(selection.audio) as speech:
         async for chunk in speech:
+            started.heard(time.monotonic())  # handed on, behind the chime
             yield chunk
 
 

@@ -4,7 +4,6 @@ no wait; on request, from config, from a WAV of the user's, or not at all."""
 from __future__ import annotations
 
 import array
-import asyncio
 import os
 import wave
 from pathlib import Path
@@ -32,7 +31,6 @@ async def test_the_builtin_chime_plays_first_and_the_speech_follows_without_a_ga
 ) -> None:
     chime = builtin_chime(24000)
     dashscope.first_packet_delay_s = 0.3  # the cloud is slower than a handshake, not the chime
-    published = asyncio.get_running_loop().time()
     await home.say({"text": "Dinner is ready.", "id": "d", "chime": True})
     assert (await home.log.outcome("d"))["event"] == "finished"
     started = await home.log.event("d", "started")
@@ -42,11 +40,10 @@ async def test_the_builtin_chime_plays_first_and_the_speech_follows_without_a_ga
     assert played[:len(chime)] == chime
     # The speech was fetched while the chime played: it follows at once, no silence between.
     assert played[len(chime):len(chime) + len(speech)] == speech
-    # What is heard first is the chime: before the cloud had sent any audio at all (measured
-    # on the fake's clock, which is this test's, so it holds on a slow machine too).
-    (task,) = dashscope.tasks
-    assert task.first_audio_at is not None
-    assert started["first_audio_ms"] < (task.first_audio_at - published) * 1000
+    # first_audio_ms is how fast the speech came, the chime not counted: no sooner than the
+    # model's time to first audio; and the wait in the queue is apart from it.
+    assert started["first_audio_ms"] >= 300
+    assert isinstance(started["queued_ms"], int) and started["queued_ms"] >= 0
 
 
 def write_tone(path: Path) -> bytes:

@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -61,12 +62,22 @@ async def test_the_device_and_its_entities_are_announced(
     assert button["command_topic"] == "edge-tts/kitchen/stop"
     assert state["state_topic"] == "edge-tts/kitchen/state"
     assert first["state_topic"] == "edge-tts/kitchen/stats" and first["unit_of_measurement"] == "ms"
-    for entity in configs.values():
+    for entity in (button, state, first):
         assert entity["availability_topic"] == "edge-tts/kitchen/availability"
+    # The notify entity is always available: a message sent while the daemon is away must
+    # still be published (QoS 1), for the broker to keep it, stamped for max_age_s.
+    assert "availability_topic" not in notify and notify["qos"] == 1
+    assert "sent_at" in notify["command_template"] and "value" in notify["command_template"]
+    for entity in configs.values():
         assert entity["device"]["identifiers"] == [node]
         assert entity["device"]["sw_version"]
+        assert entity["origin"]["name"] == "edge-tts" and entity["origin"]["sw_version"]
     assert len({e["unique_id"] for e in configs.values()}) == 4
-    assert notify["default_entity_id"] == "notify.edge_tts_kitchen_say"  # what the README shows
+    # Entity ids as Home Assistant derives them from the names, so that releases that do not
+    # know default_entity_id give the same ones.
+    assert {e["default_entity_id"] for e in configs.values()} == {
+        "notify.edge_tts_kitchen_say", "button.edge_tts_kitchen_stop_speaking",
+        "sensor.edge_tts_kitchen_state", "sensor.edge_tts_kitchen_time_to_first_audio"}
 
 
 async def test_the_entities_command_topics_speak_and_stop(
@@ -102,30 +113,28 @@ async def test_discovery_remove_clears_the_entities(
     assert proc.returncode == 0
     assert "removed 4 Home Assistant entities of device 'kitchen'" in out.decode()
     assert await retained(broker, "homeassistant/#") == {}
+    assert await retained(broker, "edge-tts/#") == {}  # no availability, state or stats left
 
 
 async def test_no_discovery_when_the_prefix_is_null(daemon: DaemonProcess, broker: Broker) -> None:
     assert await retained(broker, "homeassistant/#") == {}
 
 
-# The keys Home Assistant documents for each MQTT platform that we use (an unknown key would
-# be ignored by Home Assistant: a typo would fail silently, so none is allowed).
-COMMON_KEYS = {"name", "unique_id", "default_entity_id", "availability_topic",
-               "payload_available", "payload_not_available", "device", "icon", "qos"}
-DOCUMENTED = {
-    "notify": COMMON_KEYS | {"command_topic", "command_template", "retain", "encoding"},
-    "button": COMMON_KEYS | {"command_topic", "command_template", "payload_press", "retain",
-                             "device_class"},
-    "sensor": COMMON_KEYS | {"state_topic", "value_template", "json_attributes_topic",
-                             "json_attributes_template", "unit_of_measurement", "device_class",
-                             "state_class", "expire_after", "force_update"},
-}
-REQUIRED = {"notify": {"command_topic"}, "button": {"command_topic"}, "sensor": {"state_topic"}}
-DEVICE_KEYS = {"identifiers", "connections", "name", "manufacturer", "model", "sw_version",
-               "hw_version", "configuration_url", "suggested_area", "via_device"}
+# The MQTT discovery keys each supported Home Assistant release accepts, taken from the
+# release itself by scripts/ha-mqtt-schema (an unknown key would be dropped without a word:
+# a typo would fail silently, so none is allowed).
+RELEASES = [json.loads(p.read_text())
+            for p in sorted((Path(__file__).parent / "ha").glob("mqtt-discovery-*.json"))]
+# Keys of releases newer than a file's, which it drops (its schemas remove extra keys).
+NEWER = {"default_entity_id": "2025.10"}
 
 
-def test_every_discovery_key_is_a_documented_one() -> None:
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2])
+
+
+@pytest.mark.parametrize("release", RELEASES, ids=[r["home_assistant"] for r in RELEASES])
+def test_every_discovery_key_is_one_the_release_accepts(release: dict[str, Any]) -> None:
     from edge_tts.config import parse_config
     from edge_tts.discovery import discovery_messages
 
@@ -134,8 +143,19 @@ def test_every_discovery_key_is_a_documented_one() -> None:
         prefix, component, node, object_id, last = topic.split("/")
         assert (prefix, last, node) == ("homeassistant", "config", "edge_tts_living_room")
         fields = json.loads(payload)
-        assert set(fields) <= DOCUMENTED[component], set(fields) - DOCUMENTED[component]
-        assert REQUIRED[component] <= set(fields)
-        assert set(fields["device"]) <= DEVICE_KEYS
-        assert fields["default_entity_id"] == f"{component}.edge_tts_living_room_{object_id}"
+        schema = release["platforms"][component]
+        known = set(schema["required"]) | set(schema["optional"]) | {
+            k for k, since in NEWER.items()
+            if _version(since) > _version(release["home_assistant"])}
+        assert set(fields) <= known, set(fields) - known
+        assert set(schema["required"]) <= set(fields)
+        assert "object_id" not in fields  # deprecated since 2025.10, gone since 2026.4
+        device, origin = release["device"], release["origin"]
+        assert set(fields["device"]) <= set(device["required"]) | set(device["optional"])
+        assert set(origin["required"]) <= set(fields["origin"]) <= set(
+            origin["required"]) | set(origin["optional"])
         assert fields["unique_id"] == f"edge_tts_living_room_{object_id}"
+
+
+def test_supported_releases_are_on_file() -> None:
+    assert "2025.4.4" in {r["home_assistant"] for r in RELEASES}

@@ -78,6 +78,7 @@ def bench_config(workdir: Path, b: Broker, url: str, **sections: dict[str, Any])
         raw.setdefault(name, {}).update(values)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
+    os.environ["XDG_STATE_HOME"] = str(workdir / "state")  # the run's own durable queue
     return load_config(str(path))
 
 
@@ -109,11 +110,17 @@ class RunningDaemon:
     topic: str
 
     async def announce(self, text: str) -> float:
-        """Publish like Home Assistant; ms from the publish to the first PCM at the device."""
+        """Publish like Home Assistant; ms from the publish to the first PCM at the device.
+        Returns once the daemon says it is idle again (an identical phrase published while
+        the last one is still being wound up would be collapsed as its duplicate)."""
         start = time.monotonic()
         await self.client.publish(self.topic, text.encode(), qos=1)
         first = await asyncio.wait_for(self.player.first_audio.get(), 30)
         await asyncio.wait_for(self.player.done.get(), 60)
+        async with asyncio.timeout(30):
+            async for message in self.client.messages:
+                if json.loads(bytes(message.payload)).get("state") == "idle":  # type: ignore[arg-type]
+                    break
         return (first - start) * 1000
 
 
@@ -126,6 +133,9 @@ async def running_daemon(config: Config) -> AsyncIterator[RunningDaemon]:
     try:
         await asyncio.wait_for(daemon.link.connected.wait(), 10)
         async with aiomqtt.Client(config.mqtt.host, config.mqtt.port) as client:
+            await client.subscribe(daemon.link.topics.state, qos=1)
+            async for _ in client.messages:  # the retained state: the daemon is there
+                break
             yield RunningDaemon(daemon, player, client, daemon.link.topics.say)
     finally:
         task.cancel()

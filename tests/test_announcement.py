@@ -171,3 +171,17 @@ def test_any_text_as_a_payload_gives_an_announcement_or_a_reason(body: str) -> N
             parse(payload.encode("utf-8", "surrogatepass"))
         except BadAnnouncement as exc:
             assert exc.reason
+
+
+def test_a_title_comes_first_unless_turned_off() -> None:
+    payload = json.dumps({"text": "The washer is done.", "title": "Laundry"}).encode()
+    assert parse_payload(payload, voices=VOICES, max_chars=100).text == \
+        "Laundry. The washer is done."
+    assert parse_payload(payload, voices=VOICES, max_chars=100, speak_title=False).text == \
+        "The washer is done."
+    ask = json.dumps({"text": "Coming?", "title": "Dinner!"}).encode()
+    assert parse_payload(ask, voices=VOICES, max_chars=100).text == "Dinner! Coming?"
+    with pytest.raises(BadAnnouncement, match="'title' must be a string"):
+        parse('{"text": "a", "title": 5}')
+    with pytest.raises(BadAnnouncement, match="over the limit of 20"):
+        parse_payload(payload, voices=VOICES, max_chars=20)  # the limit counts the title too

@@ -159,3 +159,42 @@ def test_every_discovery_key_is_one_the_release_accepts(release: dict[str, Any])
 
 def test_supported_releases_are_on_file() -> None:
     assert "2025.4.4" in {r["home_assistant"] for r in RELEASES}
+
+
+async def test_home_assistant_sees_idle_and_no_stale_value_from_the_first_second(
+    discovering: DaemonProcess, broker: Broker, home: Home
+) -> None:
+    # A previous run's stats (with a last announcement) are replaced at start.
+    kept = await retained(broker, "edge-tts/kitchen/#")
+    assert json.loads(kept["edge-tts/kitchen/state"]) == {"state": "idle", "id": None,
+                                                          "text": None}
+    stats = json.loads(kept["edge-tts/kitchen/stats"])
+    assert stats["last_announcement"] is None  # the sensor's template makes that "unknown"
+    first = json.loads((await retained(broker, "homeassistant/sensor/#"))[
+        "homeassistant/sensor/edge_tts_kitchen/first_audio/config"])
+    assert "if value_json.last_announcement else None" in first["value_template"]
+    assert "(value_json.last_announcement or {})" in first["json_attributes_template"]
+
+
+async def test_the_daemons_broker_socket_sends_without_delay(broker: Broker) -> None:
+    """TCP_NODELAY: an event is not held back ~40 ms waiting for the broker's ACK."""
+    import socket
+
+    from edge_tts.config import parse_config
+    from edge_tts.mqtt import MqttLink
+
+    async def nothing(_: object) -> None:
+        return None
+
+    config = parse_config({"mqtt": {"host": broker.host, "port": broker.port}})
+    link = MqttLink(config.mqtt, "kitchen", nothing)
+    task = asyncio.create_task(link.run())
+    try:
+        async with asyncio.timeout(10):
+            await link.connected.wait()
+        assert link._client is not None
+        sock = link._client._client.socket()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

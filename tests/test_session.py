@@ -109,3 +109,33 @@ async def test_a_broker_restart_loses_nothing_and_speaks_each_once(
     expected = ([f"Before the restart, number {n}." for n in range(4)]
                 + [f"After the restart, number {n}." for n in range(4)])
     assert spoken == expected  # every one, once, in order
+
+
+async def test_while_the_daemon_is_down_a_fresh_message_waits_and_a_stale_one_is_dropped(
+    daemon: DaemonProcess, home: Home, capture: Capture
+) -> None:
+    """What the notify entity sends: JSON stamped with sent_at, QoS 1, while nobody listens."""
+    await daemon.kill()
+    await home.log.wait_for(lambda: home.log.availability[-1:] == ["offline"])
+    stale = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    fresh = datetime.now(timezone.utc).isoformat()
+    await home.say({"text": "From an hour ago.", "id": "stale", "sent_at": stale})
+    await home.say({"text": "From just now.", "id": "fresh", "sent_at": fresh})
+    again = DaemonProcess(daemon.config, daemon.env)
+    await again.start(home)
+    try:
+        assert (await home.log.outcome("fresh"))["event"] == "finished"
+        dropped = await home.log.event("stale", "dropped")
+    finally:
+        await again.stop()
+    assert dropped["error"].startswith("too old: sent 3")
+    assert "started" not in home.log.of("stale")
+    assert split_speech(capture.read())[1] == pcm_for("From just now.")
+
+
+async def test_a_title_is_said_before_the_text(
+    daemon: DaemonProcess, home: Home, capture: Capture
+) -> None:
+    await home.say({"text": "The washer is done.", "title": "Laundry", "id": "t"})
+    assert (await home.log.outcome("t"))["event"] == "finished"
+    assert split_speech(capture.read())[1] == pcm_for("Laundry. ") + pcm_for("The washer is done.")

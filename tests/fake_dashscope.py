@@ -120,6 +120,9 @@ class FakeDashScope:
         # Samples added to each response's speech, so its length is no round number (not a
         # multiple of 60 ms, nor of a resampler's block).
         self.tail_samples = 0
+        # While set to an unset Event, audio stops after each speech's first chunk until the
+        # test sets it: "still speaking" for as long as a test needs, at any CPU speed.
+        self.hold: asyncio.Event | None = None
         self._takes: dict[tuple[str, str], int] = {}
         self.handshake_delay_s = 0.0  # a slow route: time before the upgrade is answered
         self.chunk_interval_s = 0.0  # pace between audio chunks (0: as fast as possible)
@@ -429,6 +432,8 @@ class FakeDashScope:
         for offset in range(0, len(pcm), self.chunk_bytes):
             if offset and self.chunk_interval_s:
                 await asyncio.sleep(self.chunk_interval_s)
+            if offset and self.hold is not None:
+                await self.hold.wait()
             if task.first_audio_at is None:
                 task.first_audio_at = asyncio.get_running_loop().time()
             await ws.send(pcm[offset:offset + self.chunk_bytes])

@@ -124,8 +124,13 @@ async def test_an_unexpected_error_ends_the_process_at_once_saying_offline(
     started = time.monotonic()
     proc.proc = await asyncio.create_subprocess_exec(*proc_args, env=running.env,
                                                      stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(20):
-        code = await proc.proc.wait()
+    try:
+        async with asyncio.timeout(20):
+            code = await proc.proc.wait()
+    finally:
+        if proc.proc.returncode is None:  # it hung: the test fails, the process goes
+            proc.proc.kill()
+            await proc.proc.wait()
     assert code == 70
     await home.log.wait_for(lambda: home.log.availability.count("offline") > offline_before)
     assert time.monotonic() - started < 20

@@ -73,12 +73,13 @@ async def test_get_waits_for_an_announcement() -> None:
 async def test_queued_announcements_are_spoken_by_priority(
     daemon: DaemonProcess, home: Home, dashscope: FakeDashScope
 ) -> None:
-    dashscope.chunk_interval_s = 0.05  # the first is still speaking while the rest arrive
+    dashscope.hold = asyncio.Event()  # the first is still speaking while the rest arrive
     await home.say({"text": "Playing first.", "id": "first"})
     await home.log.event("first", "started")
     for text, priority in [("Low.", "low"), ("Normal.", "normal"), ("High.", "high")]:
         await home.say({"text": text, "id": text, "priority": priority})
     await home.log.wait_for(lambda: sum(e["event"] == "queued" for e in home.log.events) == 4)
+    dashscope.hold.set()
     for name in ("first", "Low.", "Normal.", "High."):
         assert (await home.log.outcome(name))["event"] == "finished"
     started = [e["id"] for e in home.log.events if e["event"] == "started"]
@@ -184,7 +185,7 @@ async def test_a_burst_of_fifty_plays_in_priority_order_with_the_documented_drop
     await daemon.start(home)
     priorities = ["low", "normal", "high"]
     try:
-        dashscope.chunk_interval_s = 0.2  # the first is still speaking when the burst is over
+        dashscope.hold = asyncio.Event()  # the first is still speaking when the burst is over
         await home.say({"text": "The first, still speaking.", "id": "first"})
         await home.log.event("first", "started")
         for i in range(50):
@@ -192,7 +193,7 @@ async def test_a_burst_of_fifty_plays_in_priority_order_with_the_documented_drop
         # Every one of the fifty has been queued or dropped (the queue decides on arrival).
         await home.log.wait_for(lambda: {e["id"] for e in home.log.events}
                                 >= {f"i{i}" for i in range(50)})
-        dashscope.chunk_interval_s = 0.0
+        dashscope.hold.set()
         highs = [i for i in range(50) if i % 3 == 2]
         normals = [40, 43, 46, 49]  # the newest normals; every low and older normal dropped
         expected = ["first"] + [f"i{i}" for i in highs + normals]

@@ -34,11 +34,18 @@ async def main() -> None:
                 if n % 3 == 0:
                     cloud.values.append(await d.announce(f"New phrase number {n}."))
         stats = d.daemon.cache.stats() if d.daemon.cache else None
-    print(table(f"Time to first audio, cache hit against a warm cloud (first packet "
-                f"{FIRST_PACKET_MS:g} ms)", [hit, cloud]))
+    print(
+        table(
+            f"Time to first audio, cache hit against a warm cloud (first packet "
+            f"{FIRST_PACKET_MS:g} ms)",
+            [hit, cloud],
+        )
+    )
     if stats:
-        print(f"cache after the run: {stats.entries} entries, {stats.hits} hits, "
-              f"{stats.misses} misses\n")
+        print(
+            f"cache after the run: {stats.entries} entries, {stats.hits} hits, "
+            f"{stats.misses} misses\n"
+        )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 import aiomqtt
 
 import edge_tts.mqtt
+
 from harness import Row, bench_config, broker, fake_cloud, running_daemon, table
 
 PHRASE = "The washing machine is done."
@@ -28,8 +29,10 @@ PHRASE = "The washing machine is done."
 
 async def measure(config: Any, n: int, label: str) -> tuple[Row, Row]:
     queued, speaking = Row(f"{label}: say → queued event"), Row(f"{label}: say → state speaking")
-    async with running_daemon(config) as d, aiomqtt.Client(config.mqtt.host,
-                                                           config.mqtt.port) as ha:
+    async with (
+        running_daemon(config) as d,
+        aiomqtt.Client(config.mqtt.host, config.mqtt.port) as ha,
+    ):
         topics = d.daemon.link.topics
         await ha.subscribe([(topics.event, 1), (topics.state, 1)])
         for i in range(n + 1):
@@ -87,8 +90,7 @@ async def main() -> None:
             rows.extend(await measure(config, args.n, "without TCP_NODELAY"))
         finally:
             edge_tts.mqtt.make_client = original  # type: ignore[assignment]
-    print(table("Events and state after a QoS 1 say (our Mosquitto, set_tcp_nodelay true)",
-                rows))
+    print(table("Events and state after a QoS 1 say (our Mosquitto, set_tcp_nodelay true)", rows))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,12 @@ from fake_dashscope import PATH, FakeDashScope
 API_KEY = "sk-bench-0123456789abcdef"
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, one_way_s: float,
-                first_extra_s: float = 0.0) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    one_way_s: float,
+    first_extra_s: float = 0.0,
+) -> None:
     """Forward bytes, each chunk delivered one_way_s after it was read, order kept."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -59,8 +63,11 @@ async def serve_proxy(upstream: str, rtt_s: float) -> int:
 
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(target.hostname, target.port)
-        await asyncio.gather(_pipe(client_r, server_w, one_way, first_extra_s=rtt_s),
-                             _pipe(server_r, client_w, one_way), return_exceptions=True)
+        await asyncio.gather(
+            _pipe(client_r, server_w, one_way, first_extra_s=rtt_s),
+            _pipe(server_r, client_w, one_way),
+            return_exceptions=True,
+        )
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return int(server.sockets[0].getsockname()[1])
@@ -72,8 +79,9 @@ async def main() -> None:
     p.add_argument("--idle-s", type=float, default=60)
     p.add_argument("--rtt-ms", type=float, default=0)
     args = p.parse_args()
-    fake = FakeDashScope(API_KEY, first_packet_delay_s=args.first_packet_ms / 1000,
-                         idle_timeout_s=args.idle_s)
+    fake = FakeDashScope(
+        API_KEY, first_packet_delay_s=args.first_packet_ms / 1000, idle_timeout_s=args.idle_s
+    )
     url = await fake.start()
     if args.rtt_ms:
         port = await serve_proxy(url, args.rtt_ms / 1000)

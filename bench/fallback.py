@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import aiomqtt
+
 from harness import (
     API_KEY,
     ROOT,
@@ -34,8 +35,10 @@ from harness import (
 )
 
 TEXT = "Door open."
-OFFLINE = {"default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"},
-           "offline": {"engine": "piper"}}
+OFFLINE = {
+    "default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"},
+    "offline": {"engine": "piper"},
+}
 
 
 def closed_url() -> str:
@@ -48,10 +51,13 @@ def closed_url() -> str:
 async def latency(n: int) -> list[Row]:
     rows = []
     with broker() as b, tempfile.TemporaryDirectory() as tmp:
-        for name, fallback in (("(a) fallback, model preloaded", {"preload": True}),
-                               ("(b) fallback, model loaded lazily", {"release_after_s": 0.01})):
-            config = bench_config(Path(tmp), b, closed_url(), voices=OFFLINE, fallback=fallback,
-                                  cache={"max_mb": 0})
+        for name, fallback in (
+            ("(a) fallback, model preloaded", {"preload": True}),
+            ("(b) fallback, model loaded lazily", {"release_after_s": 0.01}),
+        ):
+            config = bench_config(
+                Path(tmp), b, closed_url(), voices=OFFLINE, fallback=fallback, cache={"max_mb": 0}
+            )
             row = Row(name)
             async with running_daemon(config) as d:
                 await d.announce(TEXT)  # the audio device opened
@@ -79,12 +85,20 @@ def rss_mb(pid: int) -> float:
 
 async def memory() -> str:
     with broker() as b, tempfile.TemporaryDirectory() as tmp:
-        config = bench_config(Path(tmp), b, closed_url(), voices=OFFLINE,
-                              fallback={"release_after_s": 3})
+        config = bench_config(
+            Path(tmp), b, closed_url(), voices=OFFLINE, fallback={"release_after_s": 3}
+        )
         env = dict(os.environ, DASHSCOPE_API_KEY=API_KEY)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge_tts", "serve", "-c", str(config.source), env=env,
-            stderr=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "edge_tts",
+            "serve",
+            "-c",
+            str(config.source),
+            env=env,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         try:
             async with aiomqtt.Client(b.host, b.port) as client:
                 await client.subscribe("edge-tts/bench/#", qos=1)
@@ -98,19 +112,24 @@ async def memory() -> str:
                 await until(lambda t, p: t.endswith("availability") and p == b"online")
                 idle = rss_mb(proc.pid)
                 await client.publish("edge-tts/bench/say", TEXT, qos=1)
-                await until(lambda t, p: t.endswith("/event")
-                            and json.loads(p)["event"] in ("finished", "failed"))
+                await until(
+                    lambda t, p: (
+                        t.endswith("/event") and json.loads(p)["event"] in ("finished", "failed")
+                    )
+                )
                 loaded = rss_mb(proc.pid)
                 await asyncio.sleep(4)  # past release_after_s: the release is what is measured
                 released = rss_mb(proc.pid)
         finally:
             proc.terminate()
             await proc.wait()
-    return ("### Resident memory of `edge-tts serve`\n\n"
-            "| state | RSS MB |\n|---|---:|\n"
-            f"| idle, offline model not loaded | {idle:.1f} |\n"
-            f"| after a fallback announcement, model loaded | {loaded:.1f} |\n"
-            f"| {3} s later, model released | {released:.1f} |\n")
+    return (
+        "### Resident memory of `edge-tts serve`\n\n"
+        "| state | RSS MB |\n|---|---:|\n"
+        f"| idle, offline model not loaded | {idle:.1f} |\n"
+        f"| after a fallback announcement, model loaded | {loaded:.1f} |\n"
+        f"| {3} s later, model released | {released:.1f} |\n"
+    )
 
 
 async def main() -> None:

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ["ALSA_CONFIG_PATH"] = str(ROOT / "tests" / "alsa" / "capture.conf")
 os.environ.setdefault("EDGE_TTS_ALSA_CAPTURE", "/dev/null")
 
-from mosquitto import Broker
-
 from edge_tts.config import Config, Secret, load_config
 from edge_tts.daemon import Daemon
 from edge_tts.player import FirstAudio, Player
+
+from mosquitto import Broker
 
 sys.path.insert(0, str(ROOT / "bench"))
 from fake_cloud import API_KEY
@@ -42,9 +42,19 @@ from fake_cloud import API_KEY
 def fake_cloud(first_packet_ms: float, idle_s: float = 60, rtt_ms: float = 0) -> Iterator[str]:
     """The fake DashScope server (behind a delaying proxy when rtt_ms) in its own process."""
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fake_cloud.py"), "--first-packet-ms",
-         str(first_packet_ms), "--idle-s", str(idle_s), "--rtt-ms", str(rtt_ms)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fake_cloud.py"),
+            "--first-packet-ms",
+            str(first_packet_ms),
+            "--idle-s",
+            str(idle_s),
+            "--rtt-ms",
+            str(rtt_ms),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
     try:
@@ -70,8 +80,9 @@ def bench_config(workdir: Path, b: Broker, url: str, **sections: dict[str, Any])
         "device": {"name": "bench"},
         "mqtt": {"host": b.host, "port": b.port, "discovery_prefix": None},
         "dashscope": {"inference_url": url},
-        "voices": {"default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash",
-                               "voice": "longanyang"}},
+        "voices": {
+            "default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"}
+        },
         "cache": {"dir": str(workdir / "cache")},
     }
     for name, values in sections.items():
@@ -90,8 +101,13 @@ class TimedPlayer(Player):
         self.first_audio: asyncio.Queue[float] = asyncio.Queue()
         self.done: asyncio.Queue[bool] = asyncio.Queue()
 
-    async def play(self, audio: AsyncIterator[bytes], *, volume: int = 100,
-                   on_first_audio: FirstAudio | None = None) -> bool:
+    async def play(
+        self,
+        audio: AsyncIterator[bytes],
+        *,
+        volume: int = 100,
+        on_first_audio: FirstAudio | None = None,
+    ) -> bool:
         def first(at: float) -> None:
             self.first_audio.put_nowait(at)
             if on_first_audio is not None:
@@ -161,27 +177,41 @@ class Row:
 def table(title: str, rows: list[Row], reference_ms: float | None = None) -> str:
     """A Markdown table: n, median, p95, min, max (ms), and the median over a reference."""
     extra = f" | median − {reference_ms:g} ms" if reference_ms is not None else ""
-    lines = [f"### {title}", "",
-             f"| case | n | median ms | p95 ms | min ms | max ms{extra} |",
-             "|---|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
+    lines = [
+        f"### {title}",
+        "",
+        f"| case | n | median ms | p95 ms | min ms | max ms{extra} |",
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if extra else ""),
+    ]
     for r in rows:
         over = f" | {r.median - reference_ms:+.1f}" if reference_ms is not None else ""
-        lines.append(f"| {r.name} | {len(r.values)} | {r.median:.1f} | {r.p95:.1f} | "
-                     f"{min(r.values):.1f} | {max(r.values):.1f}{over} |")
+        lines.append(
+            f"| {r.name} | {len(r.values)} | {r.median:.1f} | {r.p95:.1f} | "
+            f"{min(r.values):.1f} | {max(r.values):.1f}{over} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def sdk_rows(script: str, url: str, n: int, text: str, labels: dict[str, str]) -> list[Row]:
     """Run a bench/ script measuring the official SDK in its own process (its threads never
     share our event loop); it prints one JSON object of lists of ms, named as in `labels`."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), url, API_KEY, str(n),
-                          text], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), url, API_KEY, str(n), text],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return [Row(label, result[key]) for key, label in labels.items()]
 
 
-async def over_round_trips(doc: str, measure: Callable[[str, int], Awaitable[list[Row]]],
-                           title: str, first_packet_ms: float, idle_s: float = 60) -> None:
+async def over_round_trips(
+    doc: str,
+    measure: Callable[[str, int], Awaitable[list[Row]]],
+    title: str,
+    first_packet_ms: float,
+    idle_s: float = 60,
+) -> None:
     """The command line of a latency benchmark (-n, --rtt-ms): for each added round trip, a
     fake cloud of its own, `measure(url, n)`, and the table, titled `title` + the round trip."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])

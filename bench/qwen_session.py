@@ -31,32 +31,52 @@ def realtime(url: str) -> str:
 
 
 async def ours(url: str, n: int) -> list[Row]:
-    spaced, burst = Row("(a) edge-tts, Qwen session made ready"), \
-        Row("(b) edge-tts, Qwen, back to back")
+    spaced, burst = (
+        Row("(a) edge-tts, Qwen session made ready"),
+        Row("(b) edge-tts, Qwen, back to back"),
+    )
     with broker() as b, tempfile.TemporaryDirectory() as tmp:
-        config = bench_config(Path(tmp), b, url, dashscope={"realtime_url": realtime(url)},
-                              voices={"default": VOICE}, cache={"max_mb": 0})
+        config = bench_config(
+            Path(tmp),
+            b,
+            url,
+            dashscope={"realtime_url": realtime(url)},
+            voices={"default": VOICE},
+            cache={"max_mb": 0},
+        )
         async with running_daemon(config) as d:
             qwen = d.daemon.cloud.qwen
             await d.announce(TEXT)  # opens the audio device
             for _ in range(n):
-                await asyncio.wait_for(qwen.keeper_for_voice(config.voices["default"],
-                                                             config.audio.sample_rate)
-                                       .wait_warm(), 10)
+                await asyncio.wait_for(
+                    qwen.keeper_for_voice(
+                        config.voices["default"], config.audio.sample_rate
+                    ).wait_warm(),
+                    10,
+                )
                 spaced.values.append(await d.announce(TEXT))
             for _ in range(n):
                 burst.values.append(await d.announce(TEXT))
             stats = qwen.stats()[0]
-            print(f"  qwen sessions: {stats['opened']} opened, {stats['reused']} ready when "
-                  f"needed, {stats['waited']} waited, {stats['failures']} failures",
-                  file=sys.stderr)
+            print(
+                f"  qwen sessions: {stats['opened']} opened, {stats['reused']} ready when "
+                f"needed, {stats['waited']} waited, {stats['failures']} failures",
+                file=sys.stderr,
+            )
     return [spaced, burst]
 
 
 def sdk(url: str, n: int) -> list[Row]:
-    return sdk_rows("sdk_qwen_first_audio.py", realtime(url), n, TEXT, {
-        "cold": "dashscope SDK QwenTtsRealtime, cold",
-        "ready": "dashscope SDK QwenTtsRealtime, session set up beforehand"})
+    return sdk_rows(
+        "sdk_qwen_first_audio.py",
+        realtime(url),
+        n,
+        TEXT,
+        {
+            "cold": "dashscope SDK QwenTtsRealtime, cold",
+            "ready": "dashscope SDK QwenTtsRealtime, session set up beforehand",
+        },
+    )
 
 
 async def both(url: str, n: int) -> list[Row]:
@@ -64,4 +84,11 @@ async def both(url: str, n: int) -> list[Row]:
 
 
 if __name__ == "__main__":
-    asyncio.run(over_round_trips(__doc__, both, f"Qwen-TTS Realtime time to first audio, fake cloud first audio {FIRST_PACKET_MS:g} ms", FIRST_PACKET_MS))
+    asyncio.run(
+        over_round_trips(
+            __doc__,
+            both,
+            f"Qwen-TTS Realtime time to first audio, fake cloud first audio {FIRST_PACKET_MS:g} ms",
+            FIRST_PACKET_MS,
+        )
+    )

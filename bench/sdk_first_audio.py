@@ -49,16 +49,22 @@ def main() -> None:
     cold = []
     for _ in range(n):
         cb = FirstAudio()
-        synth = SpeechSynthesizer(model=MODEL, voice=VOICE, format=AudioFormat.PCM_24000HZ_MONO_16BIT,
-                                  callback=cb, url=url)
+        synth = SpeechSynthesizer(
+            model=MODEL,
+            voice=VOICE,
+            format=AudioFormat.PCM_24000HZ_MONO_16BIT,
+            callback=cb,
+            url=url,
+        )
         cold.append(timed(synth, cb, text))
         synth.close()
     pool = SpeechSynthesizerObjectPool(max_size=1, url=url)
     warm = []
     for _ in range(n):
         cb = FirstAudio()
-        synth = pool.borrow_synthesizer(model=MODEL, voice=VOICE,
-                                        format=AudioFormat.PCM_24000HZ_MONO_16BIT, callback=cb)
+        synth = pool.borrow_synthesizer(
+            model=MODEL, voice=VOICE, format=AudioFormat.PCM_24000HZ_MONO_16BIT, callback=cb
+        )
         warm.append(timed(synth, cb, text))
         pool.return_synthesizer(synth)
         time.sleep(0.3)  # announcements are spaced; let the pool settle as it would in use

@@ -36,8 +36,11 @@ async def main() -> None:
                     if row is stop:
                         await d.client.publish(stop_topic, b"", qos=1)
                     else:
-                        await d.client.publish(d.topic, json.dumps(
-                            {"text": f"Smoke {n}!", "priority": "critical"}), qos=1)
+                        await d.client.publish(
+                            d.topic,
+                            json.dumps({"text": f"Smoke {n}!", "priority": "critical"}),
+                            qos=1,
+                        )
                     assert await d.player.done.get() is False
                     row.values.append((time.monotonic() - start) * 1000)
                     if row is critical:  # the critical one plays to its end

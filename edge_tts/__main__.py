@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -66,8 +65,9 @@ def _secrets(config: Config, api_key: Secret | None) -> list[Secret]:
     return [s for s in (api_key, config.mqtt.password) if s is not None]
 
 
-async def _serve(args: argparse.Namespace, config: Config, api_key: Secret | None,
-                 redact: RedactSecrets) -> None:
+async def _serve(
+    args: argparse.Namespace, config: Config, api_key: Secret | None, redact: RedactSecrets
+) -> None:
     daemon = Daemon(config, api_key, notifier=Notifier())
     task = asyncio.current_task()
     assert task is not None
@@ -108,16 +108,22 @@ async def _serve(args: argparse.Namespace, config: Config, api_key: Secret | Non
     log.info("stopped")
 
 
-def cmd_serve(args: argparse.Namespace, config: Config, api_key: Secret | None,
-              redact: RedactSecrets) -> int:
-    log.info("edge-tts %s serving device %r (config %s)", __version__, config.device.name,
-             config.source or "built-in defaults")
+def cmd_serve(
+    args: argparse.Namespace, config: Config, api_key: Secret | None, redact: RedactSecrets
+) -> int:
+    log.info(
+        "edge-tts %s serving device %r (config %s)",
+        __version__,
+        config.device.name,
+        config.source or "built-in defaults",
+    )
     asyncio.run(_serve(args, config, api_key, redact))
     return 0
 
 
-async def _say(config: Config, api_key: Secret | None, text: str, voice: str | None,
-               out: Path | None) -> int:
+async def _say(
+    config: Config, api_key: Secret | None, text: str, voice: str | None, out: Path | None
+) -> int:
     cloud = build_engines(config, api_key, serving=False)
     sink = WavWriter(out, config.audio.sample_rate) if out else Player(config.audio)
     failures: list[str] = []
@@ -178,12 +184,20 @@ def _phrases(path: Path) -> list[str]:
         if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
             raise ConfigError(f"{path}: must be a YAML list of phrases")
         return [p for p in data if p.strip()]
-    return [line for line in (raw.strip() for raw in text.splitlines())
-            if line and not line.startswith("#")]
+    return [
+        line
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
 
 
-async def _warm(config: Config, api_key: Secret | None, cache: PhraseCache, phrases: list[str],
-                voice: str | None) -> int:
+async def _warm(
+    config: Config,
+    api_key: Secret | None,
+    cache: PhraseCache,
+    phrases: list[str],
+    voice: str | None,
+) -> int:
     cloud = build_engines(config, api_key, serving=False)
     failed = 0
 
@@ -202,8 +216,10 @@ async def _warm(config: Config, api_key: Secret | None, cache: PhraseCache, phra
         await cloud.close()
     after = cache.stats()
     new = after.misses - counted.misses - failed
-    print(f"{len(phrases)} phrases: {new} synthesized and cached, "
-          f"{after.hits - counted.hits} already cached, {failed} failed")
+    print(
+        f"{len(phrases)} phrases: {new} synthesized and cached, "
+        f"{after.hits - counted.hits} already cached, {failed} failed"
+    )
     return 1 if failed else 0
 
 
@@ -214,17 +230,21 @@ def cmd_cache(args: argparse.Namespace, config: Config, api_key: Secret | None) 
         return 1
     if args.action == "stats":
         st = cache.stats()
-        when = (lambda t: datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
-                if t else "-")
+
+        def when(t: float | None) -> str:
+            return datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds") if t else "-"
+
         rate = f"{st.hit_rate:.0%}" if st.hit_rate is not None else "-"
-        print(f"cache      {cache.root}\n"
-              f"entries    {st.entries}\n"
-              f"size       {st.bytes / 2**20:.1f} MB of {st.max_bytes / 2**20:.0f} MB\n"
-              f"hits       {st.hits}\n"
-              f"misses     {st.misses}\n"
-              f"hit rate   {rate}\n"
-              f"oldest     {when(st.oldest)}\n"
-              f"newest     {when(st.newest)}")
+        print(
+            f"cache      {cache.root}\n"
+            f"entries    {st.entries}\n"
+            f"size       {st.bytes / 2**20:.1f} MB of {st.max_bytes / 2**20:.0f} MB\n"
+            f"hits       {st.hits}\n"
+            f"misses     {st.misses}\n"
+            f"hit rate   {rate}\n"
+            f"oldest     {when(st.oldest)}\n"
+            f"newest     {when(st.newest)}"
+        )
         return 0
     if args.action == "clear":
         print(f"removed {cache.clear()} entries from {cache.root}")
@@ -250,13 +270,17 @@ def cmd_discovery(args: argparse.Namespace, config: Config, api_key: Secret | No
     try:
         asyncio.run(publish())
     except aiomqtt.MqttError as exc:
-        print(f"edge-tts: broker {config.mqtt.host}:{config.mqtt.port}: {describe_error(exc)}",
-              file=sys.stderr)
+        print(
+            f"edge-tts: broker {config.mqtt.host}:{config.mqtt.port}: {describe_error(exc)}",
+            file=sys.stderr,
+        )
         return 1
     entities = sum(1 for topic, _ in messages if topic.endswith("/config"))
-    print(f"removed {entities} Home Assistant entities of device {config.device.name!r} and "
-          "its retained availability, state and stats (they come back when the daemon next "
-          "connects; set mqtt.discovery_prefix: null to keep them away)")
+    print(
+        f"removed {entities} Home Assistant entities of device {config.device.name!r} and "
+        "its retained availability, state and stats (they come back when the daemon next "
+        "connects; set mqtt.discovery_prefix: null to keep them away)"
+    )
     return 0
 
 
@@ -264,8 +288,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
     try:
         import sounddevice as sd
     except OSError as exc:
-        print(f"edge-tts: PortAudio is not installed ({exc}); apt install libportaudio2",
-              file=sys.stderr)
+        print(
+            f"edge-tts: PortAudio is not installed ({exc}); apt install libportaudio2",
+            file=sys.stderr,
+        )
         return 1
     default_out = sd.default.device[1]
     found = 0
@@ -274,8 +300,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
             found += 1
             mark = "*" if index == default_out else " "
             hostapi = sd.query_hostapis(dev["hostapi"])["name"]
-            print(f"{mark}{index:3d}  {dev['name']}  ({hostapi}, {dev['max_output_channels']} ch, "
-                  f"{dev['default_samplerate']:.0f} Hz)")
+            print(
+                f"{mark}{index:3d}  {dev['name']}  ({hostapi}, {dev['max_output_channels']} ch, "
+                f"{dev['default_samplerate']:.0f} Hz)"
+            )
     if not found:
         print("no audio output devices found", file=sys.stderr)
         return 1
@@ -290,15 +318,21 @@ def parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help)
-        cmd.add_argument("-c", "--config", help="config file (default: $EDGE_TTS_CONFIG, "
-                         "/etc/edge-tts/config.yaml, config/edge-tts.yaml)")
+        cmd.add_argument(
+            "-c",
+            "--config",
+            help="config file (default: $EDGE_TTS_CONFIG, "
+            "/etc/edge-tts/config.yaml, config/edge-tts.yaml)",
+        )
         cmd.add_argument("--verbose", action="store_true", help="log debug detail")
         return cmd
 
     with_config("serve", "run the daemon in the foreground")
     say = with_config("say", "speak once through the same path as the daemon")
     say.add_argument("-v", "--voice", help="voice profile name (default: default_voice)")
-    say.add_argument("-o", "--output", metavar="OUT.wav", help="write a WAV file instead of playing")
+    say.add_argument(
+        "-o", "--output", metavar="OUT.wav", help="write a WAV file instead of playing"
+    )
     say.add_argument("text", nargs="+", help="what to say")
     with_config("check", "validate config, reach the broker and the cloud, find the audio device")
     sub.add_parser("devices", help="list audio output devices")
@@ -306,8 +340,9 @@ def parser() -> argparse.ArgumentParser:
     discovery.add_argument("action", choices=("remove",))
     cache = with_config("cache", "inspect, empty, or pre-fill the phrase cache")
     cache.add_argument("action", choices=("stats", "clear", "warm"))
-    cache.add_argument("file", nargs="?", metavar="FILE",
-                       help="warm: phrases, one per line or a YAML list")
+    cache.add_argument(
+        "file", nargs="?", metavar="FILE", help="warm: phrases, one per line or a YAML list"
+    )
     cache.add_argument("-v", "--voice", help="warm: voice profile name (default: default_voice)")
     return p
 
@@ -323,8 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-tts: config error: {exc}", file=sys.stderr)
         return 2
     redact = setup_logging(args.verbose, _secrets(config, api_key))
-    commands = {"say": cmd_say, "check": cmd_check, "cache": cmd_cache,
-                "discovery": cmd_discovery}
+    commands = {"say": cmd_say, "check": cmd_check, "cache": cmd_cache, "discovery": cmd_discovery}
     try:
         if args.command == "serve":
             return cmd_serve(args, config, api_key, redact)

@@ -19,8 +19,19 @@ from .ssml import check_ssml
 log = logging.getLogger(__name__)
 
 PRIORITIES = ("low", "normal", "high", "critical")
-_KNOWN_KEYS = {"text", "ssml", "title", "voice", "volume", "priority", "chime", "id",
-               "instructions", "cache", "sent_at"}
+_KNOWN_KEYS = {
+    "text",
+    "ssml",
+    "title",
+    "voice",
+    "volume",
+    "priority",
+    "chime",
+    "id",
+    "instructions",
+    "cache",
+    "sent_at",
+}
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
 
 # Bounds on what a payload may make the parser do, whatever it contains.
@@ -104,8 +115,13 @@ def max_payload_bytes(max_chars: int) -> int:
 
 
 def parse_payload(
-    payload: bytes, *, voices: Collection[str], max_chars: int, msg_id: str | None = None,
-    chimes: Collection[str] = (), speak_title: bool = True,
+    payload: bytes,
+    *,
+    voices: Collection[str],
+    max_chars: int,
+    msg_id: str | None = None,
+    chimes: Collection[str] = (),
+    speak_title: bool = True,
 ) -> Announcement:
     """Turn a `say` payload (plain UTF-8 text, a JSON string, or a JSON object) into an
     Announcement. Total and bounded: any payload gives an Announcement or BadAnnouncement with
@@ -119,12 +135,20 @@ def parse_payload(
         raise
 
 
-def _parse(payload: bytes, voices: Collection[str], max_chars: int, announcement_id: str,
-           chimes: Collection[str], speak_title: bool) -> Announcement:
+def _parse(
+    payload: bytes,
+    voices: Collection[str],
+    max_chars: int,
+    announcement_id: str,
+    chimes: Collection[str],
+    speak_title: bool,
+) -> Announcement:
     limit = max_payload_bytes(max_chars)
     if len(payload) > limit:
-        raise BadAnnouncement(f"payload is {len(payload)} bytes, over the limit of {limit} "
-                              "(8 x announcements.max_chars + 4096)")
+        raise BadAnnouncement(
+            f"payload is {len(payload)} bytes, over the limit of {limit} "
+            "(8 x announcements.max_chars + 4096)"
+        )
     try:
         body = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -159,13 +183,15 @@ def _parse(payload: bytes, voices: Collection[str], max_chars: int, announcement
 def _loads(body: str) -> Any:
     """json.loads, bounded: nesting, integer digits; NaN and Infinity refused."""
     if _nesting(body) > _MAX_DEPTH:
-        raise BadAnnouncement(f"JSON nested more than {_MAX_DEPTH} deep; an announcement is "
-                              "one object")
+        raise BadAnnouncement(
+            f"JSON nested more than {_MAX_DEPTH} deep; an announcement is one object"
+        )
     try:
         return json.loads(body, parse_int=_int, parse_float=_float, parse_constant=_constant)
     except json.JSONDecodeError as exc:
         raise BadAnnouncement(
-            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except (ValueError, RecursionError) as exc:  # what json itself may raise past its limits
         raise BadAnnouncement(f"invalid JSON: {excerpt(str(exc))}") from None
 
@@ -198,8 +224,9 @@ def _nesting(body: str) -> int:
 
 def _int(digits: str) -> int:
     if len(digits.lstrip("-")) > _MAX_INT_DIGITS:
-        raise BadAnnouncement(f"JSON has a number of {len(digits)} digits; "
-                              f"at most {_MAX_INT_DIGITS} are read")
+        raise BadAnnouncement(
+            f"JSON has a number of {len(digits)} digits; at most {_MAX_INT_DIGITS} are read"
+        )
     return int(digits)
 
 
@@ -214,8 +241,14 @@ def _constant(name: str) -> float:
     raise BadAnnouncement(f"JSON has {name}, which is not a number an announcement can use")
 
 
-def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int,
-               announcement_id: str, chimes: Collection[str], speak_title: bool) -> Announcement:
+def _from_json(
+    obj: dict[str, Any],
+    voices: Collection[str],
+    max_chars: int,
+    announcement_id: str,
+    chimes: Collection[str],
+    speak_title: bool,
+) -> Announcement:
     unknown = set(obj) - _KNOWN_KEYS
     if unknown:
         shown = ", ".join(excerpt(k, 20) for k in sorted(unknown)[:5])
@@ -241,8 +274,9 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int,
         check_text(check_ssml(text), max_chars, "the SSML's text")
     voice = _field(obj, "voice", str, "a voice name")
     if voice is not None and voice not in voices:
-        raise BadAnnouncement(f"unknown voice {excerpt(voice)} "
-                              f"(known: {', '.join(sorted(voices))})")
+        raise BadAnnouncement(
+            f"unknown voice {excerpt(voice)} (known: {', '.join(sorted(voices))})"
+        )
     volume = _field(obj, "volume", (int, float), "a number 0-100")
     if volume is not None:
         if not 0 <= volume <= 100:
@@ -254,8 +288,10 @@ def _from_json(obj: dict[str, Any], voices: Collection[str], max_chars: int,
     chime = _chime(obj, chimes)
     instructions = _field(obj, "instructions", str, "a string")
     if instructions is not None and len(instructions) > _MAX_INSTRUCTIONS:
-        raise BadAnnouncement(f"'instructions' is {len(instructions)} characters, over the "
-                              f"limit of {_MAX_INSTRUCTIONS}")
+        raise BadAnnouncement(
+            f"'instructions' is {len(instructions)} characters, over the "
+            f"limit of {_MAX_INSTRUCTIONS}"
+        )
     cache = _field(obj, "cache", bool, "true or false")
     sent_at = _sent_at(obj.get("sent_at"))
     return Announcement(
@@ -276,10 +312,9 @@ def _chime(obj: dict[str, Any], chimes: Collection[str]) -> bool | str | None:
     """A message's chime: true, false, "builtin" or a name from audio.chimes, never a path."""
     names = ["builtin", *sorted(chimes)]
     what = f"true, false or a chime name ({', '.join(names)}; audio.chimes)"
-    chime = _field(obj, "chime", (bool, str), what)
+    chime: bool | str | None = _field(obj, "chime", (bool, str), what)
     if isinstance(chime, str) and chime not in names:
-        raise BadAnnouncement(f"'chime' {excerpt(chime)} is not a configured chime; must be "
-                              f"{what}")
+        raise BadAnnouncement(f"'chime' {excerpt(chime)} is not a configured chime; must be {what}")
     return chime
 
 
@@ -301,10 +336,13 @@ def _sent_at(value: Any) -> float | None:
         except (ValueError, OverflowError, OSError):
             when = None
     if when is None or not math.isfinite(when):
-        raise BadAnnouncement(f"'sent_at' must be an ISO 8601 time or epoch seconds "
-                              f"(got {excerpt(value)})")
+        raise BadAnnouncement(
+            f"'sent_at' must be an ISO 8601 time or epoch seconds (got {excerpt(value)})"
+        )
     ahead = when - time.time()
     if ahead > _FUTURE_SLACK_S:
-        raise BadAnnouncement(f"'sent_at' is {min(ahead, 1e12):.0f} s in the future: is the "
-                              "sender's clock or this one wrong?")
+        raise BadAnnouncement(
+            f"'sent_at' is {min(ahead, 1e12):.0f} s in the future: is the "
+            "sender's clock or this one wrong?"
+        )
     return when

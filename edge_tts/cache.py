@@ -57,7 +57,7 @@ def cache_key(request: SynthesisRequest) -> str:
     """Everything that changes the sound, and nothing that does not (the playback volume is
     a local gain, so one entry serves every volume)."""
     v = request.voice
-    identity = {
+    identity: dict[str, object] = {
         "engine": v.engine,
         "model": v.model,
         "voice": v.voice,
@@ -180,8 +180,9 @@ class PhraseCache:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         problem = f"not writing: {reason} ({self.root})"
         if problem != self.problem:
-            log.warning("cache: %s; phrases are spoken without being kept until it can write",
-                        problem)
+            log.warning(
+                "cache: %s; phrases are spoken without being kept until it can write", problem
+            )
         self.problem = problem
         self._retry_at = time.monotonic() + _RETRY_S
 
@@ -208,19 +209,21 @@ class PhraseCache:
             return None
         problem = _verify(blob, key, sample_rate)
         if problem:
-            log.warning("cache entry %s is damaged (%s); removed, synthesizing afresh",
-                        key[:12], problem)
+            log.warning(
+                "cache entry %s is damaged (%s); removed, synthesizing afresh", key[:12], problem
+            )
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
         with contextlib.suppress(OSError):  # gone meanwhile, or a disk turned read-only
             os.utime(path)  # most recently used
-        return blob[_HEADER.size:]
+        return blob[_HEADER.size :]
 
     # --- writing -----------------------------------------------------------------------
 
-    async def record(self, audio: AsyncGenerator[bytes, None], key: str,
-                     sample_rate: int) -> AsyncGenerator[bytes, None]:
+    async def record(
+        self, audio: AsyncGenerator[bytes, None], key: str, sample_rate: int
+    ) -> AsyncGenerator[bytes, None]:
         """`audio` passed on as it comes, and kept as an entry only once it has ended cleanly:
         a failed, cut or stopped synthesis leaves nothing behind. A cache that cannot be
         written (disk full, permissions) never costs the announcement."""
@@ -295,7 +298,10 @@ class PhraseCache:
                 counters = json.loads(f.read() or "{}")
             except ValueError:
                 counters = {}
-            counters = {"hits": int(counters.get("hits", 0)), "misses": int(counters.get("misses", 0))}
+            counters = {
+                "hits": int(counters.get("hits", 0)),
+                "misses": int(counters.get("misses", 0)),
+            }
             yield counters
             f.seek(0)
             f.truncate()
@@ -311,8 +317,15 @@ class PhraseCache:
                 hits, misses = counters["hits"], counters["misses"]
         except OSError as exc:
             log.warning("cache: cannot read %s (%s)", self._counters, exc.strerror or exc)
-        return CacheStats(len(entries), sum(size for _, size, _ in entries), self.max_bytes,
-                          hits, misses, min(times, default=None), max(times, default=None))
+        return CacheStats(
+            len(entries),
+            sum(size for _, size, _ in entries),
+            self.max_bytes,
+            hits,
+            misses,
+            min(times, default=None),
+            max(times, default=None),
+        )
 
     def clear(self) -> int:
         """Remove every entry and reset the counters; returns how many entries went."""
@@ -361,8 +374,15 @@ class EntryWriter:
         """Header in, flushed to disk, renamed into place: from here on a whole entry."""
         f = self._file
         f.seek(0)
-        f.write(_HEADER.pack(_MAGIC, self._sample_rate, self._length, bytes.fromhex(self._key),
-                             self._hash.digest()))
+        f.write(
+            _HEADER.pack(
+                _MAGIC,
+                self._sample_rate,
+                self._length,
+                bytes.fromhex(self._key),
+                self._hash.digest(),
+            )
+        )
         f.flush()
         os.fsync(f.fileno())
         f.close()
@@ -397,7 +417,7 @@ def _verify(blob: bytes, key: str, sample_rate: int) -> str | None:
     if len(blob) - _HEADER.size != length:
         return f"{len(blob) - _HEADER.size} bytes of PCM where the header says {length}"
     checksum = hashlib.sha256(own_key)
-    checksum.update(memoryview(blob)[_HEADER.size:])
+    checksum.update(memoryview(blob)[_HEADER.size :])
     if checksum.digest() != digest:
         return "checksum mismatch"
     return None
@@ -414,5 +434,5 @@ def _fsync_dir(path: Path) -> None:
 async def replay(pcm: bytes) -> AsyncGenerator[bytes, None]:
     """A cached entry as the player takes audio: chunk by chunk."""
     for offset in range(0, len(pcm), _CHUNK_BYTES):
-        yield pcm[offset:offset + _CHUNK_BYTES]
+        yield pcm[offset : offset + _CHUNK_BYTES]
         await asyncio.sleep(0)

@@ -15,9 +15,9 @@ from .engines import SynthesisRequest
 from .engines.cosyvoice import finish_task, run_task
 from .engines.piper import check_voice
 from .engines.qwen import QwenEngine
-from .models import warnings as model_warnings
 from .errors import CloudUnavailable
 from .keeper import ConnectionKeeper
+from .models import warnings as model_warnings
 from .mqtt import Topics, describe_error, make_client
 from .player import check_sounddevice
 
@@ -30,8 +30,9 @@ async def check_broker(config: Config) -> tuple[str | None, str | None]:
     try:
         async with asyncio.timeout(m.keepalive_s):
             async with make_client(m, timeout=10) as client:
-                return None, await _daemon_status(client, Topics.of(m.topic_prefix,
-                                                                    config.device.name))
+                return None, await _daemon_status(
+                    client, Topics.of(m.topic_prefix, config.device.name)
+                )
     except aiomqtt.MqttError as exc:
         return f"broker {m.host}:{m.port}: {describe_error(exc)}", None
     except TimeoutError:
@@ -54,18 +55,22 @@ async def _daemon_status(client: aiomqtt.Client, topics: Topics) -> str:
             retained[topic] = bytes(message.payload)
     availability = retained.get(topics.availability, b"").decode(errors="replace")
     if availability != "online":
-        return f"the daemon is not running ({availability or 'never seen'} on {topics.availability})"
+        return (
+            f"the daemon is not running ({availability or 'never seen'} on {topics.availability})"
+        )
     try:
         stats = json.loads(retained[topics.stats])
         cloud = stats["cloud"]
-        return (f"the daemon is online since {stats['since']}: "
-                f"{'warm connection' if cloud['warm'] else 'no warm connection'}; "
-                f"{cloud['opened']} connections opened, {cloud['renewals']} renewals, "
-                f"{cloud['reused']} announcements on a warm connection, {cloud['waited']} waited "
-                f"for a handshake, {cloud['failures']} failures"
-                + _task_failures(cloud)
-                + (f" (last: {cloud['last_error']})" if cloud.get("last_error") else "")
-                + _disk_problems(stats))
+        return (
+            f"the daemon is online since {stats['since']}: "
+            f"{'warm connection' if cloud['warm'] else 'no warm connection'}; "
+            f"{cloud['opened']} connections opened, {cloud['renewals']} renewals, "
+            f"{cloud['reused']} announcements on a warm connection, {cloud['waited']} waited "
+            f"for a handshake, {cloud['failures']} failures"
+            + _task_failures(cloud)
+            + (f" (last: {cloud['last_error']})" if cloud.get("last_error") else "")
+            + _disk_problems(stats)
+        )
     except (KeyError, ValueError, TypeError):
         return "the daemon is online (no stats published yet)"
 
@@ -74,14 +79,16 @@ def _task_failures(cloud: dict[str, object]) -> str:
     """Tasks the service failed or refused (a key refused at task level shows here), on the
     inference connection and every Qwen session, with the last one's reason."""
     sessions = cloud.get("qwen_sessions")
-    stats = [cloud] + [s for s in (sessions if isinstance(sessions, list) else [])
-                       if isinstance(s, dict)]
+    stats = [cloud] + [
+        s for s in (sessions if isinstance(sessions, list) else []) if isinstance(s, dict)
+    ]
     total = sum(n for s in stats if isinstance(n := s.get("task_failures"), int))
     last = next((e for s in stats if (e := s.get("last_task_error"))), None)
     if not total:
         return ""
     return f", {total} tasks failed or refused by the service" + (
-        f" (last: {last})" if last else "")
+        f" (last: {last})" if last else ""
+    )
 
 
 def _disk_problems(stats: dict[str, object]) -> str:
@@ -108,8 +115,9 @@ async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
         if problem:
             problems.append(problem)
     for voice in (v for v in voices if v.engine == "qwen"):
-        qwen = QwenEngine(ds.realtime_url, api_key, keep_warm=False,
-                          connect_timeout_s=ds.connect_timeout_s)
+        qwen = QwenEngine(
+            ds.realtime_url, api_key, keep_warm=False, connect_timeout_s=ds.connect_timeout_s
+        )
         keeper = qwen.keeper_for_voice(voice, config.audio.sample_rate)
         try:
             ws = await keeper.connect()  # connects and configures the session
@@ -124,11 +132,13 @@ def _unavailable(exc: CloudUnavailable) -> str:
     return f"cloud: {exc.reason}" + (f" ({exc.hint})" if exc.refused else "")
 
 
-async def _check_inference(config: Config, api_key: Secret | None,
-                           voice: Voice | None) -> str | None:
+async def _check_inference(
+    config: Config, api_key: Secret | None, voice: Voice | None
+) -> str | None:
     ds = config.dashscope
-    keeper = ConnectionKeeper(ds.inference_url, api_key, keep_warm=False,
-                              connect_timeout_s=ds.connect_timeout_s)
+    keeper = ConnectionKeeper(
+        ds.inference_url, api_key, keep_warm=False, connect_timeout_s=ds.connect_timeout_s
+    )
     try:
         ws = await keeper.connect()
     except CloudUnavailable as exc:
@@ -145,8 +155,10 @@ async def _check_inference(config: Config, api_key: Secret | None,
                     continue
                 header = json.loads(frame)["header"]
                 if header["event"] == "task-failed":
-                    return (f"cloud: voice {voice.name!r} was refused: "
-                            f"{header.get('error_code')}: {header.get('error_message')}")
+                    return (
+                        f"cloud: voice {voice.name!r} was refused: "
+                        f"{header.get('error_code')}: {header.get('error_message')}"
+                    )
                 if header["event"] == "task-started":
                     await ws.send(json.dumps(finish_task(request.task_id)))
                 if header["event"] == "task-finished":
@@ -166,25 +178,34 @@ def check_audio(config: Config) -> str | None:
 
 async def run_checks(config: Config, api_key: Secret | None, report: Report) -> int:
     """Run every check, report each line, and return how many problems were found."""
-    report(f"ok   config {config.source or '(built-in defaults)'}: device {config.device.name!r}, "
-           f"{len(config.voices)} voice(s)")
+    report(
+        f"ok   config {config.source or '(built-in defaults)'}: device {config.device.name!r}, "
+        f"{len(config.voices)} voice(s)"
+    )
     broker_problem, daemon = await check_broker(config)
     results = [("broker", f"{config.mqtt.host}:{config.mqtt.port}", broker_problem)]
     cloud_voices = [v for v in config.voices.values() if v.engine != "piper"]
     if cloud_voices:
         ds = config.dashscope
-        urls = dict.fromkeys(ds.realtime_url if v.engine == "qwen" else ds.inference_url
-                             for v in cloud_voices)
+        urls = dict.fromkeys(
+            ds.realtime_url if v.engine == "qwen" else ds.inference_url for v in cloud_voices
+        )
         what = f"{' '.join(urls)} (voices {', '.join(v.name for v in cloud_voices)})"
         cloud_problems = await check_cloud(config, api_key)
         results += [("cloud", "", p) for p in cloud_problems] or [("cloud", what, None)]
-    results.append(("audio", f"device {config.audio.device!r}",
-                    await asyncio.to_thread(check_audio, config)))
+    results.append(
+        ("audio", f"device {config.audio.device!r}", await asyncio.to_thread(check_audio, config))
+    )
     fallback = config.voices.get(config.fallback_voice) if config.fallback_voice else None
     if fallback is not None and fallback.engine == "piper":
         problem = await asyncio.to_thread(check_voice, fallback.model)
-        results.append(("fallback", f"voice {fallback.name!r} (offline, Piper)",
-                         f"fallback voice {fallback.name!r}: {problem}" if problem else None))
+        results.append(
+            (
+                "fallback",
+                f"voice {fallback.name!r} (offline, Piper)",
+                f"fallback voice {fallback.name!r}: {problem}" if problem else None,
+            )
+        )
     for warning in model_warnings(config):
         report(f"warn {warning}")
     problems = 0

@@ -54,8 +54,9 @@ def read_chime_file(path: Path) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise ChimeError(f"{path} is not a regular file")
         if st.st_size > MAX_CHIME_BYTES:
-            raise ChimeError(f"{path} is {st.st_size} bytes, over the {MAX_CHIME_BYTES} a chime "
-                             "may have")
+            raise ChimeError(
+                f"{path} is {st.st_size} bytes, over the {MAX_CHIME_BYTES} a chime may have"
+            )
         data = f.read(MAX_CHIME_BYTES + 1)
     if len(data) > MAX_CHIME_BYTES:
         raise ChimeError(f"{path} grew past the {MAX_CHIME_BYTES} bytes a chime may have")
@@ -67,20 +68,25 @@ def _read_wav(path: Path, rate: int) -> bytes:
     try:
         with wave.open(io.BytesIO(data)) as wav:
             channels, width, wav_rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-            frames = wav.readframes(wav.getnframes())
+            frames: bytes = wav.readframes(wav.getnframes())
     except (OSError, EOFError, wave.Error) as exc:
         raise ChimeError(f"cannot read {path}: {exc}") from None
     if width != 2:
         raise ChimeError(f"{path}: 16-bit PCM WAV needed, not {8 * width}-bit")
     if channels > 1:  # mix down
         stereo = array("h", frames)
-        frames = array("h", (sum(stereo[i:i + channels]) // channels
-                             for i in range(0, len(stereo), channels))).tobytes()
+        frames = array(
+            "h",
+            (sum(stereo[i : i + channels]) // channels for i in range(0, len(stereo), channels)),
+        ).tobytes()
     if wav_rate != rate:
         try:
             from .resample import resample
-            frames = resample(frames, wav_rate, rate)
+
+            frames = bytes(resample(frames, wav_rate, rate))
         except ImportError:
-            raise ChimeError(f"{path} is at {wav_rate} Hz; audio.sample_rate is {rate} Hz "
-                             "(resampling needs the offline extra)") from None
+            raise ChimeError(
+                f"{path} is at {wav_rate} Hz; audio.sample_rate is {rate} Hz "
+                "(resampling needs the offline extra)"
+            ) from None
     return frames

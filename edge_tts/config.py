@@ -258,8 +258,18 @@ def _device(root: _Section) -> DeviceConfig:
 def _mqtt(root: _Section) -> MqttConfig:
     s = root.section(
         "mqtt",
-        ("host", "port", "username", "password", "password_file", "tls", "topic_prefix",
-         "discovery_prefix", "keepalive_s", "session_expiry_s"),
+        (
+            "host",
+            "port",
+            "username",
+            "password",
+            "password_file",
+            "tls",
+            "topic_prefix",
+            "discovery_prefix",
+            "keepalive_s",
+            "session_expiry_s",
+        ),
     )
     if s.has("password") and s.has("password_file"):
         raise s.fail("password", "set either password or password_file, not both")
@@ -279,7 +289,9 @@ def _mqtt(root: _Section) -> MqttConfig:
             name = t.text(key, None)
             if name is not None and not Path(name).is_file():
                 raise t.fail(key, f"no such file: {name}")
-        tls = TlsConfig(t.text("ca_file", None), t.text("cert_file", None), t.text("key_file", None))
+        tls = TlsConfig(
+            t.text("ca_file", None), t.text("cert_file", None), t.text("key_file", None)
+        )
     elif raw_tls not in (False, None):
         raise s.fail("tls", "must be false, true, or a mapping with ca_file, cert_file, key_file")
     prefix = s.text("topic_prefix", "edge-tts") or "edge-tts"
@@ -310,8 +322,17 @@ def _ws_url(s: _Section, key: str, default: str) -> str:
 def _dashscope(root: _Section) -> DashscopeConfig:
     s = root.section(
         "dashscope",
-        ("region", "inference_url", "realtime_url", "api_key_file", "keep_warm", "idle_timeout_s",
-         "connect_timeout_s", "first_audio_timeout_s", "stall_timeout_s"),
+        (
+            "region",
+            "inference_url",
+            "realtime_url",
+            "api_key_file",
+            "keep_warm",
+            "idle_timeout_s",
+            "connect_timeout_s",
+            "first_audio_timeout_s",
+            "stall_timeout_s",
+        ),
     )
     region = s.text("region", "intl", choices=tuple(REGION_URLS)) or "intl"
     inference, realtime = REGION_URLS[region]
@@ -330,10 +351,27 @@ def _dashscope(root: _Section) -> DashscopeConfig:
 
 # The keys each engine reads; any other key in its profile is refused.
 _VOICE_KEYS = {
-    "cosyvoice": ("model", "voice", "rate", "pitch", "volume", "instructions", "seed",
-                  "language_hints"),
-    "qwen": ("model", "voice", "rate", "pitch", "volume", "instructions",
-             "optimize_instructions", "language_type", "mode"),
+    "cosyvoice": (
+        "model",
+        "voice",
+        "rate",
+        "pitch",
+        "volume",
+        "instructions",
+        "seed",
+        "language_hints",
+    ),
+    "qwen": (
+        "model",
+        "voice",
+        "rate",
+        "pitch",
+        "volume",
+        "instructions",
+        "optimize_instructions",
+        "language_type",
+        "mode",
+    ),
     "sambert": ("model", "rate", "pitch", "volume"),
     "piper": ("model",),
 }
@@ -348,11 +386,18 @@ def _voice(s: _Section, name: str) -> Voice:
     for key in v.data:
         if key != "engine" and key not in _VOICE_KEYS[engine]:
             users = [e for e, keys in _VOICE_KEYS.items() if key in keys]
-            hint = (" (a Sambert voice is chosen by its model, e.g. sambert-zhichu-v1)"
-                    if engine == "sambert" and key == "voice" else "")
+            hint = (
+                " (a Sambert voice is chosen by its model, e.g. sambert-zhichu-v1)"
+                if engine == "sambert" and key == "voice"
+                else ""
+            )
             raise v.fail(key, f"engine {engine} does not use it (only {', '.join(users)}){hint}")
-    required = {"cosyvoice": ("model", "voice"), "qwen": ("model", "voice"),
-                "sambert": ("model",), "piper": ()}[engine]
+    required = {
+        "cosyvoice": ("model", "voice"),
+        "qwen": ("model", "voice"),
+        "sambert": ("model",),
+        "piper": (),
+    }[engine]
     for key in required:
         if v.text(key, None) is None:
             raise v.fail(key, f"is required for engine {engine}")
@@ -392,8 +437,14 @@ def _voice(s: _Section, name: str) -> Voice:
 def _voices(root: _Section) -> dict[str, Voice]:
     raw = root.data.get("voices")
     if raw is None:
-        raw = {"default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"},
-               "offline": {"engine": "piper"}}
+        raw = {
+            "default": {
+                "engine": "cosyvoice",
+                "model": "cosyvoice-v3-flash",
+                "voice": "longanyang",
+            },
+            "offline": {"engine": "piper"},
+        }
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("voices: must be a mapping of voice names to voice profiles")
     s = _Section(raw, "voices", tuple(str(k) for k in raw))
@@ -411,8 +462,9 @@ def _chimes(audio: _Section) -> tuple[tuple[str, str], ...]:
     for name, path in raw.items():
         where = f"{audio.where('chimes')}.{name}"
         if not isinstance(name, str) or not name.strip() or name == "builtin":
-            raise ConfigError(f"{where}: a chime name must be a non-empty string other than "
-                              "builtin")
+            raise ConfigError(
+                f"{where}: a chime name must be a non-empty string other than builtin"
+            )
         if not isinstance(path, str) or not Path(path).is_file():
             raise ConfigError(f"{where}: no such WAV file {path!r}")
         chimes.append((name, path))
@@ -421,8 +473,18 @@ def _chimes(audio: _Section) -> tuple[tuple[str, str], ...]:
 
 def _audio(root: _Section) -> AudioConfig:
     s = root.section(
-        "audio", ("device", "sample_rate", "chime", "chimes", "lead_in_ms", "jitter_ms",
-                  "keep_open_s", "volume", "critical_min_volume")
+        "audio",
+        (
+            "device",
+            "sample_rate",
+            "chime",
+            "chimes",
+            "lead_in_ms",
+            "jitter_ms",
+            "keep_open_s",
+            "volume",
+            "critical_min_volume",
+        ),
     )
     device: str | int = s.data.get("device", "default")
     if isinstance(device, bool) or not isinstance(device, str | int) or device == "":
@@ -433,8 +495,9 @@ def _audio(root: _Section) -> AudioConfig:
     chimes = _chimes(s)
     chime = s.text("chime", None)
     if chime not in (None, "builtin", *dict(chimes)) and not Path(str(chime)).is_file():
-        raise s.fail("chime", f"no such WAV file {chime!r} (or builtin, or a name from "
-                              "audio.chimes)")
+        raise s.fail(
+            "chime", f"no such WAV file {chime!r} (or builtin, or a name from audio.chimes)"
+        )
     return AudioConfig(
         device=device,
         sample_rate=rate,
@@ -485,8 +548,19 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     root = _Section(
         data,
         "",
-        ("device", "mqtt", "dashscope", "voices", "default_voice", "fallback_voice", "fallback",
-         "audio", "quiet_hours", "cache", "announcements"),
+        (
+            "device",
+            "mqtt",
+            "dashscope",
+            "voices",
+            "default_voice",
+            "fallback_voice",
+            "fallback",
+            "audio",
+            "quiet_hours",
+            "cache",
+            "announcements",
+        ),
     )
     voices = _voices(root)
     default_voice = root.text("default_voice", "default") or "default"
@@ -497,8 +571,9 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     if fallback is not None and fallback not in voices:
         raise root.fail("fallback_voice", f"names no voice in voices (known: {', '.join(voices)})")
     fb = root.section("fallback", ("first_audio_ms", "preload", "release_after_s"))
-    ann = root.section("announcements", ("max_chars", "queue_size", "dedupe_s", "max_age_s",
-                                         "speak_title"))
+    ann = root.section(
+        "announcements", ("max_chars", "queue_size", "dedupe_s", "max_age_s", "speak_title")
+    )
     return Config(
         device=_device(root),
         mqtt=_mqtt(root),
@@ -525,8 +600,11 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     )
 
 
-def find_config(explicit: str | None, environ: Mapping[str, str],
-                defaults: tuple[Path, ...] = DEFAULT_CONFIG_PATHS) -> Path | None:
+def find_config(
+    explicit: str | None,
+    environ: Mapping[str, str],
+    defaults: tuple[Path, ...] = DEFAULT_CONFIG_PATHS,
+) -> Path | None:
     """-c FILE, else $EDGE_TTS_CONFIG, else the first of `defaults` that exists
     (/etc/edge-tts/config.yaml, then config/edge-tts.yaml)."""
     if explicit:
@@ -539,8 +617,11 @@ def find_config(explicit: str | None, environ: Mapping[str, str],
     return None
 
 
-def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None,
-                defaults: tuple[Path, ...] = DEFAULT_CONFIG_PATHS) -> Config:
+def load_config(
+    explicit: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    defaults: tuple[Path, ...] = DEFAULT_CONFIG_PATHS,
+) -> Config:
     """Find, read and validate the config; with no file anywhere, the built-in defaults."""
     environ = os.environ if environ is None else environ
     path = find_config(explicit, environ, defaults)

@@ -57,16 +57,22 @@ class Cloud:
     def stats(self) -> dict[str, object]:
         """The inference connection's figures; `warm` for any endpoint; each kept Qwen
         profile's own figures under `qwen_sessions`."""
-        return {**self.keeper.stats.as_dict(), "warm": self.warm,
-                "qwen_sessions": self.qwen.stats()}
+        return {
+            **self.keeper.stats.as_dict(),
+            "warm": self.warm,
+            "qwen_sessions": self.qwen.stats(),
+        }
 
     async def close(self) -> None:
         await asyncio.gather(self.keeper.close(), self.qwen.close())
 
 
 def build_engines(
-    config: Config, api_key: Secret | None, on_change: Callable[[KeeperStats], None] | None = None,
-    *, serving: bool = True,
+    config: Config,
+    api_key: Secret | None,
+    on_change: Callable[[KeeperStats], None] | None = None,
+    *,
+    serving: bool = True,
 ) -> Cloud:
     """Every engine, the inference ones sharing one kept connection. Connections are kept
     warm only when `serving` (not for a one-off `say`) and only for endpoints a voice uses."""
@@ -79,11 +85,19 @@ def build_engines(
         connect_timeout_s=ds.connect_timeout_s,
         on_change=on_change,
     )
-    timeouts = {"first_audio_timeout_s": ds.first_audio_timeout_s,
-                "stall_timeout_s": ds.stall_timeout_s}
-    qwen = QwenEngine(ds.realtime_url, api_key, keep_warm=ds.keep_warm and serving,
-                      idle_timeout_s=ds.idle_timeout_s, connect_timeout_s=ds.connect_timeout_s,
-                      on_change=on_change, **timeouts)
+    timeouts = {
+        "first_audio_timeout_s": ds.first_audio_timeout_s,
+        "stall_timeout_s": ds.stall_timeout_s,
+    }
+    qwen = QwenEngine(
+        ds.realtime_url,
+        api_key,
+        keep_warm=ds.keep_warm and serving,
+        idle_timeout_s=ds.idle_timeout_s,
+        connect_timeout_s=ds.connect_timeout_s,
+        on_change=on_change,
+        **timeouts,
+    )
     engines: dict[str, Engine] = {
         "cosyvoice": CosyVoiceEngine(keeper, **timeouts),
         "sambert": SambertEngine(keeper, **timeouts),
@@ -101,15 +115,21 @@ class Daemon:
     """The long-running service: one MQTT session, one queue, one speaker. A reload swaps the
     parts the new config changes and keeps the queue."""
 
-    def __init__(self, config: Config, api_key: Secret | None, sink: AudioSink | None = None,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        api_key: Secret | None,
+        sink: AudioSink | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         self._api_key = api_key
         self._own_player = sink is None
         self.player: AudioSink = sink or Player(config.audio)
         self.notifier = notifier or Notifier({})
-        self.queue = AnnouncementQueue(config.announcements.queue_size,
-                                       config.announcements.dedupe_s)
+        self.queue = AnnouncementQueue(
+            config.announcements.queue_size, config.announcements.dedupe_s
+        )
         self.journal = Journal.for_device(config.device.name)
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._stats_pending = False
@@ -167,8 +187,9 @@ class Daemon:
             log.info("ready: %s", self._status())
             # A part that dies unexpectedly takes the daemon down, so systemd restarts it.
             while True:
-                done, _ = await asyncio.wait(set(self._tasks.values()),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    set(self._tasks.values()), return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     if not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
@@ -183,8 +204,12 @@ class Daemon:
         name = self.config.fallback_voice
         voice = self.config.voices.get(name) if name else None
         piper = self.cloud.engines.get("piper")
-        if self.config.fallback.preload and voice is not None and isinstance(piper, PiperEngine) \
-                and voice.engine == "piper":
+        if (
+            self.config.fallback.preload
+            and voice is not None
+            and isinstance(piper, PiperEngine)
+            and voice.engine == "piper"
+        ):
             try:
                 await piper.preload(Path(voice.model) if voice.model else None)
             except SynthesisError as exc:
@@ -224,8 +249,11 @@ class Daemon:
             self.link = self._link()
             await self._restart("link", self.link.run())
             await self.link.connected.wait()
-        if config.dashscope != old.dashscope or api_key != self._api_key or \
-                _uses_inference(config) != _uses_inference(old):
+        if (
+            config.dashscope != old.dashscope
+            or api_key != self._api_key
+            or _uses_inference(config) != _uses_inference(old)
+        ):
             log.info("reload: new cloud connection settings")
             old_cloud = self.cloud
             self._api_key = api_key
@@ -262,8 +290,7 @@ class Daemon:
             await self._take(message)
         except Exception as exc:  # the last line of defence: one message, one failure
             log.exception("message on %s could not be handled", message.topic)
-            self._emit(Event("", "failed", error=f"internal error: {excerpt(str(exc), 80)}"),
-                       None)
+            self._emit(Event("", "failed", error=f"internal error: {excerpt(str(exc), 80)}"), None)
 
     async def _take(self, message: Incoming) -> None:
         if message.topic == self.link.topics.stop:
@@ -271,8 +298,11 @@ class Daemon:
             return
         payload_digest = digest(message.payload)
         if message.mid and self.journal.redelivered(message.mid, payload_digest):
-            log.info("message %d on %s is the broker's redelivery of one already queued",
-                     message.mid, message.topic)
+            log.info(
+                "message %d on %s is the broker's redelivery of one already queued",
+                message.mid,
+                message.topic,
+            )
             return
         try:
             a = parse_payload(
@@ -342,8 +372,9 @@ class Daemon:
                 log.exception("announcement %s could not be spoken", a.id)
                 self._speaking = None
                 self.queue.done()
-                self._emit(Event(a.id, "failed", error=f"internal error: "
-                                 f"{excerpt(str(exc), 80)}"), a)
+                self._emit(
+                    Event(a.id, "failed", error=f"internal error: {excerpt(str(exc), 80)}"), a
+                )
                 self.link.publish_state({"state": "idle", "id": None, "text": None})
 
     async def _speak_one(self, a: Announcement) -> None:
@@ -385,20 +416,36 @@ class Daemon:
         today, count = self._spoken_today
         spoken = count if today == date.today() else 0
         journal = f"queue not durable: {self.journal.problem}" if self.journal.problem else ""
-        parts = [state, cloud, self._cache_summary(), f"{spoken} announcements today", journal,
-                 self._note]
+        parts = [
+            state,
+            cloud,
+            self._cache_summary(),
+            f"{spoken} announcements today",
+            journal,
+            self._note,
+        ]
         return "; ".join(p for p in parts if p)
 
     def _cache_stats(self) -> dict[str, object]:
         if self.cache is None:
             return {"enabled": False}
         entries, size = self.cache.footprint or (0, 0)
-        return {"enabled": True, "dir": str(self.cache.root), "entries": entries, "bytes": size,
-                "writing": self.cache.problem is None, "problem": self.cache.problem}
+        return {
+            "enabled": True,
+            "dir": str(self.cache.root),
+            "entries": entries,
+            "bytes": size,
+            "writing": self.cache.problem is None,
+            "problem": self.cache.problem,
+        }
 
     def _queue_stats(self) -> dict[str, object]:
-        return {"length": len(self.queue), "journal": str(self.journal.path),
-                "durable": self.journal.problem is None, "problem": self.journal.problem}
+        return {
+            "length": len(self.queue),
+            "journal": str(self.journal.path),
+            "durable": self.journal.problem is None,
+            "problem": self.journal.problem,
+        }
 
     def _cache_summary(self) -> str:
         if self.cache is None:
@@ -415,9 +462,15 @@ class Daemon:
 
     def _publish_stats(self) -> None:
         self._stats_pending = False
-        self.link.publish_stats({"since": self._started_at, "cloud": self.cloud.stats(),
-                                 "cache": self._cache_stats(), "queue": self._queue_stats(),
-                                 "last_announcement": self._last})
+        self.link.publish_stats(
+            {
+                "since": self._started_at,
+                "cloud": self.cloud.stats(),
+                "cache": self._cache_stats(),
+                "queue": self._queue_stats(),
+                "last_announcement": self._last,
+            }
+        )
         self.notifier.status(self._status())
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
@@ -425,9 +478,12 @@ class Daemon:
         if event.event in _FINAL and announcement is not None:
             self.journal.end(announcement)
         if event.event == "started":
-            self._last = {"id": event.id, "source": event.source,
-                          "first_audio_ms": event.first_audio_ms,
-                          "at": datetime.now(UTC).isoformat(timespec="seconds")}
+            self._last = {
+                "id": event.id,
+                "source": event.source,
+                "first_audio_ms": event.first_audio_ms,
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
             self._stats_changed(self.keeper.stats)
 
 

@@ -66,29 +66,70 @@ def discovery_messages(config: Config) -> list[tuple[str, bytes]]:
     entities: list[tuple[str, str, dict[str, Any]]] = [
         # Not tied to availability: Home Assistant does not call an unavailable entity, and a
         # message sent while the daemon is away must reach the broker (QoS 1) to wait for it.
-        ("notify", "say", {"name": "Say", "command_topic": topics.say, "qos": 1,
-                           "command_template": NOTIFY_TEMPLATE, "icon": "mdi:account-voice"}),
-        ("button", "stop", {"name": "Stop speaking", "command_topic": topics.stop,
-                            "payload_press": "stop", "qos": 1, "icon": "mdi:stop", **available}),
-        ("sensor", "state", {"name": "State", "state_topic": topics.state,
-                             "value_template": "{{ value_json.state }}",
-                             "json_attributes_topic": topics.state,
-                             "icon": "mdi:speaker-message", **available}),
-        ("sensor", "first_audio", {
-            # Until this run has spoken, there is no value: "None" makes it unknown.
-            "name": "Time to first audio", "state_topic": topics.stats,
-            "value_template": "{{ value_json.last_announcement.first_audio_ms "
-                              "if value_json.last_announcement else None }}",
-            "json_attributes_topic": topics.stats,
-            "json_attributes_template": "{{ (value_json.last_announcement or {}) | tojson }}",
-            "unit_of_measurement": "ms", "device_class": "duration",
-            "state_class": "measurement", "icon": "mdi:timer-outline", **available}),
+        (
+            "notify",
+            "say",
+            {
+                "name": "Say",
+                "command_topic": topics.say,
+                "qos": 1,
+                "command_template": NOTIFY_TEMPLATE,
+                "icon": "mdi:account-voice",
+            },
+        ),
+        (
+            "button",
+            "stop",
+            {
+                "name": "Stop speaking",
+                "command_topic": topics.stop,
+                "payload_press": "stop",
+                "qos": 1,
+                "icon": "mdi:stop",
+                **available,
+            },
+        ),
+        (
+            "sensor",
+            "state",
+            {
+                "name": "State",
+                "state_topic": topics.state,
+                "value_template": "{{ value_json.state }}",
+                "json_attributes_topic": topics.state,
+                "icon": "mdi:speaker-message",
+                **available,
+            },
+        ),
+        (
+            "sensor",
+            "first_audio",
+            {
+                # Until this run has spoken, there is no value: "None" makes it unknown.
+                "name": "Time to first audio",
+                "state_topic": topics.stats,
+                "value_template": "{{ value_json.last_announcement.first_audio_ms "
+                "if value_json.last_announcement else None }}",
+                "json_attributes_topic": topics.stats,
+                "json_attributes_template": "{{ (value_json.last_announcement or {}) | tojson }}",
+                "unit_of_measurement": "ms",
+                "device_class": "duration",
+                "state_class": "measurement",
+                "icon": "mdi:timer-outline",
+                **available,
+            },
+        ),
     ]
     messages = []
     for component, object_id, fields in entities:
         entity_id = f"{component}.{entity_slug(device_name + ' ' + fields['name'])}"
-        payload = {**fields, "device": device, "origin": origin,
-                   "unique_id": f"{node}_{object_id}", "default_entity_id": entity_id}
+        payload = {
+            **fields,
+            "device": device,
+            "origin": origin,
+            "unique_id": f"{node}_{object_id}",
+            "default_entity_id": entity_id,
+        }
         topic = f"{prefix}/{component}/{node}/{object_id}/config"
         messages.append((topic, json.dumps(payload).encode()))
     return messages

@@ -43,8 +43,18 @@ from .announcement import Announcement
 log = logging.getLogger(__name__)
 
 _COMPACT_BYTES = 64 * 1024  # rewritten (emptied) once this big with nothing pending
-_FIELDS = ("text", "id", "voice", "volume", "priority", "chime", "instructions", "cache",
-           "sent_at", "ssml")
+_FIELDS = (
+    "text",
+    "id",
+    "voice",
+    "volume",
+    "priority",
+    "chime",
+    "instructions",
+    "cache",
+    "sent_at",
+    "ssml",
+)
 
 
 def state_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
@@ -96,8 +106,9 @@ class Journal:
         (it must not replay, or rewrite, another's)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = os.open(self.path.with_suffix(".lock"),
-                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock = os.open(
+                self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._failed(f"another edge-tts process keeps {self.path}")
@@ -122,13 +133,15 @@ class Journal:
             self._next = max(self._next, seq + 1)
         try:
             _replace(self.path, b"".join(keep))
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                               0o600)
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
         except OSError as exc:
             self._failed(f"cannot write {self.path}: {exc.strerror or exc}")
         if restored:
-            log.info("queue journal: %d announcements left unfinished by the last run",
-                     len(restored))
+            log.info(
+                "queue journal: %d announcements left unfinished by the last run", len(restored)
+            )
         return restored
 
     def _read(self) -> dict[int, dict[str, Any]]:
@@ -163,8 +176,13 @@ class Journal:
         """Append `a`; returns it with its journal sequence number. Call `flush()` before
         acknowledging the message."""
         seq, self._next = self._next, self._next + 1
-        record = {"add": seq, "mid": mid, "digest": payload_digest, "received": time.time(),
-                  "announcement": {k: getattr(a, k) for k in _FIELDS}}
+        record = {
+            "add": seq,
+            "mid": mid,
+            "digest": payload_digest,
+            "received": time.time(),
+            "announcement": {k: getattr(a, k) for k in _FIELDS},
+        }
         self._pending.add(seq)
         self._append(_line(record))
         return dataclasses.replace(a, seq=seq)
@@ -220,8 +238,10 @@ class Journal:
 
     def _failed(self, problem: str) -> None:
         if problem != self.problem:
-            log.warning("queue journal: %s; announcements are kept in memory only until it "
-                        "can be written", problem)
+            log.warning(
+                "queue journal: %s; announcements are kept in memory only until it can be written",
+                problem,
+            )
         self.problem = problem
 
 

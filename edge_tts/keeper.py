@@ -29,7 +29,6 @@ from .errors import CloudUnavailable
 log = logging.getLogger(__name__)
 
 
-
 class _HideAuthorization(logging.Filter):
     """websockets logs request headers at debug level; the key must never be among them."""
 
@@ -170,8 +169,10 @@ class ConnectionKeeper:
             except (CloudUnavailable, TimeoutError, websockets.ConnectionClosed) as exc:
                 await ws.close()
                 if not isinstance(exc, CloudUnavailable):
-                    exc = CloudUnavailable(f"DashScope at {self.host} did not set up the session "
-                                           f"({type(exc).__name__})")
+                    exc = CloudUnavailable(
+                        f"DashScope at {self.host} did not set up the session "
+                        f"({type(exc).__name__})"
+                    )
                 raise self._failed(exc) from None
         self.stats.opened += 1
         if self._refused:
@@ -195,6 +196,7 @@ class ConnectionKeeper:
     def _open(self) -> asyncio.Future[None]:
         """The one handshake in flight, started if none is: its connection goes to `_ready`."""
         if self._handshake is None:
+
             async def handshake() -> None:
                 try:
                     self._put_ready(await self.connect())
@@ -204,9 +206,7 @@ class ConnectionKeeper:
             self._handshake = asyncio.ensure_future(handshake())
             # Whoever awaits it sees the error; this only keeps asyncio from warning when
             # nobody does (the background loop may have been cancelled meanwhile).
-            self._handshake.add_done_callback(
-                lambda f: f.cancelled() or f.exception()
-            )
+            self._handshake.add_done_callback(lambda f: f.cancelled() or f.exception())
         return self._handshake
 
     # --- the ready connection ----------------------------------------------------------
@@ -221,8 +221,10 @@ class ConnectionKeeper:
 
     def _usable(self, ready: _Ready) -> bool:
         age = time.monotonic() - ready.since
-        return (ready.ws.state is websockets.State.OPEN
-                and age < self._idle_timeout_s - self._lend_margin_s)
+        return (
+            ready.ws.state is websockets.State.OPEN
+            and age < self._idle_timeout_s - self._lend_margin_s
+        )
 
     def _take_ready(self) -> ClientConnection | None:
         ready, self._ready = self._ready, None
@@ -313,16 +315,23 @@ class ConnectionKeeper:
                     backoff.reset()
                 except CloudUnavailable as exc:
                     delay = _REFUSED_RETRY_S if exc.refused else backoff.next()
-                    log.log(logging.DEBUG if exc.refused else logging.WARNING,
-                            "%s; keeper retries in %.1f s", exc.reason, delay)
+                    log.log(
+                        logging.DEBUG if exc.refused else logging.WARNING,
+                        "%s; keeper retries in %.1f s",
+                        exc.reason,
+                        delay,
+                    )
                     await self._sleep_unless_ready(delay)
                 continue
             renew_at = ready.since + self._idle_timeout_s - self._renew_margin_s
             closed = asyncio.ensure_future(ready.ws.wait_closed())
             changed = asyncio.ensure_future(self._changed.wait())
             try:
-                await asyncio.wait({closed, changed}, timeout=max(0.0, renew_at - time.monotonic()),
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {closed, changed},
+                    timeout=max(0.0, renew_at - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 closed.cancel()
                 changed.cancel()
@@ -344,8 +353,9 @@ class ConnectionKeeper:
             await asyncio.shield(self._open())
         except CloudUnavailable as exc:
             delay = backoff.next()
-            log.warning("renewing the warm connection failed (%s); retrying in %.1f s",
-                        exc.reason, delay)
+            log.warning(
+                "renewing the warm connection failed (%s); retrying in %.1f s", exc.reason, delay
+            )
             await self._sleep_unless_ready(delay)
             if self._ready is old and not self._usable(old):
                 self._ready = None

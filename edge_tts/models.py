@@ -13,34 +13,66 @@ from .text import weight
 if TYPE_CHECKING:
     from .config import Config, Voice
 
-COSYVOICE = ("cosyvoice-v2", "cosyvoice-v3-flash", "cosyvoice-v3-plus", "cosyvoice-v3.5-flash",
-             "cosyvoice-v3.5-plus")
+COSYVOICE = (
+    "cosyvoice-v2",
+    "cosyvoice-v3-flash",
+    "cosyvoice-v3-plus",
+    "cosyvoice-v3.5-flash",
+    "cosyvoice-v3.5-plus",
+)
 # Stable names and their snapshots, as listed under "Supported regions".
-QWEN_INSTRUCT = ("qwen3-tts-instruct-flash-realtime", "qwen3-tts-instruct-flash-realtime-2026-01-22")
+QWEN_INSTRUCT = (
+    "qwen3-tts-instruct-flash-realtime",
+    "qwen3-tts-instruct-flash-realtime-2026-01-22",
+)
 QWEN_VD = ("qwen3-tts-vd-realtime-2026-01-15", "qwen3-tts-vd-realtime-2025-12-16")
 QWEN_VC = ("qwen3-tts-vc-realtime-2026-01-15", "qwen3-tts-vc-realtime-2025-11-27")
-QWEN_FLASH = ("qwen3-tts-flash-realtime", "qwen3-tts-flash-realtime-2025-11-27",
-              "qwen3-tts-flash-realtime-2025-09-18")
+QWEN_FLASH = (
+    "qwen3-tts-flash-realtime",
+    "qwen3-tts-flash-realtime-2025-11-27",
+    "qwen3-tts-flash-realtime-2025-09-18",
+)
 QWEN_LEGACY = ("qwen-tts-realtime", "qwen-tts-realtime-latest", "qwen-tts-realtime-2025-07-15")
 QWEN = QWEN_INSTRUCT + QWEN_VD + QWEN_VC + QWEN_FLASH + QWEN_LEGACY
 
 REGION_MODELS = {
-    "intl": ("cosyvoice-v3-plus", "cosyvoice-v3-flash") + QWEN_INSTRUCT + QWEN_VD + QWEN_VC
-    + QWEN_FLASH,
+    "intl": (
+        "cosyvoice-v3-plus",
+        "cosyvoice-v3-flash",
+        *QWEN_INSTRUCT,
+        *QWEN_VD,
+        *QWEN_VC,
+        *QWEN_FLASH,
+    ),
     "cn": COSYVOICE + QWEN,
 }
 REGION_NAMES = {"intl": "International (Singapore)", "cn": "Chinese mainland (Beijing)"}
 
 # Instruction-based control (reference: "Instruction-based control: Supported models").
-INSTRUCTION_MODELS = ("cosyvoice-v3.5-plus", "cosyvoice-v3.5-flash", "cosyvoice-v3-flash") \
-    + QWEN_INSTRUCT
+INSTRUCTION_MODELS = (
+    "cosyvoice-v3.5-plus",
+    "cosyvoice-v3.5-flash",
+    "cosyvoice-v3-flash",
+    *QWEN_INSTRUCT,
+)
 SSML_MODELS = ("cosyvoice-v3-flash", "cosyvoice-v3-plus")
 COSYVOICE_INSTRUCTION_WEIGHT = 100  # CJK ideographs count two
 # Qwen-TTS Realtime (the first generation) speaks only at 24 kHz and has no rate, pitch or
 # volume; the Qwen3 models offer these PCM rates.
 QWEN_RATES = (8000, 16000, 24000, 48000)
-QWEN_LANGUAGES = ("Auto", "Chinese", "English", "German", "Italian", "Portuguese", "Spanish",
-                  "Japanese", "Korean", "French", "Russian")
+QWEN_LANGUAGES = (
+    "Auto",
+    "Chinese",
+    "English",
+    "German",
+    "Italian",
+    "Portuguese",
+    "Spanish",
+    "Japanese",
+    "Korean",
+    "French",
+    "Russian",
+)
 QWEN_MODES = ("commit", "server_commit")
 # CosyVoice: text limits per continue-task and per task (service characters).
 COSYVOICE_TEXT_WEIGHT = 20_000
@@ -99,34 +131,55 @@ def _voice_warnings(v: Voice, region: str, urls: tuple[str, str]) -> Iterator[Wa
     known = COSYVOICE if v.engine == "cosyvoice" else QWEN if v.engine == "qwen" else ()
     if v.engine == "sambert":
         if not _SAMBERT.match(model):
-            yield Warning_(f"{where}.model", f"{model!r} does not look like a Sambert model "
-                           "(sambert-<voice>-v1)")
+            yield Warning_(
+                f"{where}.model",
+                f"{model!r} does not look like a Sambert model (sambert-<voice>-v1)",
+            )
         if region != "cn":
-            yield Warning_(f"{where}.model", "Sambert is not among the models of the "
-                           f"{REGION_NAMES[region]} region; use region cn")
+            yield Warning_(
+                f"{where}.model",
+                "Sambert is not among the models of the "
+                f"{REGION_NAMES[region]} region; use region cn",
+            )
     elif model not in known:
-        yield Warning_(f"{where}.model", f"{model!r} is not a {v.engine} model the reference "
-                       f"lists ({', '.join(known)})")
+        yield Warning_(
+            f"{where}.model",
+            f"{model!r} is not a {v.engine} model the reference lists ({', '.join(known)})",
+        )
     elif model not in REGION_MODELS[region]:
         offered = [r for r, models in REGION_MODELS.items() if model in models]
-        yield Warning_(f"{where}.model", f"the {REGION_NAMES[region]} region does not offer "
-                       f"{model}" + (f"; region {offered[0]} does" if offered else ""))
+        yield Warning_(
+            f"{where}.model",
+            f"the {REGION_NAMES[region]} region does not offer "
+            f"{model}" + (f"; region {offered[0]} does" if offered else ""),
+        )
     if v.instructions and model not in INSTRUCTION_MODELS and model in known:
-        yield Warning_(f"{where}.instructions", f"{model} takes no instructions; models that "
-                       f"do: {', '.join(INSTRUCTION_MODELS)}")
+        yield Warning_(
+            f"{where}.instructions",
+            f"{model} takes no instructions; models that do: {', '.join(INSTRUCTION_MODELS)}",
+        )
     if v.engine == "cosyvoice":
-        if model.startswith("cosyvoice-v3.5") and v.voice and \
-                not is_custom_cosyvoice_voice(v.voice):
-            yield Warning_(f"{where}.voice", f"{model} has no system voices; {v.voice!r} looks "
-                           "like one (use a cloned or designed voice id)")
+        if (
+            model.startswith("cosyvoice-v3.5")
+            and v.voice
+            and not is_custom_cosyvoice_voice(v.voice)
+        ):
+            yield Warning_(
+                f"{where}.voice",
+                f"{model} has no system voices; {v.voice!r} looks "
+                "like one (use a cloned or designed voice id)",
+            )
         if v.instructions and weight(v.instructions) > COSYVOICE_INSTRUCTION_WEIGHT:
-            yield Warning_(f"{where}.instructions", "longer than CosyVoice's 100 characters "
-                           "(a Chinese character counts two)")
+            yield Warning_(
+                f"{where}.instructions",
+                "longer than CosyVoice's 100 characters (a Chinese character counts two)",
+            )
     if v.engine == "qwen":
         if model in QWEN_LEGACY and (v.rate, v.pitch, v.volume) != (1.0, 1.0, 50):
             yield Warning_(where, f"{model} ignores rate, pitch and volume")
         if model in QWEN_LEGACY and v.language_type not in (None, "Auto", "Chinese", "English"):
             yield Warning_(f"{where}.language_type", f"{model} speaks only Chinese and English")
         if v.optimize_instructions and model not in QWEN_INSTRUCT:
-            yield Warning_(f"{where}.optimize_instructions",
-                           f"only the instruct models use it, not {model}")
+            yield Warning_(
+                f"{where}.optimize_instructions", f"only the instruct models use it, not {model}"
+            )

@@ -73,17 +73,25 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return context
 
 
-def make_client(config: MqttConfig, *, identifier: str | None = None,
-                will: aiomqtt.Will | None = None, timeout: float | None = None,
-                persistent: bool = False) -> aiomqtt.Client:
+def make_client(
+    config: MqttConfig,
+    *,
+    identifier: str | None = None,
+    will: aiomqtt.Will | None = None,
+    timeout: float | None = None,
+    persistent: bool = False,
+) -> aiomqtt.Client:
     """A client for the broker; `persistent`: an MQTT 5 session that outlives a disconnect
     by mqtt.session_expiry_s, so QoS 1 announcements published meanwhile are kept for us."""
     session: dict[str, object] = {}
     if persistent and config.session_expiry_s > 0:
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = config.session_expiry_s
-        session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
-                   "properties": properties}
+        session = {
+            "protocol": aiomqtt.ProtocolVersion.V5,
+            "clean_start": False,
+            "properties": properties,
+        }
     return aiomqtt.Client(
         config.host,
         config.port,
@@ -144,8 +152,12 @@ class MqttLink:
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT broker %s:%d: %s", self._config.host, self._config.port,
-                            describe_error(exc))
+                log.warning(
+                    "MQTT broker %s:%d: %s",
+                    self._config.host,
+                    self._config.port,
+                    describe_error(exc),
+                )
             self._client = None
             self.connected.clear()
             if self._was_up:
@@ -156,8 +168,9 @@ class MqttLink:
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True)
-        client = make_client(self._config, identifier=f"edge-tts-{self._device}", will=will,
-                             persistent=True)
+        client = make_client(
+            self._config, identifier=f"edge-tts-{self._device}", will=will, persistent=True
+        )
         # A QoS 1 announcement is acknowledged only once it is safe with us (journaled): until
         # then the broker keeps it and delivers it again if this process dies.
         client._client.manual_ack_set(True)
@@ -171,8 +184,12 @@ class MqttLink:
                 await client.publish(topic, payload, qos=1, retain=True)
             # Online last, once subscribed and announced: what is published after it is heard.
             await client.publish(self.topics.availability, b"online", qos=1, retain=True)
-            log.info("MQTT connected to %s:%d, listening on %s", self._config.host,
-                     self._config.port, self.topics.say)
+            log.info(
+                "MQTT connected to %s:%d, listening on %s",
+                self._config.host,
+                self._config.port,
+                self.topics.say,
+            )
             self.connected.set()
             sender = asyncio.create_task(self._send_outbox(client))
             try:
@@ -185,16 +202,19 @@ class MqttLink:
             async for message in client.messages:
                 if message.retain:
                     # A retained `say` would be spoken again on every connect.
-                    log.warning("ignoring a retained message on %s (publish announcements "
-                                "without retain)", message.topic)
+                    log.warning(
+                        "ignoring a retained message on %s (publish announcements without retain)",
+                        message.topic,
+                    )
                 else:
                     payload = message.payload
                     if isinstance(payload, str):
                         payload = payload.encode()
                     elif not isinstance(payload, bytes | bytearray):
                         payload = b"" if payload is None else str(payload).encode()
-                    await self._on_message(Incoming(str(message.topic), bytes(payload),
-                                                    message.mid))
+                    await self._on_message(
+                        Incoming(str(message.topic), bytes(payload), message.mid)
+                    )
                 if message.qos:
                     client._client.ack(message.mid, message.qos)
         except asyncio.CancelledError:

@@ -37,7 +37,11 @@ _GAP_MS = 20
 
 class AudioSink(Protocol):
     async def play(
-        self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
+        self,
+        audio: AsyncIterator[bytes],
+        *,
+        volume: int = 100,
+        on_first_audio: FirstAudio | None = None,
     ) -> bool:
         """Play the PCM chunks to the end (True) or until stopped (False); on_first_audio
         gets the monotonic time the first speech byte was handed to the device."""
@@ -97,8 +101,9 @@ def check_sounddevice(config: AudioConfig) -> str | None:
     except OSError:
         return "PortAudio is not installed (apt install libportaudio2)"
     try:
-        sd.check_output_settings(device=config.device, channels=1, dtype="int16",
-                                 samplerate=config.sample_rate)
+        sd.check_output_settings(
+            device=config.device, channels=1, dtype="int16", samplerate=config.sample_rate
+        )
     except (ValueError, sd.PortAudioError) as exc:
         return f"device {config.device!r} cannot play: {exc} (see `edge-tts devices`)"
     return None
@@ -129,7 +134,11 @@ class Player:
                 log.error("audio: %s; announcements will fail until it can", problem)
 
     async def play(
-        self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
+        self,
+        audio: AsyncIterator[bytes],
+        *,
+        volume: int = 100,
+        on_first_audio: FirstAudio | None = None,
     ) -> bool:
         loop = asyncio.get_running_loop()
         if self._close_timer is not None:
@@ -160,8 +169,9 @@ class Player:
                 self._close_timer = loop.call_later(self._config.keep_open_s, self._close_later)
         return not self._stopped.is_set()
 
-    async def _feed(self, audio: AsyncIterator[bytes], chunks: queue.Queue[object],
-                    writer: asyncio.Future[None]) -> None:
+    async def _feed(
+        self, audio: AsyncIterator[bytes], chunks: queue.Queue[object], writer: asyncio.Future[None]
+    ) -> None:
         frames = _Frames()
         async for chunk in audio:
             if writer.done():
@@ -225,7 +235,9 @@ class Player:
                 stream.write(data)
             except Exception as exc:  # PortAudioError and friends: the device went away
                 self._close_stream(abort=True)
-                raise AudioDeviceError(f"audio device {self._config.device!r} failed: {exc}") from None
+                raise AudioDeviceError(
+                    f"audio device {self._config.device!r} failed: {exc}"
+                ) from None
             written_ms += len(data) / self._bytes_per_ms
 
         # Nothing reaches the device before the first chunk: a failed synthesis stays silent.
@@ -270,7 +282,11 @@ class WavWriter:
         self._stopped = False
 
     async def play(
-        self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
+        self,
+        audio: AsyncIterator[bytes],
+        *,
+        volume: int = 100,
+        on_first_audio: FirstAudio | None = None,
     ) -> bool:
         frames = _Frames()
         pcm = bytearray()
@@ -298,7 +314,11 @@ class Discard:
     """An AudioSink that takes the audio and plays nothing: `edge-tts cache warm`."""
 
     async def play(
-        self, audio: AsyncIterator[bytes], *, volume: int = 100, on_first_audio: FirstAudio | None = None
+        self,
+        audio: AsyncIterator[bytes],
+        *,
+        volume: int = 100,
+        on_first_audio: FirstAudio | None = None,
     ) -> bool:
         async for _ in audio:
             pass

@@ -10,14 +10,14 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass, replace
 
 from .announcement import Announcement
-from .ssml import ssml_text
+from .backoff import Backoff
 from .cache import PhraseCache, cache_key, replay
 from .chime import ChimeError, load_chime
 from .config import Config, Voice
 from .engines import Engine, SynthesisRequest, SynthesisTrace, new_task_id
-from .backoff import Backoff
 from .errors import AudioDeviceError, SynthesisError
 from .player import AudioSink
+from .ssml import ssml_text
 from .text import split_sentences, weight
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,13 @@ class Speaker:
         voice = self._config.voices.get(a.voice or self._config.default_voice)
         if voice is None:  # queued before a reload removed its voice
             return self._fail(a, "cloud", f"voice {a.voice!r} is no longer configured")
-        request = SynthesisRequest(text=_plain(a) if voice.engine == "piper" else a.text,
-                                   voice=voice, sample_rate=self._config.audio.sample_rate,
-                                   instructions=a.instructions,
-                                   ssml=a.ssml and voice.engine != "piper")
+        request = SynthesisRequest(
+            text=_plain(a) if voice.engine == "piper" else a.text,
+            voice=voice,
+            sample_rate=self._config.audio.sample_rate,
+            instructions=a.instructions,
+            ssml=a.ssml and voice.engine != "piper",
+        )
         heard = _Started(self, a, request, time.monotonic())
         chime = await self._chime_for(a)
         # The chime plays while the speech is found (cache) or started (cloud, fallback): it
@@ -98,7 +101,8 @@ class Speaker:
         try:
             async with aclosing(audio) as stream:
                 complete = await self._sink.play(
-                    stream, volume=a.volume if a.volume is not None else 100,
+                    stream,
+                    volume=a.volume if a.volume is not None else 100,
                     on_first_audio=None if chime else heard.heard,
                 )
         except (SynthesisError, AudioDeviceError) as exc:
@@ -118,8 +122,12 @@ class Speaker:
             self._emit(Event(a.id, "dropped", source=source, error=self._stop_reason), a)
             return False
         reason = heard.reason or request.trace.resumed
-        log.info("announcement %s: finished%s", a.id, f" ({reason})" if reason else "",
-                 extra=_fields(a, source))
+        log.info(
+            "announcement %s: finished%s",
+            a.id,
+            f" ({reason})" if reason else "",
+            extra=_fields(a, source),
+        )
         self._emit(Event(a.id, "finished", source=source, reason=reason), a)
         return True
 
@@ -131,8 +139,9 @@ class Speaker:
         key = cache_key(request) if cache else ""
         cached = await asyncio.to_thread(cache.load, key, rate) if cache else None
         if cached is not None:
-            log.info("announcement %s: from the cache (%s)", a.id, key[:12],
-                     extra=_fields(a, "cache"))
+            log.info(
+                "announcement %s: from the cache (%s)", a.id, key[:12], extra=_fields(a, "cache")
+            )
             return _Selection("cache", replay(cached), cache, hit=True)
         source = "offline" if voice.engine == "piper" else "cloud"
         try:
@@ -141,10 +150,16 @@ class Speaker:
             fallback = self._fallback_for(voice)
             if fallback is None:
                 raise SynthesisError(exc.reason) from None
-            log.warning("announcement %s: %s; speaking with the fallback voice %s", a.id,
-                        exc.reason, fallback.name, extra=_fields(a, "fallback"))
-            return _Selection("fallback", await self._fallback_audio(a, fallback), cache,
-                              reason=exc.reason)
+            log.warning(
+                "announcement %s: %s; speaking with the fallback voice %s",
+                a.id,
+                exc.reason,
+                fallback.name,
+                extra=_fields(a, "fallback"),
+            )
+            return _Selection(
+                "fallback", await self._fallback_audio(a, fallback), cache, reason=exc.reason
+            )
         if cache:
             audio = cache.record(audio, key, rate)  # kept only if it ends cleanly
         if source == "cloud":
@@ -154,8 +169,9 @@ class Speaker:
     @staticmethod
     async def _count(selection: _Selection | None) -> None:
         if selection is not None and selection.cache is not None:
-            await asyncio.to_thread(selection.cache.count, hits=int(selection.hit),
-                                    misses=int(not selection.hit))
+            await asyncio.to_thread(
+                selection.cache.count, hits=int(selection.hit), misses=int(not selection.hit)
+            )
 
     async def _chime_for(self, a: Announcement) -> bytes | None:
         """The chime's PCM: the message's choice (true, false, builtin or a name from
@@ -180,27 +196,34 @@ class Speaker:
             log.warning("announcement %s: no chime: %s", a.id, exc)
             return None
 
-    async def _synthesis(self, a: Announcement, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
+    async def _synthesis(
+        self, a: Announcement, request: SynthesisRequest
+    ) -> AsyncGenerator[bytes, None]:
         """The voice's audio, once its first chunk is in hand. With a fallback voice to hand
         over to, a cloud voice gets `fallback.first_audio_ms` for that first chunk; a failure
         before it raises SynthesisError (after which nothing has been played)."""
         voice = request.voice
         engine = self._engines.get(voice.engine)
         if engine is None:
-            raise SynthesisError(f"engine {voice.engine!r} of voice {voice.name!r} is not "
-                                 "available")
+            raise SynthesisError(
+                f"engine {voice.engine!r} of voice {voice.name!r} is not available"
+            )
         if request.ssml and voice.engine != "cosyvoice":
-            raise SynthesisError(f"voice {voice.name!r} ({voice.engine}) cannot speak SSML; "
-                                 "send \"text\", or use a CosyVoice voice")
-        log.info("announcement %s: speaking with voice %s (task %s)", a.id, voice.name,
-                 request.task_id)
+            raise SynthesisError(
+                f"voice {voice.name!r} ({voice.engine}) cannot speak SSML; "
+                'send "text", or use a CosyVoice voice'
+            )
+        log.info(
+            "announcement %s: speaking with voice %s (task %s)", a.id, voice.name, request.task_id
+        )
         audio = engine.synthesize(request)
         if self._fallback_for(voice) is None:
             return audio
         return await _first_audio_within(audio, self._config.fallback.first_audio_ms)
 
-    async def _resumable(self, a: Announcement, request: SynthesisRequest,
-                         audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    async def _resumable(
+        self, a: Announcement, request: SynthesisRequest, audio: AsyncGenerator[bytes, None]
+    ) -> AsyncGenerator[bytes, None]:
         """The cloud's audio, never left half-spoken: if the cloud breaks after the speech
         began, the rest (from the sentence that was cut) is asked of the cloud again on a new
         connection, with a short backoff, for as long as fallback.first_audio_ms of silence
@@ -223,8 +246,13 @@ class Speaker:
             if not rest:
                 return
             where = f"sentence {done + 1} of {len(pieces)}"
-            log.warning("announcement %s: the cloud broke off (%s); saying the rest from %s",
-                        a.id, cause, where, extra=_fields(a, "cloud"))
+            log.warning(
+                "announcement %s: the cloud broke off (%s); saying the rest from %s",
+                a.id,
+                cause,
+                where,
+                extra=_fields(a, "cloud"),
+            )
             resumed = await self._cloud_again(a, request, "".join(rest), attempts)
             if resumed is not None:
                 attempt, audio, attempts = resumed[0], resumed[1], resumed[2]
@@ -233,8 +261,9 @@ class Speaker:
             fallback = self._fallback_for(request.voice)
             if fallback is None:
                 raise SynthesisError(cause)
-            request.trace.resumed = (f"{cause}; the fallback voice {fallback.name} said the "
-                                     f"rest from {where}")
+            request.trace.resumed = (
+                f"{cause}; the fallback voice {fallback.name} said the rest from {where}"
+            )
             rest_text = ssml_text(request.text) if request.ssml else "".join(rest)
             speech = await self._fallback_audio(a, fallback, rest_text)
             async with aclosing(speech) as chunks:
@@ -242,9 +271,9 @@ class Speaker:
                     yield chunk
             return
 
-    async def _cloud_again(self, a: Announcement, request: SynthesisRequest, text: str,
-                           attempts: int) -> tuple[SynthesisRequest, AsyncGenerator[bytes, None],
-                                                   int] | None:
+    async def _cloud_again(
+        self, a: Announcement, request: SynthesisRequest, text: str, attempts: int
+    ) -> tuple[SynthesisRequest, AsyncGenerator[bytes, None], int] | None:
         """The cloud's audio for `text` on a new task, tried with a short backoff until its
         first audio is in hand or fallback.first_audio_ms has passed; None if it would not."""
         engine = self._engines.get(request.voice.engine)
@@ -265,12 +294,16 @@ class Speaker:
             return again, audio, attempts
         return None
 
-    async def _fallback_audio(self, a: Announcement, fallback: Voice,
-                              text: str | None = None) -> AsyncGenerator[bytes, None]:
+    async def _fallback_audio(
+        self, a: Announcement, fallback: Voice, text: str | None = None
+    ) -> AsyncGenerator[bytes, None]:
         engine = self._engines.get(fallback.engine)
         assert engine is not None  # _fallback_for checked
-        request = SynthesisRequest(text=_plain(a) if text is None else text, voice=fallback,
-                                   sample_rate=self._config.audio.sample_rate)
+        request = SynthesisRequest(
+            text=_plain(a) if text is None else text,
+            voice=fallback,
+            sample_rate=self._config.audio.sample_rate,
+        )
         return engine.synthesize(request)
 
     def _fallback_for(self, voice: Voice) -> Voice | None:
@@ -307,8 +340,9 @@ class _Started:
     first_audio_ms counts from the start of speaking, so neither the wait in the queue
     (queued_ms) nor the chime is in it: it is how fast the speech came."""
 
-    def __init__(self, speaker: Speaker, a: Announcement, request: SynthesisRequest,
-                 began: float) -> None:
+    def __init__(
+        self, speaker: Speaker, a: Announcement, request: SynthesisRequest, began: float
+    ) -> None:
         self._speaker, self._a, self._request = speaker, a, request
         self._began = began  # when speaking began (time.monotonic(), the player's clock)
         self._at: float | None = None
@@ -343,12 +377,27 @@ class _Started:
         ms = max(0, round((self._at - self._began) * 1000))
         queued = max(0, round((self._began - a.received_at) * 1000))
         connection = self._request.trace.connection if source == "cloud" else None
-        log.info("announcement %s: first audio after %d ms (%s%s), after %d ms in the queue",
-                 a.id, ms, source, f", {connection} connection" if connection else "", queued,
-                 extra=_fields(a, source))
-        self._speaker._emit(Event(a.id, "started", source=source, first_audio_ms=ms,
-                                  connection=connection, reason=self.selection.reason,
-                                  queued_ms=queued), a)
+        log.info(
+            "announcement %s: first audio after %d ms (%s%s), after %d ms in the queue",
+            a.id,
+            ms,
+            source,
+            f", {connection} connection" if connection else "",
+            queued,
+            extra=_fields(a, source),
+        )
+        self._speaker._emit(
+            Event(
+                a.id,
+                "started",
+                source=source,
+                first_audio_ms=ms,
+                connection=connection,
+                reason=self.selection.reason,
+                queued_ms=queued,
+            ),
+            a,
+        )
 
 
 def _done(selecting: asyncio.Future[_Selection]) -> _Selection | None:
@@ -357,8 +406,9 @@ def _done(selecting: asyncio.Future[_Selection]) -> _Selection | None:
     return None
 
 
-async def _after_chime(chime: bytes, selecting: asyncio.Future[_Selection],
-                       started: _Started) -> AsyncGenerator[bytes, None]:
+async def _after_chime(
+    chime: bytes, selecting: asyncio.Future[_Selection], started: _Started
+) -> AsyncGenerator[bytes, None]:
     async for chunk in replay(chime):
         yield chunk
     selection = await selecting
@@ -374,8 +424,9 @@ def _fields(a: Announcement, source: str) -> dict[str, str]:
     return {"ANNOUNCEMENT_ID": a.id, "SOURCE": source}
 
 
-async def _first_audio_within(audio: AsyncGenerator[bytes, None],
-                              limit_ms: int) -> AsyncGenerator[bytes, None]:
+async def _first_audio_within(
+    audio: AsyncGenerator[bytes, None], limit_ms: int
+) -> AsyncGenerator[bytes, None]:
     """`audio` once its first chunk is in hand; SynthesisError if none comes within
     `limit_ms` (nothing has been played then)."""
     try:
@@ -412,7 +463,7 @@ def _sentences_done(request: SynthesisRequest, pieces: list[str], delivered: int
 
 async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     yield first
-    async with aclosing(rest) as chunks:  # type: ignore[type-var]
+    async with aclosing(rest) as chunks:
         async for chunk in chunks:
             yield chunk
 

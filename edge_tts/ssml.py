@@ -21,6 +21,7 @@ class _Refused(Exception):
 def _refuse(what: str):  # type: ignore[no-untyped-def]
     def handler(*_: object) -> None:
         raise _Refused(what)
+
     return handler
 
 
@@ -36,12 +37,15 @@ def parse_ssml(document: str) -> ElementTree.Element:
     try:
         guard.Parse(text, True)
     except _Refused as exc:
-        raise BadAnnouncement(f"'ssml' may not contain {exc} (entities and DTDs are refused)"
-                              ) from None
+        raise BadAnnouncement(
+            f"'ssml' may not contain {exc} (entities and DTDs are refused)"
+        ) from None
     except expat.ExpatError as exc:
-        raise BadAnnouncement(f"'ssml' is not well-formed XML: "
-                              f"{expat.ErrorString(exc.code)}: line {exc.lineno}, "
-                              f"column {exc.offset}") from None
+        raise BadAnnouncement(
+            f"'ssml' is not well-formed XML: "
+            f"{expat.ErrorString(exc.code)}: line {exc.lineno}, "
+            f"column {exc.offset}"
+        ) from None
     root = ElementTree.fromstring(text)  # the guard accepted it: only plain XML remains
     if root.tag != "speak":
         raise BadAnnouncement(f"'ssml' must be one <speak> element (got <{str(root.tag)[:20]}>)")

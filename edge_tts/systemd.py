@@ -51,14 +51,17 @@ class Notifier:
         message = "\n".join(fields).encode()
         try:
             if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX,
-                                             socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._socket = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                )
                 self._socket.setblocking(False)
             self._socket.sendto(message, self._target())
         except BlockingIOError:
             if not self._dropping:
-                log.warning("systemd is not reading notifications (its queue is full); "
-                            "dropping them until it does")
+                log.warning(
+                    "systemd is not reading notifications (its queue is full); "
+                    "dropping them until it does"
+                )
             self._dropping = True
             return
         except OSError as exc:
@@ -107,8 +110,7 @@ class Notifier:
 class _PriorityPrefix(logging.Formatter):
     """`<N>message` for a stderr that journald reads (SyslogLevelPrefix=yes by default)."""
 
-    _LEVELS = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
-               (logging.INFO, 6))
+    _LEVELS = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 
     def format(self, record: logging.LogRecord) -> str:
         priority = next((p for level, p in self._LEVELS if record.levelno >= level), 7)

@@ -17,8 +17,9 @@ from typing import Any
 import aiomqtt
 import pytest
 import yaml
-from fake_dashscope import FakeDashScope
 from hypothesis import HealthCheck, settings
+
+from fake_dashscope import FakeDashScope
 from mosquitto import Broker, free_port  # noqa: F401 (free_port: for tests)
 
 TESTS = Path(__file__).parent
@@ -96,11 +97,11 @@ def capture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Capture:
 def split_speech(raw: bytes) -> tuple[int, bytes, int]:
     """(leading silent bytes, the speech with any silent gap padding removed, trailing silent
     bytes). The fake's speech has no zero sample, so silence is unambiguous."""
-    samples = [raw[i:i + 2] for i in range(0, len(raw) - len(raw) % 2, 2)]
+    samples = [raw[i : i + 2] for i in range(0, len(raw) - len(raw) % 2, 2)]
     zero = b"\x00\x00"
     lead = next((i for i, s in enumerate(samples) if s != zero), len(samples))
     trail = next((i for i, s in enumerate(reversed(samples)) if s != zero), len(samples))
-    body = samples[lead:len(samples) - trail] if lead < len(samples) else []
+    body = samples[lead : len(samples) - trail] if lead < len(samples) else []
     return lead * 2, b"".join(s for s in body if s != zero), trail * 2
 
 
@@ -108,14 +109,31 @@ def write_config(path: Path, broker: Broker, dashscope: FakeDashScope, **overrid
     config: dict[str, Any] = {
         "device": {"name": "kitchen"},
         "mqtt": {"host": broker.host, "port": broker.port, "discovery_prefix": None},
-        "dashscope": {"inference_url": dashscope.url, "keep_warm": True,
-                      "first_audio_timeout_s": 5, "stall_timeout_s": 1},
-        "voices": {
-            "default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"},
-            "bright": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longxiaochun"},
+        "dashscope": {
+            "inference_url": dashscope.url,
+            "keep_warm": True,
+            "first_audio_timeout_s": 5,
+            "stall_timeout_s": 1,
         },
-        "audio": {"device": "default", "sample_rate": 24000, "lead_in_ms": 100, "jitter_ms": 40,
-                  "keep_open_s": 0},
+        "voices": {
+            "default": {
+                "engine": "cosyvoice",
+                "model": "cosyvoice-v3-flash",
+                "voice": "longanyang",
+            },
+            "bright": {
+                "engine": "cosyvoice",
+                "model": "cosyvoice-v3-flash",
+                "voice": "longxiaochun",
+            },
+        },
+        "audio": {
+            "device": "default",
+            "sample_rate": 24000,
+            "lead_in_ms": 100,
+            "jitter_ms": 40,
+            "keep_open_s": 0,
+        },
         "announcements": {"max_chars": 200},
         "cache": {"dir": str(path.parent / "cache"), "max_mb": 50},
     }
@@ -147,17 +165,25 @@ class EventLog:
     async def event(self, announcement_id: str, kind: str, timeout: float = 15) -> dict[str, Any]:
         def found() -> bool:
             return any(e["id"] == announcement_id and e["event"] == kind for e in self.events)
+
         await self.wait_for(found, timeout)
         return next(e for e in self.events if e["id"] == announcement_id and e["event"] == kind)
 
     async def outcome(self, announcement_id: str, timeout: float = 15) -> dict[str, Any]:
         """The finished or failed event of an announcement."""
+
         def ended() -> bool:
-            return any(e["id"] == announcement_id and e["event"] in ("finished", "failed")
-                       for e in self.events)
+            return any(
+                e["id"] == announcement_id and e["event"] in ("finished", "failed")
+                for e in self.events
+            )
+
         await self.wait_for(ended, timeout)
-        return next(e for e in self.events
-                    if e["id"] == announcement_id and e["event"] in ("finished", "failed"))
+        return next(
+            e
+            for e in self.events
+            if e["id"] == announcement_id and e["event"] in ("finished", "failed")
+        )
 
     def of(self, announcement_id: str) -> list[str]:
         return [e["event"] for e in self.events if e["id"] == announcement_id]
@@ -242,8 +268,15 @@ class DaemonProcess:
     async def spawn(self) -> None:
         """Start it, waiting for nothing."""
         self.proc = await asyncio.create_subprocess_exec(
-            *self.wrap, sys.executable, "-m", "edge_tts", "serve", "-c", str(self.config),
-            env=self.env, stderr=asyncio.subprocess.PIPE,
+            *self.wrap,
+            sys.executable,
+            "-m",
+            "edge_tts",
+            "serve",
+            "-c",
+            str(self.config),
+            env=self.env,
+            stderr=asyncio.subprocess.PIPE,
         )
         self._reader = asyncio.create_task(self._drain(self.proc))
 
@@ -309,8 +342,9 @@ async def daemon_with(
     started: list[DaemonProcess] = []
 
     async def start(**overrides: Any) -> DaemonProcess:
-        config = write_config(tmp_path / f"config-{len(started)}.yaml", broker, dashscope,
-                              **overrides)
+        config = write_config(
+            tmp_path / f"config-{len(started)}.yaml", broker, dashscope, **overrides
+        )
         proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
         started.append(proc)
         await proc.start(home)

@@ -19,8 +19,8 @@ and by methods: `cut_next_task(after_chunks)` cuts the next task's connection on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import hashlib
 import http
 import json
@@ -41,8 +41,19 @@ REALTIME_PATH = "/api-ws/v1/realtime"
 _TASK_ID = re.compile(r"^[0-9a-zA-Z-]{16,64}$")
 _SENTENCE_END = re.compile(r"[.!?;。！？；]\s*$")
 QWEN_RATES = (8000, 16000, 24000, 48000)
-QWEN_LANGUAGES = ("Auto", "Chinese", "English", "German", "Italian", "Portuguese", "Spanish",
-                  "Japanese", "Korean", "French", "Russian")
+QWEN_LANGUAGES = (
+    "Auto",
+    "Chinese",
+    "English",
+    "German",
+    "Italian",
+    "Portuguese",
+    "Spanish",
+    "Japanese",
+    "Korean",
+    "French",
+    "Russian",
+)
 
 
 _SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)  # CosyVoice and Sambert
@@ -153,8 +164,12 @@ class FakeDashScope:
 
     async def start(self) -> str:
         self._server = await websockets.serve(
-            self._handle, self._host, self._port, process_request=self._check_request,
-            max_size=None, close_timeout=1,
+            self._handle,
+            self._host,
+            self._port,
+            process_request=self._check_request,
+            max_size=None,
+            close_timeout=1,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         return self.url
@@ -200,12 +215,14 @@ class FakeDashScope:
                 )
         return self.tasks
 
-    async def _check_request(self, connection: ServerConnection,
-                             request: Request) -> Response | None:
+    async def _check_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         self.handshakes += 1
         self.handshakes_in_flight += 1
-        self.max_handshakes_in_flight = max(self.max_handshakes_in_flight,
-                                            self.handshakes_in_flight)
+        self.max_handshakes_in_flight = max(
+            self.max_handshakes_in_flight, self.handshakes_in_flight
+        )
         await self._notify()
         try:
             if self.handshake_delay_s:
@@ -240,8 +257,9 @@ class FakeDashScope:
 
     async def _handle(self, ws: ServerConnection) -> None:
         url = urlsplit(ws.request.path)
-        record = ConnectionRecord(time.monotonic(), ws.request.headers["Authorization"],
-                                  url.path.rstrip("/"))
+        record = ConnectionRecord(
+            time.monotonic(), ws.request.headers["Authorization"], url.path.rstrip("/")
+        )
         self.connections.append(record)
         self._open.add(ws)
         await self._notify()
@@ -289,8 +307,9 @@ class FakeDashScope:
                 if problem:
                     await self._fail(ws, None, "InvalidParameter", problem, task_id=task_id)
                     return
-                task = TaskRecord(task_id, payload["model"], payload["parameters"],
-                                  streaming=header["streaming"])
+                task = TaskRecord(
+                    task_id, payload["model"], payload["parameters"], streaming=header["streaming"]
+                )
                 record.tasks.append(task)
                 speech = None
                 if self.task_started_delay_s and header["streaming"] == "duplex":
@@ -303,17 +322,27 @@ class FakeDashScope:
                 if header["streaming"] == "out":  # Sambert: the whole text came with run-task
                     text = payload["input"]["text"]
                     task.texts.append(text)
-                    if not await self._end_task(ws, task, await self._synthesize(ws, task, text, None)):
+                    if not await self._end_task(
+                        ws, task, await self._synthesize(ws, task, text, None)
+                    ):
                         return
                     task = None
             elif task is None or task_id != task.task_id:
-                await self._fail(ws, task, "InvalidParameter",
-                                 f"Invalid action('{action}')! Please follow the protocol!",
-                                 task_id=task_id)
+                await self._fail(
+                    ws,
+                    task,
+                    "InvalidParameter",
+                    f"Invalid action('{action}')! Please follow the protocol!",
+                    task_id=task_id,
+                )
                 return
             elif not task.started:
-                await self._fail(ws, task, "InvalidParameter",
-                                 f"{action} before task-started: wait for task-started")
+                await self._fail(
+                    ws,
+                    task,
+                    "InvalidParameter",
+                    f"{action} before task-started: wait for task-started",
+                )
                 return
             elif action == "continue-task":
                 text = payload.get("input", {}).get("text")
@@ -321,8 +350,9 @@ class FakeDashScope:
                     await self._fail(ws, task, "InvalidParameter", "continue-task without text")
                     return
                 if task.parameters.get("enable_ssml") and task.texts:
-                    await self._fail(ws, task, "InvalidParameter",
-                                     "Text request limit violated, expected 1.")
+                    await self._fail(
+                        ws, task, "InvalidParameter", "Text request limit violated, expected 1."
+                    )
                     return
                 task.texts.append(text)
                 # Duplex: audio for each text starts as soon as it arrives, in order.
@@ -355,14 +385,22 @@ class FakeDashScope:
             return False
         usage = {"characters": sum(len(t) for t in task.texts)}
         # Sambert's task-finished repeats the last sentence (its SDK reads the output as one).
-        output = {"sentence": {"begin_time": 0, "end_time": 0, "words": []}} \
-            if task.streaming == "out" else {}
+        output = (
+            {"sentence": {"begin_time": 0, "end_time": 0, "words": []}}
+            if task.streaming == "out"
+            else {}
+        )
         payload = {"output": output, "usage": usage}
         await ws.send(_event("task-finished", task.task_id, payload=payload))
         return True
 
-    def _check_run_task(self, record: ConnectionRecord, task: TaskRecord | None,
-                        header: dict[str, Any], payload: dict[str, Any]) -> str | None:
+    def _check_run_task(
+        self,
+        record: ConnectionRecord,
+        task: TaskRecord | None,
+        header: dict[str, Any],
+        payload: dict[str, Any],
+    ) -> str | None:
         if task is not None:
             return "Invalid action('run-task')! Please follow the protocol!"
         model = payload.get("model")
@@ -373,8 +411,11 @@ class FakeDashScope:
             return "header.task_id is invalid"
         if any(t.task_id == header["task_id"] for t in self.tasks):
             return "task_id is already in use"
-        for key, value in (("task_group", "audio"), ("task", "tts"),
-                           ("function", "SpeechSynthesizer")):
+        for key, value in (
+            ("task_group", "audio"),
+            ("task", "tts"),
+            ("function", "SpeechSynthesizer"),
+        ):
             if payload.get(key) != value:
                 return f"payload.{key} must be {value}"
         params = payload.get("parameters")
@@ -392,15 +433,19 @@ class FakeDashScope:
             return f"parameters.sample_rate must be one of {', '.join(map(str, _SAMPLE_RATES))}"
         for key, lo, hi in (("rate", 0.5, 2.0), ("pitch", 0.5, 2.0), ("volume", 0, 100)):
             value = params.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not lo <= value <= hi):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not lo <= value <= hi
+            ):
                 return f"parameters.{key} must be {lo:g}-{hi:g} (got {value!r})"
         if params.get("text_type", "PlainText") != "PlainText":
             return "parameters.text_type must be PlainText"
         return None
 
-    async def _synthesize(self, ws: ServerConnection, task: TaskRecord, text: str,
-                          before: asyncio.Task[str] | None) -> str:
+    async def _synthesize(
+        self, ws: ServerConnection, task: TaskRecord, text: str, before: asyncio.Task[str] | None
+    ) -> str:
         if before is not None:
             outcome = await before
             if outcome != "finished":
@@ -410,8 +455,9 @@ class FakeDashScope:
         except websockets.ConnectionClosed:
             return "dropped"
 
-    async def _send_speech(self, ws: ServerConnection, task: TaskRecord, text: str, *,
-                           first: bool) -> str:
+    async def _send_speech(
+        self, ws: ServerConnection, task: TaskRecord, text: str, *, first: bool
+    ) -> str:
         if "[fail]" in text:
             await self._fail(ws, task, "InternalError", "synthesis failed (fake [fail] marker)")
             return "failed"
@@ -420,15 +466,22 @@ class FakeDashScope:
         if first and self.first_packet_delay_s:
             await _pause(ws, self.first_packet_delay_s)  # the model's time to first audio
         params = task.parameters
-        pcm = pcm_for(text, self._take(text, params.get("voice") or task.model),
-                      params.get("sample_rate", 22050))
+        pcm = pcm_for(
+            text,
+            self._take(text, params.get("voice") or task.model),
+            params.get("sample_rate", 22050),
+        )
         cut_after, self._cut_next = (self._cut_next, None) if first else (None, self._cut_next)
         if cut_after == 0:
             ws.transport.abort()
             return "dropped"
-        await ws.send(_event("result-generated", task.task_id,
-                             payload={"output": {"sentence": {"begin_time": 0, "end_time": 0,
-                                                              "words": []}}}))
+        await ws.send(
+            _event(
+                "result-generated",
+                task.task_id,
+                payload={"output": {"sentence": {"begin_time": 0, "end_time": 0, "words": []}}},
+            )
+        )
         for offset in range(0, len(pcm), self.chunk_bytes):
             if offset and self.chunk_interval_s:
                 await asyncio.sleep(self.chunk_interval_s)
@@ -436,24 +489,29 @@ class FakeDashScope:
                 await self.hold.wait()
             if task.first_audio_at is None:
                 task.first_audio_at = asyncio.get_running_loop().time()
-            await ws.send(pcm[offset:offset + self.chunk_bytes])
+            await ws.send(pcm[offset : offset + self.chunk_bytes])
             if "[stall]" in text:
                 return "stalled"
-            if "[drop]" in text or (cut_after is not None and offset // self.chunk_bytes + 1 >= cut_after):
+            if "[drop]" in text or (
+                cut_after is not None and offset // self.chunk_bytes + 1 >= cut_after
+            ):
                 ws.transport.abort()  # no close frame, as when a route dies
                 return "dropped"
         return "finished"
 
     # --- Qwen-TTS Realtime ---------------------------------------------------------------
 
-    async def _serve_qwen(self, ws: ServerConnection, record: ConnectionRecord,
-                          model: str) -> None:
+    async def _serve_qwen(self, ws: ServerConnection, record: ConnectionRecord, model: str) -> None:
         """One session per connection: session.created, then the client's events until
         session.finish, which flushes the buffer, ends with session.finished and closes."""
         legacy = model.startswith("qwen-tts-realtime")
         session: dict[str, Any] = {
-            "object": "realtime.session", "mode": "server_commit", "model": model,
-            "voice": "Cherry", "response_format": "pcm", "sample_rate": 24000,
+            "object": "realtime.session",
+            "mode": "server_commit",
+            "model": model,
+            "voice": "Cherry",
+            "response_format": "pcm",
+            "sample_rate": 24000,
             "id": "sess_" + uuid.uuid4().hex,
         }
         task = TaskRecord(session["id"], model, session, streaming="realtime")
@@ -482,18 +540,29 @@ class FakeDashScope:
                 if not isinstance(event.get("event_id"), str):
                     raise KeyError("event_id")
             except (ValueError, KeyError, TypeError):
-                await ws.send(_qwen_error("invalid_request_error", "invalid_event",
-                                          "events are JSON objects with type and event_id"))
+                await ws.send(
+                    _qwen_error(
+                        "invalid_request_error",
+                        "invalid_event",
+                        "events are JSON objects with type and event_id",
+                    )
+                )
                 continue
             if kind == "session.update":
-                problem = None if not started else \
-                    "Session update error: session already started or finished or failed."
+                problem = (
+                    None
+                    if not started
+                    else "Session update error: session already started or finished or failed."
+                )
                 update = event.get("session")
                 if problem is None:
                     problem = _check_qwen_session(update, legacy)
                 if problem:
-                    await ws.send(_qwen_error("invalid_request_error", "invalid_value", problem,
-                                              param="session"))
+                    await ws.send(
+                        _qwen_error(
+                            "invalid_request_error", "invalid_value", problem, param="session"
+                        )
+                    )
                     continue
                 session.update(update)
                 task.parameters = session
@@ -502,12 +571,24 @@ class FakeDashScope:
             elif kind == "input_text_buffer.append":
                 text = event.get("text")
                 if not isinstance(text, str):
-                    await ws.send(_qwen_error("invalid_request_error", "invalid_value",
-                                              "text must be a string", param="text"))
+                    await ws.send(
+                        _qwen_error(
+                            "invalid_request_error",
+                            "invalid_value",
+                            "text must be a string",
+                            param="text",
+                        )
+                    )
                     continue
                 if "[invalid]" in text:
-                    await ws.send(_qwen_error("invalid_request_error", "invalid_value",
-                                              "text refused (fake [invalid] marker)", param="text"))
+                    await ws.send(
+                        _qwen_error(
+                            "invalid_request_error",
+                            "invalid_value",
+                            "text refused (fake [invalid] marker)",
+                            param="text",
+                        )
+                    )
                     continue
                 started = True
                 task.texts.append(text)
@@ -517,8 +598,11 @@ class FakeDashScope:
                     buffer = ""
             elif kind == "input_text_buffer.commit":
                 if not buffer:
-                    await ws.send(_qwen_error("invalid_request_error", "invalid_value",
-                                              "input text buffer is empty"))
+                    await ws.send(
+                        _qwen_error(
+                            "invalid_request_error", "invalid_value", "input text buffer is empty"
+                        )
+                    )
                     continue
                 item = "item_" + uuid.uuid4().hex
                 await ws.send(_qwen("input_text_buffer.committed", item_id=item))
@@ -532,8 +616,14 @@ class FakeDashScope:
                     await respond(buffer)
                 return await self._qwen_ended(ws, task, await speech if speech else "finished")
             else:
-                await ws.send(_qwen_error("invalid_request_error", "invalid_value",
-                                          f"unknown event type {kind!r}", param="type"))
+                await ws.send(
+                    _qwen_error(
+                        "invalid_request_error",
+                        "invalid_value",
+                        f"unknown event type {kind!r}",
+                        param="type",
+                    )
+                )
 
     async def _qwen_ended(self, ws: ServerConnection, task: TaskRecord, outcome: str) -> None:
         task.outcome = outcome
@@ -545,8 +635,9 @@ class FakeDashScope:
             await ws.send(_qwen("session.finished"))
             await ws.close(1000, "session finished")
 
-    async def _qwen_response(self, ws: ServerConnection, task: TaskRecord, text: str,
-                             before: asyncio.Task[str] | None) -> str:
+    async def _qwen_response(
+        self, ws: ServerConnection, task: TaskRecord, text: str, before: asyncio.Task[str] | None
+    ) -> str:
         """One response for a committed text: created, item, audio deltas, done."""
         first = before is None
         if before is not None:
@@ -556,8 +647,11 @@ class FakeDashScope:
         try:
             if "[fail]" in text:
                 task.outcome = "failed"
-                await ws.send(_qwen_error("server_error", "internal_error",
-                                          "synthesis failed (fake [fail] marker)"))
+                await ws.send(
+                    _qwen_error(
+                        "server_error", "internal_error", "synthesis failed (fake [fail] marker)"
+                    )
+                )
                 await ws.close(1011, "internal error")
                 return "failed"
             if first and self.first_packet_delay_s:
@@ -565,12 +659,26 @@ class FakeDashScope:
             session = task.parameters
             rid, item = "resp_" + uuid.uuid4().hex, "item_" + uuid.uuid4().hex
             await ws.send(_qwen("response.created", response={"id": rid, "status": "in_progress"}))
-            await ws.send(_qwen("response.output_item.added", response_id=rid, output_index=0,
-                                item={"id": item, "type": "message", "role": "assistant"}))
-            await ws.send(_qwen("response.content_part.added", response_id=rid, item_id=item,
-                                output_index=0, content_index=0, part={"type": "audio"}))
+            await ws.send(
+                _qwen(
+                    "response.output_item.added",
+                    response_id=rid,
+                    output_index=0,
+                    item={"id": item, "type": "message", "role": "assistant"},
+                )
+            )
+            await ws.send(
+                _qwen(
+                    "response.content_part.added",
+                    response_id=rid,
+                    item_id=item,
+                    output_index=0,
+                    content_index=0,
+                    part={"type": "audio"},
+                )
+            )
             pcm = pcm_for(text, self._take(text, session["voice"]), session["sample_rate"])
-            pcm += pcm[:2 * self.tail_samples]
+            pcm += pcm[: 2 * self.tail_samples]
             cut_after, self._cut_next = (self._cut_next, None) if first else (None, self._cut_next)
             if cut_after == 0:
                 ws.transport.abort()
@@ -578,9 +686,17 @@ class FakeDashScope:
             for offset in range(0, len(pcm), self.chunk_bytes):
                 if offset and self.chunk_interval_s:
                     await asyncio.sleep(self.chunk_interval_s)
-                delta = base64.b64encode(pcm[offset:offset + self.chunk_bytes]).decode()
-                await ws.send(_qwen("response.audio.delta", response_id=rid, item_id=item,
-                                    output_index=0, content_index=0, delta=delta))
+                delta = base64.b64encode(pcm[offset : offset + self.chunk_bytes]).decode()
+                await ws.send(
+                    _qwen(
+                        "response.audio.delta",
+                        response_id=rid,
+                        item_id=item,
+                        output_index=0,
+                        content_index=0,
+                        delta=delta,
+                    )
+                )
                 if "[stall]" in text:
                     task.outcome = "stalled"
                     return "stalled"
@@ -588,27 +704,67 @@ class FakeDashScope:
                 if "[drop]" in text or (cut_after is not None and n >= cut_after):
                     ws.transport.abort()
                     return "dropped"
-            await ws.send(_qwen("response.audio.done", response_id=rid, item_id=item,
-                                output_index=0, content_index=0))
-            await ws.send(_qwen("response.content_part.done", response_id=rid, item_id=item,
-                                output_index=0, content_index=0))
-            await ws.send(_qwen("response.output_item.done", response_id=rid, output_index=0,
-                                item={"id": item, "status": "completed"}))
-            await ws.send(_qwen("response.done", response={
-                "id": rid, "status": "completed", "usage": {"characters": len(text)}}))
+            await ws.send(
+                _qwen(
+                    "response.audio.done",
+                    response_id=rid,
+                    item_id=item,
+                    output_index=0,
+                    content_index=0,
+                )
+            )
+            await ws.send(
+                _qwen(
+                    "response.content_part.done",
+                    response_id=rid,
+                    item_id=item,
+                    output_index=0,
+                    content_index=0,
+                )
+            )
+            await ws.send(
+                _qwen(
+                    "response.output_item.done",
+                    response_id=rid,
+                    output_index=0,
+                    item={"id": item, "status": "completed"},
+                )
+            )
+            await ws.send(
+                _qwen(
+                    "response.done",
+                    response={"id": rid, "status": "completed", "usage": {"characters": len(text)}},
+                )
+            )
             return "finished"
         except websockets.ConnectionClosed:
             return "dropped"
 
-    async def _fail(self, ws: ServerConnection, task: TaskRecord | None, code: str, message: str,
-                    *, task_id: str | None = None) -> None:
+    async def _fail(
+        self,
+        ws: ServerConnection,
+        task: TaskRecord | None,
+        code: str,
+        message: str,
+        *,
+        task_id: str | None = None,
+    ) -> None:
         if task is not None:
             task.outcome = "failed"
-        await ws.send(json.dumps({
-            "header": {"task_id": task_id or (task.task_id if task else ""), "event": "task-failed",
-                       "error_code": code, "error_message": message, "attributes": {}},
-            "payload": {},
-        }))
+        await ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "task_id": task_id or (task.task_id if task else ""),
+                        "event": "task-failed",
+                        "error_code": code,
+                        "error_message": message,
+                        "attributes": {},
+                    },
+                    "payload": {},
+                }
+            )
+        )
         # The service closes the connection after a failure; it cannot be reused.
         await ws.close(1011, "task failed")
 
@@ -620,8 +776,9 @@ async def _pause(ws: ServerConnection, seconds: float) -> None:
 
 
 def _event(name: str, task_id: str, payload: dict[str, Any] | None = None) -> str:
-    return json.dumps({"header": {"task_id": task_id, "event": name, "attributes": {}},
-                       "payload": payload or {}})
+    return json.dumps(
+        {"header": {"task_id": task_id, "event": name, "attributes": {}}, "payload": payload or {}}
+    )
 
 
 def _qwen(kind: str, **fields: Any) -> str:

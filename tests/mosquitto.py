@@ -25,8 +25,11 @@ class Broker:
         self.host = "127.0.0.1"
         self.port = free_port()
         self._conf = workdir / "mosquitto.conf"
-        persistence = (f"persistence true\npersistence_location {workdir}/\n" if persistent
-                       else "persistence false\n")
+        persistence = (
+            f"persistence true\npersistence_location {workdir}/\n"
+            if persistent
+            else "persistence false\n"
+        )
         self._conf.write_text(
             # Started as root, Mosquitto would switch to its own user and could not save its
             # persistence in the test's private directory: it stays who we are.

@@ -26,10 +26,28 @@ def test_plain_text_is_the_text() -> None:
 
 
 def test_json_fields_are_kept() -> None:
-    a = parse(json.dumps({"text": "Hi", "voice": "butler", "volume": 40, "priority": "high",
-                          "chime": False, "id": "x1", "instructions": "Softly"}))
+    a = parse(
+        json.dumps(
+            {
+                "text": "Hi",
+                "voice": "butler",
+                "volume": 40,
+                "priority": "high",
+                "chime": False,
+                "id": "x1",
+                "instructions": "Softly",
+            }
+        )
+    )
     assert (a.text, a.voice, a.volume, a.priority, a.chime, a.id, a.instructions) == (
-        "Hi", "butler", 40, "high", False, "x1", "Softly")
+        "Hi",
+        "butler",
+        40,
+        "high",
+        False,
+        "x1",
+        "Softly",
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,10 +93,20 @@ def test_any_bytes_give_an_announcement_or_a_reason(payload: bytes) -> None:
         assert a.text and a.text == a.text.strip() and len(a.text) <= 200
 
 
-@given(st.dictionaries(st.sampled_from(["text", "voice", "volume", "priority", "chime", "id",
-                                         "instructions", "extra"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(-5, 200), st.text(max_size=20),
-                                 st.lists(st.integers(), max_size=2))))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["text", "voice", "volume", "priority", "chime", "id", "instructions", "extra"]
+        ),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-5, 200),
+            st.text(max_size=20),
+            st.lists(st.integers(), max_size=2),
+        ),
+    )
+)
 def test_any_json_object_gives_an_announcement_or_a_reason(obj: dict[str, object]) -> None:
     try:
         a = parse(json.dumps(obj))
@@ -108,12 +136,13 @@ HOSTILE = [
     ('{"text": "a", "instructions": "caf\\udfffe"}', "'instructions' contains an unpaired"),
     ('{"text": "a", "id": "x\\ud800"}', "'id' contains an unpaired"),
     ('{"text": "a", "instructions": "' + "i" * 2001 + '"}', "'instructions' is 2001"),
-    ('{"ssml": "<!DOCTYPE speak [<!ENTITY a \\"aaaaaaaaaa\\">]><speak>&a;&a;</speak>"}',
-     "DOCTYPE"),
+    ('{"ssml": "<!DOCTYPE speak [<!ENTITY a \\"aaaaaaaaaa\\">]><speak>&a;&a;</speak>"}', "DOCTYPE"),
     ('{"ssml": "<speak>&unknown;</speak>"}', "undefined entity"),
     ('{"ssml": "<?xml-stylesheet href=\\"x\\"?><speak>a</speak>"}', "processing instruction"),
-    ('{"ssml": "<speak>' + "<s>word</s> " * 500 + '</speak>"}',
-     "the SSML's text is 2499 characters, over the limit of 2000"),
+    (
+        '{"ssml": "<speak>' + "<s>word</s> " * 500 + '</speak>"}',
+        "the SSML's text is 2499 characters, over the limit of 2000",
+    ),
 ]
 
 
@@ -127,15 +156,18 @@ def test_hostile_payloads_are_refused_with_a_short_reason(payload: str, reason: 
 
 def test_a_huge_field_is_quoted_back_as_a_short_excerpt() -> None:
     with pytest.raises(BadAnnouncement) as refused:
-        parse_payload(json.dumps({"text": "a", "voice": "v" * 50_000}).encode(),
-                      voices=VOICES, max_chars=10_000)
+        parse_payload(
+            json.dumps({"text": "a", "voice": "v" * 50_000}).encode(),
+            voices=VOICES,
+            max_chars=10_000,
+        )
     assert "unknown voice 'vvvv" in refused.value.reason
     assert len(refused.value.reason) < 200
 
 
 def test_byte_order_mark_and_json_strings_are_not_spoken_as_markup() -> None:
     assert parse(b'\xef\xbb\xbf{"text": "BOM first"}').text == "BOM first"
-    assert parse(b'\xef\xbb\xbfplain with BOM').text == "plain with BOM"
+    assert parse(b"\xef\xbb\xbfplain with BOM").text == "plain with BOM"
     assert parse('"A JSON string."').text == "A JSON string."
     assert parse('"Quoted" opens this sentence.').text == '"Quoted" opens this sentence.'
 
@@ -147,15 +179,32 @@ def test_entities_of_xml_itself_are_fine_in_ssml() -> None:
 
 def test_sent_at_within_a_clock_error_of_now_is_accepted() -> None:
     import time
+
     assert parse(json.dumps({"text": "a", "sent_at": time.time() + 60})).sent_at
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=30))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=30,
+    )
+)
 def test_any_json_value_in_any_field_gives_an_announcement_or_a_reason(value: object) -> None:
-    for key in ("text", "ssml", "voice", "volume", "priority", "chime", "id", "instructions",
-                "cache", "sent_at"):
+    for key in (
+        "text",
+        "ssml",
+        "voice",
+        "volume",
+        "priority",
+        "chime",
+        "id",
+        "instructions",
+        "cache",
+        "sent_at",
+    ):
         body = {"text": "a", key: value} if key != "ssml" else {key: value}
         try:
             parse(json.dumps(body))
@@ -163,8 +212,10 @@ def test_any_json_value_in_any_field_gives_an_announcement_or_a_reason(value: ob
             assert exc.reason and len(exc.reason) < 300
 
 
-@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
-       | st.text(alphabet="[]{}\"\\:,0123456789eE.-+ NaInfityrulsf", max_size=300))
+@given(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
+    | st.text(alphabet='[]{}"\\:,0123456789eE.-+ NaInfityrulsf', max_size=300)
+)
 def test_any_text_as_a_payload_gives_an_announcement_or_a_reason(body: str) -> None:
     for payload in (body, "{" + body, '{"ssml": "<speak>' + body + '</speak>"}'):
         try:
@@ -175,10 +226,13 @@ def test_any_text_as_a_payload_gives_an_announcement_or_a_reason(body: str) -> N
 
 def test_a_title_comes_first_unless_turned_off() -> None:
     payload = json.dumps({"text": "The washer is done.", "title": "Laundry"}).encode()
-    assert parse_payload(payload, voices=VOICES, max_chars=100).text == \
-        "Laundry. The washer is done."
-    assert parse_payload(payload, voices=VOICES, max_chars=100, speak_title=False).text == \
-        "The washer is done."
+    assert (
+        parse_payload(payload, voices=VOICES, max_chars=100).text == "Laundry. The washer is done."
+    )
+    assert (
+        parse_payload(payload, voices=VOICES, max_chars=100, speak_title=False).text
+        == "The washer is done."
+    )
     ask = json.dumps({"text": "Coming?", "title": "Dinner!"}).encode()
     assert parse_payload(ask, voices=VOICES, max_chars=100).text == "Dinner! Coming?"
     with pytest.raises(BadAnnouncement, match="'title' must be a string"):

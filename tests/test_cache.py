@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech, write_config
-from mosquitto import Broker
-from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.cache import PhraseCache, cache_key
 from edge_tts.config import Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.player import apply_volume
+
+from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech, write_config
+from fake_dashscope import FakeDashScope, pcm_for
+from mosquitto import Broker
 
 VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
 RATE = 24000
@@ -41,7 +42,7 @@ def entries(root: Path) -> list[Path]:
 
 def nonzero(pcm: bytes) -> bytes:
     """The samples that are not silence (split_speech drops zero samples the same way)."""
-    return b"".join(pcm[i:i + 2] for i in range(0, len(pcm), 2) if pcm[i:i + 2] != b"\0\0")
+    return b"".join(pcm[i : i + 2] for i in range(0, len(pcm), 2) if pcm[i : i + 2] != b"\0\0")
 
 
 async def chunks(*parts: bytes, fail: bool = False) -> AsyncIterator[bytes]:
@@ -52,11 +53,12 @@ async def chunks(*parts: bytes, fail: bool = False) -> AsyncIterator[bytes]:
 
 
 async def store(cache: PhraseCache, key: str, pcm: bytes) -> None:
-    async for _ in cache.record(chunks(pcm[: len(pcm) // 2], pcm[len(pcm) // 2:]), key, RATE):
+    async for _ in cache.record(chunks(pcm[: len(pcm) // 2], pcm[len(pcm) // 2 :]), key, RATE):
         pass
 
 
 # --- keys ----------------------------------------------------------------------------------
+
 
 def test_the_key_covers_what_changes_the_sound_and_nothing_else() -> None:
     base = cache_key(request())
@@ -81,6 +83,7 @@ def test_the_key_covers_what_changes_the_sound_and_nothing_else() -> None:
 
 
 # --- integrity -----------------------------------------------------------------------------
+
 
 async def test_an_entry_reads_back_exactly(tmp_path: Path) -> None:
     cache = PhraseCache.open(tmp_path, 10**6)
@@ -153,6 +156,7 @@ async def test_an_entry_swapped_for_another_valid_entry_is_not_played(tmp_path: 
 
 # --- size ----------------------------------------------------------------------------------
 
+
 async def test_eviction_removes_the_least_recently_used_first_across_restarts(
     tmp_path: Path,
 ) -> None:
@@ -203,9 +207,12 @@ asyncio.run(main())
 
 async def test_two_processes_share_the_cache_safely(tmp_path: Path) -> None:
     script = WORKER.format(tests=str(Path(__file__).parent), root=str(tmp_path))
-    procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", script,
-                                                  stderr=asyncio.subprocess.PIPE)
-             for _ in range(2)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
@@ -219,11 +226,12 @@ async def test_two_processes_share_the_cache_safely(tmp_path: Path) -> None:
 
 # --- through the daemon ----------------------------------------------------------------------
 
+
 async def until_exists(root: Path, pattern: str, timeout: float = 15) -> None:
     """Wait for a file to appear: the filesystem offers no event to wait on, so it is looked
     for every 10 ms, within a timeout."""
     async with asyncio.timeout(timeout):
-        while not any(root.glob(pattern)):
+        while not any(root.glob(pattern)):  # noqa: ASYNC110, ASYNC240 (no event to wait on)
             await asyncio.sleep(0.01)
 
 
@@ -302,11 +310,14 @@ async def test_a_phrase_whose_synthesis_completed_is_kept_even_if_playback_was_s
     # entry is on disk. Then the stop must not take it back.
     await until_exists(cache_dir(daemon), "??/*.pcm")
     await home.stop()
+
     # Stopped, or, on a device that plays faster than real time, already finished: either
     # way the synthesis was whole.
     def ended() -> bool:
-        return any(e["id"] == "long" and e["event"] in ("dropped", "finished")
-                   for e in home.log.events)
+        return any(
+            e["id"] == "long" and e["event"] in ("dropped", "finished") for e in home.log.events
+        )
+
     await home.log.wait_for(ended)
     await home.say({"text": text, "id": "again"})
     assert (await home.log.outcome("again"))["event"] == "finished"
@@ -336,8 +347,9 @@ async def test_a_damaged_entry_is_synthesized_afresh(
     assert split_speech(capture.read())[1] == pcm_for(text)  # not a damaged byte played
     assert len(dashscope.tasks) == 2
     (healed,) = entries(cache_dir(daemon))
-    assert hashlib.sha256(healed.read_bytes()[84:]).digest() == hashlib.sha256(
-        pcm_for(text)).digest()
+    assert (
+        hashlib.sha256(healed.read_bytes()[84:]).digest() == hashlib.sha256(pcm_for(text)).digest()
+    )
 
 
 async def test_cache_false_bypasses_the_cache(
@@ -353,10 +365,16 @@ async def test_cache_false_bypasses_the_cache(
 
 # --- the cache command -----------------------------------------------------------------------
 
+
 def edge_tts(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DASHSCOPE_API_KEY="sk-test-0123456789abcdef")
-    return subprocess.run([sys.executable, "-m", "edge_tts", "cache", "-c", str(config), *args],
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_tts", "cache", "-c", str(config), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def test_cache_warm_stats_and_clear(
@@ -373,7 +391,10 @@ async def test_cache_warm_stats_and_clear(
     run = await asyncio.to_thread(edge_tts, daemon.config, "warm", str(listed), "-v", "default")
     assert "2 phrases: 1 synthesized and cached, 1 already cached, 0 failed" in run.stdout
     assert sorted(t.texts[0] for t in dashscope.tasks) == [
-        "Dinner is ready.", "Front door opened.", "Goodnight."]
+        "Dinner is ready.",
+        "Front door opened.",
+        "Goodnight.",
+    ]
 
     # The running daemon speaks a warmed phrase from disk.
     await home.say({"text": "Goodnight.", "id": "night"})
@@ -406,14 +427,35 @@ async def test_cache_warm_refuses_a_bad_phrase_file(tmp_path: Path, daemon: Daem
 def tiny_filesystem(directory: Path, size: str) -> list[str]:
     """A command prefix: the daemon runs in a mount namespace of its own (no root needed) in
     which `directory` is a tmpfs of `size`, a real filesystem that really fills up."""
-    return ["unshare", "-rm", "--propagation", "private", "sh", "-c",
-            f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"', str(directory)]
+    return [
+        "unshare",
+        "-rm",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"',
+        str(directory),
+    ]
 
 
 def remount(daemon: DaemonProcess, directory: Path, options: str) -> None:
     assert daemon.proc is not None
-    subprocess.run(["nsenter", "-t", str(daemon.proc.pid), "-U", "-m", "--preserve-credentials",
-                    "mount", "-o", f"remount,{options}", str(directory)], check=True)
+    subprocess.run(
+        [
+            "nsenter",
+            "-t",
+            str(daemon.proc.pid),
+            "-U",
+            "-m",
+            "--preserve-credentials",
+            "mount",
+            "-o",
+            f"remount,{options}",
+            str(directory),
+        ],
+        check=True,
+    )
 
 
 async def test_the_cache_survives_a_full_then_read_only_disk(
@@ -422,8 +464,9 @@ async def test_the_cache_survives_a_full_then_read_only_disk(
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     config = write_config(tmp_path / "c.yaml", broker, dashscope, cache__dir=str(tiny))
-    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY),
-                           wrap=tiny_filesystem(tiny, "64k"))
+    daemon = DaemonProcess(
+        config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY), wrap=tiny_filesystem(tiny, "64k")
+    )
     await daemon.start(home)
 
     async def speak(text: str, ident: str) -> str:
@@ -437,7 +480,9 @@ async def test_the_cache_survives_a_full_then_read_only_disk(
         def said() -> bool:
             last = home.log.stats[-1]["cache"] if home.log.stats else {}
             return last.get("writing") is writing and (
-                problem is None or problem in str(last.get("problem")))
+                problem is None or problem in str(last.get("problem"))
+            )
+
         return said
 
     try:

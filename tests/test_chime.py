@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import Capture, DaemonProcess, Home
 from edge_tts.chime import MAX_CHIME_BYTES, ChimeError, builtin_chime, load_chime
 from edge_tts.config import Config, load_config
 from edge_tts.errors import ConfigError
+
+from conftest import Capture, DaemonProcess, Home
 from fake_dashscope import FakeDashScope, pcm_for
 
 LEAD_IN = 100 * 48  # audio.lead_in_ms of the test config, in bytes at 24 kHz
@@ -37,9 +38,9 @@ async def test_the_builtin_chime_plays_first_and_the_speech_follows_without_a_ga
     assert started["source"] == "cloud"
     played = after_lead_in(capture.read())
     speech = pcm_for("Dinner is ready.")
-    assert played[:len(chime)] == chime
+    assert played[: len(chime)] == chime
     # The speech was fetched while the chime played: it follows at once, no silence between.
-    assert played[len(chime):len(chime) + len(speech)] == speech
+    assert played[len(chime) : len(chime) + len(speech)] == speech
     # first_audio_ms is how fast the speech came, the chime not counted: no sooner than the
     # model's time to first audio; and the wait in the queue is apart from it.
     assert started["first_audio_ms"] >= 300
@@ -64,16 +65,17 @@ async def test_a_message_names_a_configured_chime_or_none(
     await home.say({"text": "With my chime.", "id": "mine", "chime": "ding"})
     assert (await home.log.outcome("mine"))["event"] == "finished"
     played = after_lead_in(capture.read())
-    assert played[:len(tone)] == tone
-    assert played[len(tone):].startswith(pcm_for("With my chime."))
+    assert played[: len(tone)] == tone
+    assert played[len(tone) :].startswith(pcm_for("With my chime."))
 
     await home.say({"text": "No chime.", "id": "plain", "chime": False})
     assert (await home.log.outcome("plain"))["event"] == "finished"
     assert after_lead_in(capture.read()).startswith(pcm_for("No chime."))
 
 
-@pytest.mark.parametrize("chime", ["/etc/shadow", "/proc/self/environ", "/dev/stdin",
-                                   "../ding.wav", "DING", "ding.wav"])
+@pytest.mark.parametrize(
+    "chime", ["/etc/shadow", "/proc/self/environ", "/dev/stdin", "../ding.wav", "DING", "ding.wav"]
+)
 async def test_a_message_cannot_name_a_file_as_its_chime(
     daemon_with: Any, home: Home, capture: Capture, tmp_path: Path, chime: str
 ) -> None:
@@ -101,7 +103,7 @@ async def test_a_configured_chime_that_went_missing_still_speaks(
 
 
 def test_a_chime_file_that_is_not_a_regular_file_is_refused_without_blocking(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     fifo = tmp_path / "fifo.wav"
     os.mkfifo(fifo)  # nobody writes: a blocking open would wait for ever

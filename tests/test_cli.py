@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
 from fake_dashscope import FakeDashScope, pcm_for
 
@@ -31,8 +32,15 @@ async def edge_tts(*args: str, key: str | None = API_KEY, cwd: Path | None = Non
     if key is not None:
         env["DASHSCOPE_API_KEY"] = key
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_tts", *args, env=env, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "edge_tts",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(60):
         out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -103,8 +111,10 @@ async def test_check_reports_a_refused_key_without_showing_it(
     wrong = "sk-wrong-key-abcdef0123456789"
     run = await edge_tts("check", "-c", str(config), key=wrong)
     assert run.code == 1
-    assert ("FAIL cloud: DashScope refused the API key (HTTP 401) "
-            "(check dashscope.api_key_file or $DASHSCOPE_API_KEY)") in run.out
+    assert (
+        "FAIL cloud: DashScope refused the API key (HTTP 401) "
+        "(check dashscope.api_key_file or $DASHSCOPE_API_KEY)"
+    ) in run.out
     assert wrong not in run.all and API_KEY not in run.all
     assert "ok   broker" in run.out  # the other checks still ran
 
@@ -162,17 +172,29 @@ async def test_check_sets_up_each_qwen_voice_and_warns_about_impossible_profiles
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope
 ) -> None:
     config = write_config(
-        tmp_path / "c.yaml", broker, dashscope, dashscope__realtime_url=dashscope.realtime_url,
-        voices__butler={"engine": "qwen", "model": "qwen3-tts-instruct-flash-realtime",
-                        "voice": "Serena", "instructions": "Calm"},
+        tmp_path / "c.yaml",
+        broker,
+        dashscope,
+        dashscope__realtime_url=dashscope.realtime_url,
+        voices__butler={
+            "engine": "qwen",
+            "model": "qwen3-tts-instruct-flash-realtime",
+            "voice": "Serena",
+            "instructions": "Calm",
+        },
         voices__zhichu={"engine": "sambert", "model": "sambert-zhichu-v1"},
-        voices__ghost={"engine": "qwen", "model": "qwen3-tts-flash-realtime",
-                       "voice": "no-such-voice"},
+        voices__ghost={
+            "engine": "qwen",
+            "model": "qwen3-tts-flash-realtime",
+            "voice": "no-such-voice",
+        },
     )
     run = await edge_tts("check", "-c", str(config))
     assert run.code == 1, run.all
-    assert ("FAIL cloud: DashScope refused voice 'ghost' (qwen3-tts-flash-realtime, "
-            "no-such-voice): invalid_value") in run.out
+    assert (
+        "FAIL cloud: DashScope refused voice 'ghost' (qwen3-tts-flash-realtime, "
+        "no-such-voice): invalid_value"
+    ) in run.out
     assert "(check voices.ghost)" in run.out
     assert "warn voices.zhichu.model: Sambert is not among the models" in run.out
     # The Serena session was set up and dropped: nothing said, nothing paid for.
@@ -181,17 +203,32 @@ async def test_check_sets_up_each_qwen_voice_and_warns_about_impossible_profiles
     assert all(not t.texts for t in dashscope.tasks)
 
 
-@pytest.mark.parametrize(("voice", "profile", "speaker"), [
-    ("butler", {"engine": "qwen", "model": "qwen3-tts-flash-realtime", "voice": "Ethan"}, "Ethan"),
-    ("zhichu", {"engine": "sambert", "model": "sambert-zhichu-v1"}, "sambert-zhichu-v1"),
-])
+@pytest.mark.parametrize(
+    ("voice", "profile", "speaker"),
+    [
+        (
+            "butler",
+            {"engine": "qwen", "model": "qwen3-tts-flash-realtime", "voice": "Ethan"},
+            "Ethan",
+        ),
+        ("zhichu", {"engine": "sambert", "model": "sambert-zhichu-v1"}, "sambert-zhichu-v1"),
+    ],
+)
 async def test_say_speaks_qwen_and_sambert_voices_once_and_keeps_nothing_open(
-    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, voice: str,
-    profile: dict[str, str], speaker: str,
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    voice: str,
+    profile: dict[str, str],
+    speaker: str,
 ) -> None:
-    config = write_config(tmp_path / "c.yaml", broker, dashscope,
-                          dashscope__realtime_url=dashscope.realtime_url,
-                          **{f"voices__{voice}": profile})
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker,
+        dashscope,
+        dashscope__realtime_url=dashscope.realtime_url,
+        **{f"voices__{voice}": profile},
+    )
     out = tmp_path / "hello.wav"
     run = await edge_tts("say", "-c", str(config), "-v", voice, "-o", str(out), "Good night.")
     assert run.code == 0, run.err
@@ -209,8 +246,9 @@ async def test_a_task_the_service_fails_shows_in_stats_and_check(
     await home.say({"text": "This one [fail] breaks.", "id": "refused"})
     assert (await home.log.outcome("refused"))["event"] == "failed"
     # Asked again for the rest before giving up: each refusal counted.
-    await home.log.wait_for(lambda: bool(home.log.stats) and
-                            home.log.stats[-1]["cloud"]["task_failures"] >= 1)
+    await home.log.wait_for(
+        lambda: bool(home.log.stats) and home.log.stats[-1]["cloud"]["task_failures"] >= 1
+    )
     assert "fake [fail] marker" in home.log.stats[-1]["cloud"]["last_task_error"]
     run = await edge_tts("check", "-c", str(daemon.config))
     assert re.search(r"\d+ tasks failed or refused by the service", run.out), run.all

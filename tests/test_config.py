@@ -26,7 +26,9 @@ ROOT = Path(__file__).parent.parent
 def test_shipped_config_loads_with_every_contract_key() -> None:
     config = load_config(str(ROOT / "config" / "edge-tts.yaml"), {})
     assert config.device.name == "kitchen"
-    assert config.mqtt.topic_prefix == "edge-tts" and config.mqtt.discovery_prefix == "homeassistant"
+    assert (
+        config.mqtt.topic_prefix == "edge-tts" and config.mqtt.discovery_prefix == "homeassistant"
+    )
     assert config.dashscope.inference_url == REGION_URLS["intl"][0]
     assert set(config.voices) == {"default", "butler", "offline"}  # one of each engine here
     assert {v.engine for v in config.voices.values()} == {"cosyvoice", "qwen", "piper"}
@@ -50,8 +52,10 @@ def test_the_system_config_comes_before_the_shipped_one(tmp_path: Path) -> None:
     assert load_config(None, {}, (system, shipped)).device.name == "shipped"
     system.write_text("device: {name: system}\n")
     assert load_config(None, {}, (system, shipped)).device.name == "system"
-    assert load_config(None, {"EDGE_TTS_CONFIG": str(shipped)}, (system, shipped)
-                       ).device.name == "shipped"
+    assert (
+        load_config(None, {"EDGE_TTS_CONFIG": str(shipped)}, (system, shipped)).device.name
+        == "shipped"
+    )
 
 
 def test_search_order(tmp_path: Path) -> None:
@@ -70,41 +74,140 @@ def test_search_order(tmp_path: Path) -> None:
         ({"dashscope": {"region": "eu"}}, "dashscope.region: must be one of intl, cn"),
         ({"dashscope": {"inference_url": "http://x"}}, "dashscope.inference_url: must be a ws://"),
         ({"dashscope": {"keep_warm": "yes"}}, "dashscope.keep_warm: must be true or false"),
-        ({"voices": {"a": {"engine": "espeak"}}, "default_voice": "a"}, "voices.a.engine: must be one of"),
-        ({"voices": {"a": {"engine": "cosyvoice", "voice": "x"}}, "default_voice": "a"},
-         "voices.a.model: is required for engine cosyvoice"),
-        ({"voices": {"a": {"engine": "cosyvoice", "model": "m", "voice": "v", "rate": 3}},
-          "default_voice": "a"}, "voices.a.rate: must be a number 0.5-2"),
-        ({"voices": {"a": {"engine": "sambert", "model": "sambert-zhichu-v1", "voice": "x"}},
-          "default_voice": "a"}, "voices.a.voice: engine sambert does not use it"),
-        ({"voices": {"a": {"engine": "qwen", "model": "qwen3-tts-flash-realtime",
-                           "voice": "Cherry", "seed": 1}}, "default_voice": "a"},
-         "voices.a.seed: engine qwen does not use it (only cosyvoice)"),
-        ({"voices": {"a": {"engine": "qwen", "model": "qwen3-tts-flash-realtime",
-                           "voice": "Cherry", "mode": "auto"}}, "default_voice": "a"},
-         "voices.a.mode: must be one of commit, server_commit"),
-        ({"voices": {"a": {"engine": "qwen", "model": "qwen3-tts-flash-realtime",
-                           "voice": "Cherry", "language_type": "Klingon"}}, "default_voice": "a"},
-         "voices.a.language_type: must be one of Auto, Chinese, English"),
-        ({"voices": {"a": {"engine": "qwen", "model": "qwen3-tts-flash-realtime",
-                           "voice": "Cherry", "volume": 101}}, "default_voice": "a"},
-         "voices.a.volume: must be an integer 0-100"),
-        ({"voices": {"a": {"engine": "qwen", "model": "qwen3-tts-instruct-flash-realtime",
-                           "voice": "Cherry", "optimize_instructions": "yes"}},
-          "default_voice": "a"}, "voices.a.optimize_instructions: must be true or false"),
-        ({"voices": {"a": {"engine": "cosyvoice", "model": "qwen3-tts-flash-realtime",
-                           "voice": "Cherry"}}, "default_voice": "a"},
-         "voices.a.model: qwen3-tts-flash-realtime is a qwen model, not cosyvoice: set engine: qwen"),
-        ({"voices": {"a": {"engine": "sambert"}}, "default_voice": "a"},
-         "voices.a.model: is required for engine sambert"),
-        ({"voices": {"a": {"engine": "cosyvoice", "model": "cosyvoice-v2", "voice": "v",
-                           "seed": 70000}}, "default_voice": "a"},
-         "voices.a.seed: must be an integer 0-65535"),
-        ({"voices": {"a": {"engine": "piper", "rate": 1.2}}, "default_voice": "a"},
-         "voices.a.rate: engine piper does not use it"),
+        (
+            {"voices": {"a": {"engine": "espeak"}}, "default_voice": "a"},
+            "voices.a.engine: must be one of",
+        ),
+        (
+            {"voices": {"a": {"engine": "cosyvoice", "voice": "x"}}, "default_voice": "a"},
+            "voices.a.model: is required for engine cosyvoice",
+        ),
+        (
+            {
+                "voices": {"a": {"engine": "cosyvoice", "model": "m", "voice": "v", "rate": 3}},
+                "default_voice": "a",
+            },
+            "voices.a.rate: must be a number 0.5-2",
+        ),
+        (
+            {
+                "voices": {"a": {"engine": "sambert", "model": "sambert-zhichu-v1", "voice": "x"}},
+                "default_voice": "a",
+            },
+            "voices.a.voice: engine sambert does not use it",
+        ),
+        (
+            {
+                "voices": {
+                    "a": {
+                        "engine": "qwen",
+                        "model": "qwen3-tts-flash-realtime",
+                        "voice": "Cherry",
+                        "seed": 1,
+                    }
+                },
+                "default_voice": "a",
+            },
+            "voices.a.seed: engine qwen does not use it (only cosyvoice)",
+        ),
+        (
+            {
+                "voices": {
+                    "a": {
+                        "engine": "qwen",
+                        "model": "qwen3-tts-flash-realtime",
+                        "voice": "Cherry",
+                        "mode": "auto",
+                    }
+                },
+                "default_voice": "a",
+            },
+            "voices.a.mode: must be one of commit, server_commit",
+        ),
+        (
+            {
+                "voices": {
+                    "a": {
+                        "engine": "qwen",
+                        "model": "qwen3-tts-flash-realtime",
+                        "voice": "Cherry",
+                        "language_type": "Klingon",
+                    }
+                },
+                "default_voice": "a",
+            },
+            "voices.a.language_type: must be one of Auto, Chinese, English",
+        ),
+        (
+            {
+                "voices": {
+                    "a": {
+                        "engine": "qwen",
+                        "model": "qwen3-tts-flash-realtime",
+                        "voice": "Cherry",
+                        "volume": 101,
+                    }
+                },
+                "default_voice": "a",
+            },
+            "voices.a.volume: must be an integer 0-100",
+        ),
+        (
+            {
+                "voices": {
+                    "a": {
+                        "engine": "qwen",
+                        "model": "qwen3-tts-instruct-flash-realtime",
+                        "voice": "Cherry",
+                        "optimize_instructions": "yes",
+                    }
+                },
+                "default_voice": "a",
+            },
+            "voices.a.optimize_instructions: must be true or false",
+        ),
+        (
+            {
+                "voices": {
+                    "a": {
+                        "engine": "cosyvoice",
+                        "model": "qwen3-tts-flash-realtime",
+                        "voice": "Cherry",
+                    }
+                },
+                "default_voice": "a",
+            },
+            "voices.a.model: qwen3-tts-flash-realtime is a qwen model, not cosyvoice: "
+            "set engine: qwen",
+        ),
+        (
+            {"voices": {"a": {"engine": "sambert"}}, "default_voice": "a"},
+            "voices.a.model: is required for engine sambert",
+        ),
+        (
+            {
+                "voices": {
+                    "a": {
+                        "engine": "cosyvoice",
+                        "model": "cosyvoice-v2",
+                        "voice": "v",
+                        "seed": 70000,
+                    }
+                },
+                "default_voice": "a",
+            },
+            "voices.a.seed: must be an integer 0-65535",
+        ),
+        (
+            {"voices": {"a": {"engine": "piper", "rate": 1.2}}, "default_voice": "a"},
+            "voices.a.rate: engine piper does not use it",
+        ),
         ({"default_voice": "nobody"}, "default_voice: names no voice in voices"),
         ({"audio": {"sample_rate": 12345}}, "audio.sample_rate: must be one of"),
-        ({"audio": {"device": True}}, "audio.device: must be an ALSA device name or a device index"),
+        (
+            {"audio": {"device": True}},
+            "audio.device: must be an ALSA device name or a device index",
+        ),
         ({"device": {"name": "a/b"}}, "device.name: must not contain '/'"),
         ({"announcements": {"max_chars": 0}}, "announcements.max_chars: must be an integer"),
         ([1, 2], "config: must be a mapping"),
@@ -127,9 +230,15 @@ def test_any_port_value_is_accepted_or_refused_by_name(value: object) -> None:
         assert 1 <= config.mqtt.port <= 65535
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                    max_leaves=10))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=10,
+    )
+)
 def test_arbitrary_yaml_never_escapes_as_anything_but_config_error(data: object) -> None:
     try:
         parse_config({"mqtt": data, "voices": data, "audio": data})
@@ -156,25 +265,58 @@ def test_region_picks_the_documented_urls() -> None:
     intl = parse_config({}).dashscope
     assert intl.inference_url == "wss://dashscope-intl.aliyuncs.com/api-ws/v1/inference"
     assert intl.realtime_url == "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime"
-    custom = parse_config({"dashscope": {"region": "cn",
-                                         "inference_url": "ws://127.0.0.1:9/api-ws/v1/inference",
-                                         "realtime_url": "ws://127.0.0.1:9/api-ws/v1/realtime"}})
+    custom = parse_config(
+        {
+            "dashscope": {
+                "region": "cn",
+                "inference_url": "ws://127.0.0.1:9/api-ws/v1/inference",
+                "realtime_url": "ws://127.0.0.1:9/api-ws/v1/realtime",
+            }
+        }
+    )
     assert custom.dashscope.inference_url == "ws://127.0.0.1:9/api-ws/v1/inference"
     assert custom.dashscope.realtime_url == "ws://127.0.0.1:9/api-ws/v1/realtime"
 
 
 def test_every_documented_voice_profile_field_is_read() -> None:
-    config = parse_config({"default_voice": "q", "voices": {
-        "q": {"engine": "qwen", "model": "qwen3-tts-instruct-flash-realtime", "voice": "Serena",
-              "rate": 1.5, "pitch": 0.7, "volume": 80, "instructions": "Brisk",
-              "optimize_instructions": True, "language_type": "German", "mode": "server_commit"},
-        "s": {"engine": "sambert", "model": "sambert-zhichu-v1", "rate": 0.5, "pitch": 2.0},
-        "c": {"engine": "cosyvoice", "model": "cosyvoice-v3.5-plus", "voice": "cosyvoice-v3.5-plus-x",
-              "seed": 65535, "language_hints": "zh", "instructions": "Slow"},
-    }})
+    config = parse_config(
+        {
+            "default_voice": "q",
+            "voices": {
+                "q": {
+                    "engine": "qwen",
+                    "model": "qwen3-tts-instruct-flash-realtime",
+                    "voice": "Serena",
+                    "rate": 1.5,
+                    "pitch": 0.7,
+                    "volume": 80,
+                    "instructions": "Brisk",
+                    "optimize_instructions": True,
+                    "language_type": "German",
+                    "mode": "server_commit",
+                },
+                "s": {"engine": "sambert", "model": "sambert-zhichu-v1", "rate": 0.5, "pitch": 2.0},
+                "c": {
+                    "engine": "cosyvoice",
+                    "model": "cosyvoice-v3.5-plus",
+                    "voice": "cosyvoice-v3.5-plus-x",
+                    "seed": 65535,
+                    "language_hints": "zh",
+                    "instructions": "Slow",
+                },
+            },
+        }
+    )
     q, s, c = config.voices["q"], config.voices["s"], config.voices["c"]
-    assert (q.rate, q.pitch, q.volume, q.instructions, q.optimize_instructions, q.language_type,
-            q.mode) == (1.5, 0.7, 80, "Brisk", True, "German", "server_commit")
+    assert (
+        q.rate,
+        q.pitch,
+        q.volume,
+        q.instructions,
+        q.optimize_instructions,
+        q.language_type,
+        q.mode,
+    ) == (1.5, 0.7, 80, "Brisk", True, "German", "server_commit")
     assert (s.model, s.voice, s.rate, s.pitch) == ("sambert-zhichu-v1", None, 0.5, 2.0)
     assert (c.seed, c.language_hints, c.mode) == (65535, ("zh",), "commit")
 
@@ -196,7 +338,7 @@ def test_api_key_order_file_then_env_then_credential(tmp_path: Path) -> None:
 
 def test_unreadable_key_file_is_refused_without_content(tmp_path: Path) -> None:
     ds = parse_config({"dashscope": {"api_key_file": str(tmp_path / "missing")}}).dashscope
-    with pytest.raises(ConfigError, match="dashscope.api_key_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"dashscope\.api_key_file: cannot read"):
         load_api_key(ds, {})
 
 

@@ -6,8 +6,6 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import API_KEY
-from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
@@ -17,13 +15,21 @@ from edge_tts.errors import CloudUnavailable, SynthesisError
 from edge_tts.keeper import ConnectionKeeper
 from edge_tts.text import weight
 
+from conftest import API_KEY
+from fake_dashscope import FakeDashScope, pcm_for
+
 VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
 
 
-def engine_for(fake: FakeDashScope, key: str | None = API_KEY, **timeouts: float) -> CosyVoiceEngine:
+def engine_for(
+    fake: FakeDashScope, key: str | None = API_KEY, **timeouts: float
+) -> CosyVoiceEngine:
     keeper = ConnectionKeeper(fake.url, Secret(key) if key else None, idle_timeout_s=60)
-    return CosyVoiceEngine(keeper, first_audio_timeout_s=timeouts.get("first", 5),
-                           stall_timeout_s=timeouts.get("stall", 1))
+    return CosyVoiceEngine(
+        keeper,
+        first_audio_timeout_s=timeouts.get("first", 5),
+        stall_timeout_s=timeouts.get("stall", 1),
+    )
 
 
 async def collect(audio: AsyncIterator[bytes]) -> bytes:
@@ -42,15 +48,31 @@ async def test_streams_the_services_pcm_chunk_by_chunk(dashscope: FakeDashScope)
 
 
 async def test_run_task_carries_the_voice_profile(dashscope: FakeDashScope) -> None:
-    voice = Voice(name="v", engine="cosyvoice", model="cosyvoice-v3-plus", voice="longxiaochun",
-                  rate=1.2, pitch=0.9, volume=70, instructions="Speak calmly", seed=42,
-                  language_hints=("en",))
+    voice = Voice(
+        name="v",
+        engine="cosyvoice",
+        model="cosyvoice-v3-plus",
+        voice="longxiaochun",
+        rate=1.2,
+        pitch=0.9,
+        volume=70,
+        instructions="Speak calmly",
+        seed=42,
+        language_hints=("en",),
+    )
     await collect(engine_for(dashscope).synthesize(request("Hi there.", voice)))
     (task,) = dashscope.tasks
     assert task.model == "cosyvoice-v3-plus"
     assert task.parameters == {
-        "text_type": "PlainText", "voice": "longxiaochun", "format": "pcm", "sample_rate": 24000,
-        "volume": 70, "rate": 1.2, "pitch": 0.9, "seed": 42, "instruction": "Speak calmly",
+        "text_type": "PlainText",
+        "voice": "longxiaochun",
+        "format": "pcm",
+        "sample_rate": 24000,
+        "volume": 70,
+        "rate": 1.2,
+        "pitch": 0.9,
+        "seed": 42,
+        "instruction": "Speak calmly",
         "language_hints": ["en"],
     }
     assert task.texts == ["Hi there."]
@@ -103,7 +125,9 @@ async def test_wrong_key_is_reported_without_the_key(dashscope: FakeDashScope) -
     with pytest.raises(CloudUnavailable) as refused:
         await collect(engine_for(dashscope, key="sk-wrong-secret").synthesize(request("Hi.")))
     assert "refused the API key" in refused.value.reason
-    assert "sk-wrong-secret" not in str(refused.value) and "sk-wrong-secret" not in repr(refused.value)
+    assert "sk-wrong-secret" not in str(refused.value) and "sk-wrong-secret" not in repr(
+        refused.value
+    )
 
 
 async def test_no_key_says_how_to_add_one(dashscope: FakeDashScope) -> None:
@@ -134,7 +158,11 @@ async def test_a_long_text_goes_sentence_by_sentence_in_one_task(dashscope: Fake
     text = "The oven is preheated. Put the bread in! It needs forty minutes."
     audio = await collect(engine_for(dashscope).synthesize(request(text)))
     (task,) = dashscope.tasks
-    assert task.texts == ["The oven is preheated. ", "Put the bread in! ", "It needs forty minutes."]
+    assert task.texts == [
+        "The oven is preheated. ",
+        "Put the bread in! ",
+        "It needs forty minutes.",
+    ]
     assert audio == b"".join(pcm_for(t) for t in task.texts)
 
 
@@ -152,31 +180,37 @@ async def test_sambert_sends_the_text_in_run_task_on_the_shared_connection(
 ) -> None:
     cosy = engine_for(dashscope)
     sambert = SambertEngine(cosy._keeper, first_audio_timeout_s=5, stall_timeout_s=1)
-    voice = Voice(name="zhichu", engine="sambert", model="sambert-zhichu-v1", rate=1.2,
-                  pitch=0.8, volume=60)
+    voice = Voice(
+        name="zhichu", engine="sambert", model="sambert-zhichu-v1", rate=1.2, pitch=0.8, volume=60
+    )
     await collect(cosy.synthesize(request("CosyVoice first.")))
     req = request("Then Sambert. Two sentences.", voice)
     audio = await collect(sambert.synthesize(req))
     assert audio == pcm_for("Then Sambert. Two sentences.", "sambert-zhichu-v1")
-    first, task = dashscope.tasks
+    _first, task = dashscope.tasks
     assert task.streaming == "out" and task.model == "sambert-zhichu-v1"
     assert task.texts == ["Then Sambert. Two sentences."]  # Sambert takes it whole
     assert task.parameters["sample_rate"] == 24000 and task.parameters["format"] == "pcm"
-    assert (task.parameters["rate"], task.parameters["pitch"], task.parameters["volume"]) == \
-        (1.2, 0.8, 60)
+    assert (task.parameters["rate"], task.parameters["pitch"], task.parameters["volume"]) == (
+        1.2,
+        0.8,
+        60,
+    )
     assert len(dashscope.connections) == 1 and req.trace.connection == "warm"
 
 
 async def test_a_sambert_failure_fails_the_request_and_the_next_one_works(
     dashscope: FakeDashScope,
 ) -> None:
-    sambert = SambertEngine(engine_for(dashscope)._keeper, first_audio_timeout_s=5,
-                            stall_timeout_s=1)
+    sambert = SambertEngine(
+        engine_for(dashscope)._keeper, first_audio_timeout_s=5, stall_timeout_s=1
+    )
     voice = Voice(name="zhichu", engine="sambert", model="sambert-zhichu-v1")
     with pytest.raises(SynthesisError, match="InternalError"):
         await collect(sambert.synthesize(request("Broken [fail]", voice)))
     assert await collect(sambert.synthesize(request("Fine.", voice))) == pcm_for(
-        "Fine.", "sambert-zhichu-v1")
+        "Fine.", "sambert-zhichu-v1"
+    )
 
 
 async def test_texts_over_the_documented_task_limits_are_refused_before_sending(

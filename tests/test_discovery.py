@@ -36,10 +36,12 @@ async def retained(broker: Broker, pattern: str) -> dict[str, bytes]:
 
 
 @pytest.fixture
-async def discovering(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
-                      capture: Capture) -> AsyncIterator[DaemonProcess]:
-    config = write_config(tmp_path / "config.yaml", broker, dashscope,
-                          mqtt__discovery_prefix="homeassistant")
+async def discovering(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> AsyncIterator[DaemonProcess]:
+    config = write_config(
+        tmp_path / "config.yaml", broker, dashscope, mqtt__discovery_prefix="homeassistant"
+    )
     proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
     await proc.start(home)
     yield proc
@@ -51,9 +53,15 @@ async def test_the_device_and_its_entities_are_announced(
 ) -> None:
     configs = {t: json.loads(p) for t, p in (await retained(broker, "homeassistant/#")).items()}
     node = "edge_tts_kitchen"
-    assert set(configs) == {f"homeassistant/{c}/{node}/{o}/config" for c, o in
-                            [("notify", "say"), ("button", "stop"), ("sensor", "state"),
-                             ("sensor", "first_audio")]}
+    assert set(configs) == {
+        f"homeassistant/{c}/{node}/{o}/config"
+        for c, o in [
+            ("notify", "say"),
+            ("button", "stop"),
+            ("sensor", "state"),
+            ("sensor", "first_audio"),
+        ]
+    }
     notify = configs[f"homeassistant/notify/{node}/say/config"]
     button = configs[f"homeassistant/button/{node}/stop/config"]
     state = configs[f"homeassistant/sensor/{node}/state/config"]
@@ -76,12 +84,18 @@ async def test_the_device_and_its_entities_are_announced(
     # Entity ids as Home Assistant derives them from the names, so that releases that do not
     # know default_entity_id give the same ones.
     assert {e["default_entity_id"] for e in configs.values()} == {
-        "notify.edge_tts_kitchen_say", "button.edge_tts_kitchen_stop_speaking",
-        "sensor.edge_tts_kitchen_state", "sensor.edge_tts_kitchen_time_to_first_audio"}
+        "notify.edge_tts_kitchen_say",
+        "button.edge_tts_kitchen_stop_speaking",
+        "sensor.edge_tts_kitchen_state",
+        "sensor.edge_tts_kitchen_time_to_first_audio",
+    }
 
 
 async def test_the_entities_command_topics_speak_and_stop(
-    discovering: DaemonProcess, broker: Broker, home: Home, capture: Capture,
+    discovering: DaemonProcess,
+    broker: Broker,
+    home: Home,
+    capture: Capture,
     dashscope: FakeDashScope,
 ) -> None:
     configs = {t: json.loads(p) for t, p in (await retained(broker, "homeassistant/#")).items()}
@@ -107,8 +121,15 @@ async def test_discovery_remove_clears_the_entities(
     assert len(await retained(broker, "homeassistant/#")) == 4
     await discovering.stop()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_tts", "discovery", "-c", str(discovering.config), "remove",
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "edge_tts",
+        "discovery",
+        "-c",
+        str(discovering.config),
+        "remove",
+        stdout=asyncio.subprocess.PIPE,
+    )
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert "removed 4 Home Assistant entities of device 'kitchen'" in out.decode()
@@ -123,8 +144,10 @@ async def test_no_discovery_when_the_prefix_is_null(daemon: DaemonProcess, broke
 # The MQTT discovery keys each supported Home Assistant release accepts, taken from the
 # release itself by scripts/ha-mqtt-schema (an unknown key would be dropped without a word:
 # a typo would fail silently, so none is allowed).
-RELEASES = [json.loads(p.read_text())
-            for p in sorted((Path(__file__).parent / "ha").glob("mqtt-discovery-*.json"))]
+RELEASES = [
+    json.loads(p.read_text())
+    for p in sorted((Path(__file__).parent / "ha").glob("mqtt-discovery-*.json"))
+]
 # Keys of releases newer than a file's, which it drops (its schemas remove extra keys).
 NEWER = {"default_entity_id": "2025.10"}
 
@@ -144,16 +167,25 @@ def test_every_discovery_key_is_one_the_release_accepts(release: dict[str, Any])
         assert (prefix, last, node) == ("homeassistant", "config", "edge_tts_living_room")
         fields = json.loads(payload)
         schema = release["platforms"][component]
-        known = set(schema["required"]) | set(schema["optional"]) | {
-            k for k, since in NEWER.items()
-            if _version(since) > _version(release["home_assistant"])}
+        known = (
+            set(schema["required"])
+            | set(schema["optional"])
+            | {
+                k
+                for k, since in NEWER.items()
+                if _version(since) > _version(release["home_assistant"])
+            }
+        )
         assert set(fields) <= known, set(fields) - known
         assert set(schema["required"]) <= set(fields)
         assert "object_id" not in fields  # deprecated since 2025.10, gone since 2026.4
         device, origin = release["device"], release["origin"]
         assert set(fields["device"]) <= set(device["required"]) | set(device["optional"])
-        assert set(origin["required"]) <= set(fields["origin"]) <= set(
-            origin["required"]) | set(origin["optional"])
+        assert (
+            set(origin["required"])
+            <= set(fields["origin"])
+            <= set(origin["required"]) | set(origin["optional"])
+        )
         assert fields["unique_id"] == f"edge_tts_living_room_{object_id}"
 
 
@@ -166,12 +198,14 @@ async def test_home_assistant_sees_idle_and_no_stale_value_from_the_first_second
 ) -> None:
     # A previous run's stats (with a last announcement) are replaced at start.
     kept = await retained(broker, "edge-tts/kitchen/#")
-    assert json.loads(kept["edge-tts/kitchen/state"]) == {"state": "idle", "id": None,
-                                                          "text": None}
+    assert json.loads(kept["edge-tts/kitchen/state"]) == {"state": "idle", "id": None, "text": None}
     stats = json.loads(kept["edge-tts/kitchen/stats"])
     assert stats["last_announcement"] is None  # the sensor's template makes that "unknown"
-    first = json.loads((await retained(broker, "homeassistant/sensor/#"))[
-        "homeassistant/sensor/edge_tts_kitchen/first_audio/config"])
+    first = json.loads(
+        (await retained(broker, "homeassistant/sensor/#"))[
+            "homeassistant/sensor/edge_tts_kitchen/first_audio/config"
+        ]
+    )
     assert "if value_json.last_announcement else None" in first["value_template"]
     assert "(value_json.last_announcement or {})" in first["json_attributes_template"]
 

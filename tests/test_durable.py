@@ -13,13 +13,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech
 from edge_tts.announcement import Announcement
 from edge_tts.journal import Journal, digest
+
+from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech
 from fake_dashscope import FakeDashScope, pcm_for
 
-QUEUED = [("low", "Low: the post came."), ("normal", "Normal: the washer is done."),
-          ("high", "High: the door is open."), ("normal", "Normal: dinner is ready.")]
+QUEUED = [
+    ("low", "Low: the post came."),
+    ("normal", "Normal: the washer is done."),
+    ("high", "High: the door is open."),
+    ("normal", "Normal: dinner is ready."),
+]
 
 
 async def queue_behind_a_long_announcement(home: Home, dashscope: FakeDashScope) -> None:
@@ -34,15 +39,17 @@ async def queue_behind_a_long_announcement(home: Home, dashscope: FakeDashScope)
     await home.log.wait_for(lambda: all("queued" in home.log.of(f"q{i}") for i in range(4)))
 
 
-async def speaks_each_once_after_restart(daemon: DaemonProcess, home: Home, capture: Capture,
-                                         dashscope: FakeDashScope) -> None:
+async def speaks_each_once_after_restart(
+    daemon: DaemonProcess, home: Home, capture: Capture, dashscope: FakeDashScope
+) -> None:
     dashscope.chunk_interval_s = 0.0
     again = DaemonProcess(daemon.config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
     before = len(home.log.events)
     await again.start(home)
     try:
-        await home.log.wait_for(lambda: sum(
-            e["event"] == "finished" for e in home.log.events[before:]) >= 5, timeout=30)
+        await home.log.wait_for(
+            lambda: sum(e["event"] == "finished" for e in home.log.events[before:]) >= 5, timeout=30
+        )
     finally:
         await again.stop()
     after = home.log.events[before:]
@@ -117,13 +124,15 @@ async def test_an_unexpected_error_ends_the_process_at_once_saying_offline(
         "    raise RuntimeError('the queue broke')\n"
         "q.AnnouncementQueue.get = broken\n"
         "from edge_tts.__main__ import main\n"
-        f"sys.exit(main(['serve', '-c', {str(running.config)!r}]))\n")
+        f"sys.exit(main(['serve', '-c', {str(running.config)!r}]))\n"
+    )
     proc = DaemonProcess(running.config, running.env)
     proc_args = [sys.executable, str(script)]
     offline_before = home.log.availability.count("offline")
     started = time.monotonic()
-    proc.proc = await asyncio.create_subprocess_exec(*proc_args, env=running.env,
-                                                     stderr=asyncio.subprocess.PIPE)
+    proc.proc = await asyncio.create_subprocess_exec(
+        *proc_args, env=running.env, stderr=asyncio.subprocess.PIPE
+    )
     try:
         async with asyncio.timeout(20):
             code = await proc.proc.wait()
@@ -151,8 +160,10 @@ def test_the_journal_gives_back_what_did_not_end_in_order(tmp_path: Path) -> Non
     journal.close()
     again = Journal(tmp_path / "q.jsonl")
     restored = again.open()
-    assert [(r.announcement.id, r.announcement.text) for r in restored] == [("1", "one"),
-                                                                           ("3", "three")]
+    assert [(r.announcement.id, r.announcement.text) for r in restored] == [
+        ("1", "one"),
+        ("3", "three"),
+    ]
     assert restored[1].announcement.sent_at == 123.0
     assert again.redelivered(5, digest(b"one")) and not again.redelivered(5, digest(b"x"))
     # The rewritten file holds only what is pending; new entries never reuse a number.
@@ -194,6 +205,7 @@ def test_a_journal_that_cannot_be_written_does_not_stop_announcements(tmp_path: 
 
 def test_the_state_directory_follows_systemd_then_xdg(tmp_path: Path) -> None:
     from edge_tts.journal import state_dir
+
     assert state_dir({"STATE_DIRECTORY": "/var/lib/edge-tts"}) == Path("/var/lib/edge-tts")
     assert state_dir({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "edge-tts"
 

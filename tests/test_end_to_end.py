@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-import subprocess
 
 from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, home_assistant, split_speech
 from fake_dashscope import FakeDashScope, pcm_for
@@ -17,8 +17,20 @@ async def test_mosquitto_pub_announcement_puts_the_clouds_exact_pcm_on_alsa(
     text = "Hello from the kitchen."
     mosquitto_pub = shutil.which("mosquitto_pub")
     assert mosquitto_pub, "mosquitto-clients is installed by scripts/setup"
-    subprocess.run([mosquitto_pub, "-h", broker.host, "-p", str(broker.port), "-q", "1",
-                    "-t", "edge-tts/kitchen/say", "-m", text], check=True)
+    pub = await asyncio.create_subprocess_exec(
+        mosquitto_pub,
+        "-h",
+        broker.host,
+        "-p",
+        str(broker.port),
+        "-q",
+        "1",
+        "-t",
+        "edge-tts/kitchen/say",
+        "-m",
+        text,
+    )
+    assert await pub.wait() == 0
     await home.log.wait_for(lambda: any(e["event"] == "queued" for e in home.log.events))
     announcement_id = home.log.events[0]["id"]
     end = await home.log.outcome(announcement_id)
@@ -73,7 +85,9 @@ async def test_bad_input_fails_with_a_reason_and_the_next_announcement_is_spoken
     ]
     for payload, _ in bad:
         await home.say(payload)
-    await home.log.wait_for(lambda: sum(e["event"] == "failed" for e in home.log.events) == len(bad))
+    await home.log.wait_for(
+        lambda: sum(e["event"] == "failed" for e in home.log.events) == len(bad)
+    )
     failures = [e for e in home.log.events if e["event"] == "failed"]
     for (payload, reason), event in zip(bad, failures, strict=True):
         assert reason in event["error"], (payload, event)
@@ -125,7 +139,9 @@ async def test_stop_cuts_the_current_announcement_and_drops_the_queue(
     assert (await home.log.outcome("after"))["event"] == "finished"
 
 
-async def test_all_topic_reaches_every_device(daemon: DaemonProcess, home: Home, capture: Capture) -> None:
+async def test_all_topic_reaches_every_device(
+    daemon: DaemonProcess, home: Home, capture: Capture
+) -> None:
     await home.say({"text": "Dinner is ready.", "id": "all-1"}, device="all")
     assert (await home.log.outcome("all-1"))["event"] == "finished"
     assert split_speech(capture.read())[1] == pcm_for("Dinner is ready.")

@@ -11,25 +11,36 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
 from fake_dashscope import FakeDashScope, pcm_for
 from test_fallback import assert_spoken
 
 VOICES = {
-    "voices__butler": {"engine": "qwen", "model": "qwen3-tts-instruct-flash-realtime",
-                       "voice": "Serena", "instructions": "Calm and warm",
-                       "language_type": "English"},
+    "voices__butler": {
+        "engine": "qwen",
+        "model": "qwen3-tts-instruct-flash-realtime",
+        "voice": "Serena",
+        "instructions": "Calm and warm",
+        "language_type": "English",
+    },
     "voices__zhichu": {"engine": "sambert", "model": "sambert-zhichu-v1"},
     "voices__offline": {"engine": "piper"},
 }
 
 
 @pytest.fixture
-async def running(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
-                  capture: Capture) -> AsyncIterator[DaemonProcess]:
-    config = write_config(tmp_path / "config.yaml", broker, dashscope,
-                          dashscope__realtime_url=dashscope.realtime_url,
-                          fallback__first_audio_ms=3000, **VOICES)
+async def running(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> AsyncIterator[DaemonProcess]:
+    config = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        dashscope,
+        dashscope__realtime_url=dashscope.realtime_url,
+        fallback__first_audio_ms=3000,
+        **VOICES,
+    )
     proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
     await proc.start(home)
     yield proc
@@ -46,26 +57,30 @@ async def spoken(home: Home, capture: Capture, payload: dict[str, object]) -> tu
 async def test_each_engine_speaks_its_announcement_end_to_end(
     running: DaemonProcess, home: Home, capture: Capture, dashscope: FakeDashScope
 ) -> None:
-    started, pcm = await spoken(home, capture, {"text": "CosyVoice here. Two sentences.",
-                                                "id": "cosy"})
+    started, pcm = await spoken(
+        home, capture, {"text": "CosyVoice here. Two sentences.", "id": "cosy"}
+    )
     assert started["source"] == "cloud"
     assert pcm == pcm_for("CosyVoice here. ") + pcm_for("Two sentences.")
 
-    started, pcm = await spoken(home, capture, {"text": "Qwen here. Also two.",
-                                                "voice": "butler", "id": "qwen"})
+    started, pcm = await spoken(
+        home, capture, {"text": "Qwen here. Also two.", "voice": "butler", "id": "qwen"}
+    )
     assert started["source"] == "cloud"
     assert pcm == pcm_for("Qwen here. ", "Serena") + pcm_for("Also two.", "Serena")
     session = next(t for t in dashscope.tasks if t.streaming == "realtime" and t.texts)
     assert session.parameters["instructions"] == "Calm and warm"
     assert session.texts == ["Qwen here. ", "Also two."]
 
-    started, pcm = await spoken(home, capture, {"text": "Sambert here.", "voice": "zhichu",
-                                                "id": "sambert"})
+    started, pcm = await spoken(
+        home, capture, {"text": "Sambert here.", "voice": "zhichu", "id": "sambert"}
+    )
     assert started["source"] == "cloud"
     assert pcm == pcm_for("Sambert here.", "sambert-zhichu-v1")
 
-    started, pcm = await spoken(home, capture, {"text": "Piper here.", "voice": "offline",
-                                                "id": "piper"})
+    started, pcm = await spoken(
+        home, capture, {"text": "Piper here.", "voice": "offline", "id": "piper"}
+    )
     assert started["source"] == "offline"
     assert_spoken(pcm, "Piper here.")
 
@@ -82,9 +97,10 @@ async def test_a_qwen_error_mid_announcement_is_finished_by_the_fallback_and_the
     assert home.log.of("mid") == ["queued", "started", "finished"]
     played = split_speech(capture.read())[1]
     assert played.startswith(pcm_for("Careful. ", "Serena"))
-    assert_spoken(played[len(pcm_for("Careful. ", "Serena")):], "[fail] Broken.")
-    started, pcm = await spoken(home, capture, {"text": "Working again.", "voice": "butler",
-                                                "id": "good"})
+    assert_spoken(played[len(pcm_for("Careful. ", "Serena")) :], "[fail] Broken.")
+    started, pcm = await spoken(
+        home, capture, {"text": "Working again.", "voice": "butler", "id": "good"}
+    )
     assert started["source"] == "cloud"
     assert pcm == pcm_for("Working again.", "Serena")
 
@@ -92,8 +108,9 @@ async def test_a_qwen_error_mid_announcement_is_finished_by_the_fallback_and_the
 async def test_a_qwen_error_before_any_audio_falls_back_and_the_next_qwen_one_speaks(
     running: DaemonProcess, home: Home, capture: Capture
 ) -> None:
-    started, pcm = await spoken(home, capture, {"text": "Broken [fail] at once.",
-                                                "voice": "butler", "id": "bad"})
+    started, pcm = await spoken(
+        home, capture, {"text": "Broken [fail] at once.", "voice": "butler", "id": "bad"}
+    )
     assert started["source"] == "fallback" and "internal_error" in started["reason"]
     assert_spoken(pcm, "Broken [fail] at once.")
     started, pcm = await spoken(home, capture, {"text": "Back.", "voice": "butler", "id": "ok"})
@@ -103,8 +120,9 @@ async def test_a_qwen_error_before_any_audio_falls_back_and_the_next_qwen_one_sp
 async def test_a_sambert_error_falls_back_and_the_next_sambert_one_speaks(
     running: DaemonProcess, home: Home, capture: Capture
 ) -> None:
-    started, _ = await spoken(home, capture, {"text": "Broken [fail]", "voice": "zhichu",
-                                              "id": "bad"})
+    started, _ = await spoken(
+        home, capture, {"text": "Broken [fail]", "voice": "zhichu", "id": "bad"}
+    )
     assert started["source"] == "fallback" and "InternalError" in started["reason"]
     _, pcm = await spoken(home, capture, {"text": "Fine now.", "voice": "zhichu", "id": "good"})
     assert pcm == pcm_for("Fine now.", "sambert-zhichu-v1")
@@ -137,16 +155,27 @@ async def test_malformed_ssml_is_refused_with_a_reason_and_the_next_is_spoken(
 async def test_a_qwen_default_voice_has_its_session_ready_before_the_first_announcement(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
 ) -> None:
-    config = write_config(tmp_path / "config.yaml", broker, dashscope,
-                          dashscope__realtime_url=dashscope.realtime_url,
-                          default_voice="butler", fallback__first_audio_ms=3000, **VOICES)
+    config = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        dashscope,
+        dashscope__realtime_url=dashscope.realtime_url,
+        default_voice="butler",
+        fallback__first_audio_ms=3000,
+        **VOICES,
+    )
     proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
     await proc.start(home)
     try:
+
         def ready() -> bool:
-            return any(c.path == "/api-ws/v1/realtime" and c.tasks
-                       and c.tasks[0].parameters["voice"] == "Serena"
-                       for c in dashscope.open_connections())
+            return any(
+                c.path == "/api-ws/v1/realtime"
+                and c.tasks
+                and c.tasks[0].parameters["voice"] == "Serena"
+                for c in dashscope.open_connections()
+            )
+
         await dashscope.wait_for(ready)
         await home.log.wait_for(lambda: any(s["cloud"]["warm"] for s in home.log.stats))
         started, pcm = await spoken(home, capture, {"text": "Dinner.", "id": "first"})
@@ -159,16 +188,32 @@ async def test_a_qwen_default_voice_has_its_session_ready_before_the_first_annou
 
 
 async def test_a_reload_that_makes_a_qwen_voice_the_default_readies_its_session(
-    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture,
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    capture: Capture,
     running: DaemonProcess,
 ) -> None:
     assert not any(c.path == "/api-ws/v1/realtime" for c in dashscope.connections)
-    write_config(running.config, broker, dashscope, dashscope__realtime_url=dashscope.realtime_url,
-                 default_voice="butler", fallback__first_audio_ms=3000, **VOICES)
+    write_config(
+        running.config,
+        broker,
+        dashscope,
+        dashscope__realtime_url=dashscope.realtime_url,
+        default_voice="butler",
+        fallback__first_audio_ms=3000,
+        **VOICES,
+    )
     assert running.proc is not None
     running.proc.send_signal(signal.SIGHUP)
-    await dashscope.wait_for(lambda: any(
-        c.path == "/api-ws/v1/realtime" and c.tasks and c.tasks[0].parameters["voice"] == "Serena"
-        for c in dashscope.open_connections()))
+    await dashscope.wait_for(
+        lambda: any(
+            c.path == "/api-ws/v1/realtime"
+            and c.tasks
+            and c.tasks[0].parameters["voice"] == "Serena"
+            for c in dashscope.open_connections()
+        )
+    )
     started, pcm = await spoken(home, capture, {"text": "After reload.", "id": "r"})
     assert started["connection"] == "warm" and pcm == pcm_for("After reload.", "Serena")

@@ -17,18 +17,19 @@ import dashscope as dashscope_sdk
 import pytest
 import websocket
 import websockets
-from conftest import API_KEY, fake_cloud
 from dashscope.audio.qwen_tts_realtime import AudioFormat as QwenAudioFormat
 from dashscope.audio.qwen_tts_realtime import QwenTtsRealtime, QwenTtsRealtimeCallback
 from dashscope.audio.tts import SpeechSynthesizer as SambertSynthesizer
 from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesizer
 from dashscope.common.error import RequestFailure
-from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine, continue_task, run_task
 from edge_tts.keeper import ConnectionKeeper
+
+from conftest import API_KEY, fake_cloud
+from fake_dashscope import FakeDashScope, pcm_for
 
 COSY = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
 
@@ -57,8 +58,12 @@ def sdk_sockets_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 async def test_sdk_call_receives_the_fakes_pcm(dashscope: FakeDashScope) -> None:
-    synthesizer = SpeechSynthesizer(model="cosyvoice-v3-flash", voice="longanyang",
-                                    format=AudioFormat.PCM_24000HZ_MONO_16BIT, url=dashscope.url)
+    synthesizer = SpeechSynthesizer(
+        model="cosyvoice-v3-flash",
+        voice="longanyang",
+        format=AudioFormat.PCM_24000HZ_MONO_16BIT,
+        url=dashscope.url,
+    )
     audio = await asyncio.to_thread(synthesizer.call, "How is the weather today?", 10_000)
     assert audio == pcm_for("How is the weather today?")
     (task,) = dashscope.tasks
@@ -78,9 +83,13 @@ async def test_sdk_streaming_call_with_several_texts(dashscope: FakeDashScope) -
         def on_complete(self) -> None:
             done.set()
 
-    synthesizer = SpeechSynthesizer(model="cosyvoice-v3-flash", voice="longxiaochun",
-                                    format=AudioFormat.PCM_22050HZ_MONO_16BIT,
-                                    callback=Collect(), url=dashscope.url)
+    synthesizer = SpeechSynthesizer(
+        model="cosyvoice-v3-flash",
+        voice="longxiaochun",
+        format=AudioFormat.PCM_22050HZ_MONO_16BIT,
+        callback=Collect(),
+        url=dashscope.url,
+    )
 
     def stream() -> None:
         for text in ("First sentence. ", "Second sentence."):
@@ -90,7 +99,8 @@ async def test_sdk_streaming_call_with_several_texts(dashscope: FakeDashScope) -
     await asyncio.to_thread(stream)
     assert done.is_set()
     expected = pcm_for("First sentence. ", "longxiaochun", 22050) + pcm_for(
-        "Second sentence.", "longxiaochun", 22050)
+        "Second sentence.", "longxiaochun", 22050
+    )
     assert b"".join(chunks) == expected
 
 
@@ -103,9 +113,13 @@ async def test_sdk_sees_task_failed_with_its_code(dashscope: FakeDashScope) -> N
             errors.append(json.loads(message))
             failed.set()
 
-    synthesizer = SpeechSynthesizer(model="cosyvoice-v3-flash", voice="longanyang",
-                                    format=AudioFormat.PCM_24000HZ_MONO_16BIT, callback=Record(),
-                                    url=dashscope.url)
+    synthesizer = SpeechSynthesizer(
+        model="cosyvoice-v3-flash",
+        voice="longanyang",
+        format=AudioFormat.PCM_24000HZ_MONO_16BIT,
+        callback=Record(),
+        url=dashscope.url,
+    )
     # The service closes the connection right after task-failed; the SDK's own finish-task
     # may then race that close and raise ConnectionError. What matters is that it saw the
     # failure as the service reports it.
@@ -116,11 +130,16 @@ async def test_sdk_sees_task_failed_with_its_code(dashscope: FakeDashScope) -> N
     assert header["event"] == "task-failed" and header["error_code"] == "InternalError"
 
 
-async def test_sdk_with_a_wrong_key_is_refused(dashscope: FakeDashScope,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sdk_with_a_wrong_key_is_refused(
+    dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(dashscope_sdk, "api_key", "sk-wrong")
-    synthesizer = SpeechSynthesizer(model="cosyvoice-v3-flash", voice="longanyang",
-                                    format=AudioFormat.PCM_24000HZ_MONO_16BIT, url=dashscope.url)
+    synthesizer = SpeechSynthesizer(
+        model="cosyvoice-v3-flash",
+        voice="longanyang",
+        format=AudioFormat.PCM_24000HZ_MONO_16BIT,
+        url=dashscope.url,
+    )
     with pytest.raises(TimeoutError):  # how the SDK reports a refused handshake
         await asyncio.to_thread(synthesizer.call, "Hello", 5_000)
     assert dashscope.connections == []  # refused at the handshake, never served
@@ -135,8 +154,9 @@ async def test_a_client_that_does_not_wait_for_task_started_has_its_task_failed(
     wait fails here (the fake, like a busy service, answers run-task a moment late)."""
     async with fake_cloud(task_started_delay_s=0.3) as fake:
         request = SynthesisRequest("Too early.", COSY, 24000)
-        async with websockets.connect(fake.url, additional_headers={
-                "Authorization": f"Bearer {API_KEY}"}) as ws:
+        async with websockets.connect(
+            fake.url, additional_headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as ws:
             await ws.send(json.dumps(run_task(request)))
             await ws.send(json.dumps(continue_task(request.task_id, "Too early.")))
             event = json.loads(await ws.recv())
@@ -146,26 +166,35 @@ async def test_a_client_that_does_not_wait_for_task_started_has_its_task_failed(
 
 async def test_the_sdk_and_our_client_both_wait_for_task_started() -> None:
     async with fake_cloud(task_started_delay_s=0.3) as fake:
-        synthesizer = SpeechSynthesizer(model="cosyvoice-v3-flash", voice="longanyang",
-                                        format=AudioFormat.PCM_24000HZ_MONO_16BIT, url=fake.url)
-        assert await asyncio.to_thread(synthesizer.call, "The SDK waits.", 10_000) == \
-            pcm_for("The SDK waits.")
+        synthesizer = SpeechSynthesizer(
+            model="cosyvoice-v3-flash",
+            voice="longanyang",
+            format=AudioFormat.PCM_24000HZ_MONO_16BIT,
+            url=fake.url,
+        )
+        assert await asyncio.to_thread(synthesizer.call, "The SDK waits.", 10_000) == pcm_for(
+            "The SDK waits."
+        )
         keeper = ConnectionKeeper(fake.url, Secret(API_KEY), keep_warm=False)
         engine = CosyVoiceEngine(keeper, first_audio_timeout_s=5, stall_timeout_s=2)
         try:
-            audio = b"".join([c async for c in engine.synthesize(
-                SynthesisRequest("So do we.", COSY, 24000))])
+            audio = b"".join(
+                [c async for c in engine.synthesize(SynthesisRequest("So do we.", COSY, 24000))]
+            )
         finally:
             await keeper.close()
     assert audio == pcm_for("So do we.")
     assert [t.outcome for t in fake.tasks] == ["finished", "finished"]
 
 
-@pytest.mark.parametrize(("option", "value", "problem"), [
-    ("speech_rate", 3.0, "parameters.rate must be 0.5-2"),
-    ("pitch_rate", 0.1, "parameters.pitch must be 0.5-2"),
-    ("volume", 101, "parameters.volume must be 0-100"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("speech_rate", 3.0, "parameters.rate must be 0.5-2"),
+        ("pitch_rate", 0.1, "parameters.pitch must be 0.5-2"),
+        ("volume", 101, "parameters.volume must be 0-100"),
+    ],
+)
 async def test_parameters_out_of_their_documented_range_are_refused(
     dashscope: FakeDashScope, option: str, value: float, problem: str
 ) -> None:
@@ -177,15 +206,19 @@ async def test_parameters_out_of_their_documented_range_are_refused(
             errors.append(json.loads(message))
             failed.set()
 
-    synthesizer = SpeechSynthesizer(model="cosyvoice-v3-flash", voice="longanyang",
-                                    format=AudioFormat.PCM_24000HZ_MONO_16BIT, callback=Record(),
-                                    url=dashscope.url, **{option: value})
+    synthesizer = SpeechSynthesizer(
+        model="cosyvoice-v3-flash",
+        voice="longanyang",
+        format=AudioFormat.PCM_24000HZ_MONO_16BIT,
+        callback=Record(),
+        url=dashscope.url,
+        **{option: value},
+    )
     with contextlib.suppress(ConnectionError, RequestFailure, TimeoutError):
         await asyncio.to_thread(synthesizer.call, "Out of range.", 5_000)
     assert await asyncio.to_thread(failed.wait, 10)
     header = errors[0]["header"]
     assert header["error_code"] == "InvalidParameter" and problem in header["error_message"]
-
 
 
 # --- Qwen-TTS Realtime, driven by the SDK's QwenTtsRealtime -----------------------------
@@ -216,8 +249,9 @@ class _QwenEvents(QwenTtsRealtimeCallback):
         return [e["type"] for e in self.events]
 
 
-def _qwen_client(dashscope: FakeDashScope, model: str = "qwen3-tts-flash-realtime"
-                 ) -> tuple[QwenTtsRealtime, _QwenEvents]:
+def _qwen_client(
+    dashscope: FakeDashScope, model: str = "qwen3-tts-flash-realtime"
+) -> tuple[QwenTtsRealtime, _QwenEvents]:
     events = _QwenEvents()
     client = QwenTtsRealtime(model=model, callback=events, url=dashscope.realtime_url)
     return client, events
@@ -229,8 +263,12 @@ async def test_sdk_qwen_server_commit_mode(dashscope: FakeDashScope) -> None:
 
     def run() -> None:
         client.connect()
-        client.update_session(voice="Cherry", response_format=QwenAudioFormat.PCM_24000HZ_MONO_16BIT,
-                              mode="server_commit", language_type="English")
+        client.update_session(
+            voice="Cherry",
+            response_format=QwenAudioFormat.PCM_24000HZ_MONO_16BIT,
+            mode="server_commit",
+            language_type="English",
+        )
         for text in texts:
             client.append_text(text)
         client.finish()
@@ -251,8 +289,13 @@ async def test_sdk_qwen_commit_mode_one_response_per_commit(dashscope: FakeDashS
 
     def run() -> None:
         client.connect()
-        client.update_session(voice="Serena", mode="commit", sample_rate=16000,
-                              instructions="Calm and warm", optimize_instructions=True)
+        client.update_session(
+            voice="Serena",
+            mode="commit",
+            sample_rate=16000,
+            instructions="Calm and warm",
+            optimize_instructions=True,
+        )
         client.append_text("Hello there")  # no sentence end: commit mode waits for commit
         client.append_text(", friend.")
         client.commit()
@@ -264,7 +307,9 @@ async def test_sdk_qwen_commit_mode_one_response_per_commit(dashscope: FakeDashS
         assert events.finished.wait(10)
 
     await asyncio.to_thread(run)
-    expected = pcm_for("Hello there, friend.", "Serena", 16000) + pcm_for("Second turn.", "Serena", 16000)
+    expected = pcm_for("Hello there, friend.", "Serena", 16000) + pcm_for(
+        "Second turn.", "Serena", 16000
+    )
     assert bytes(events.audio) == expected
     assert events.kinds().count("input_text_buffer.committed") == 2
     session = dashscope.tasks[0].parameters
@@ -288,8 +333,11 @@ async def test_sdk_qwen_errors_recoverable_and_fatal(dashscope: FakeDashScope) -
 
     await asyncio.to_thread(run)
     errors = [e["error"] for e in events.events if e["type"] == "error"]
-    assert [e["type"] for e in errors] == ["invalid_request_error", "invalid_request_error",
-                                           "server_error"]
+    assert [e["type"] for e in errors] == [
+        "invalid_request_error",
+        "invalid_request_error",
+        "server_error",
+    ]
     assert bytes(events.audio) == pcm_for("Fine.", "Cherry", 24000)
     assert dashscope.tasks[0].outcome == "failed"
 
@@ -316,21 +364,32 @@ async def test_sdk_qwen_session_update_after_start_is_refused(dashscope: FakeDas
 
 async def test_sdk_sambert_call(dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dashscope_sdk, "base_websocket_api_url", dashscope.url)
-    result = await asyncio.to_thread(SambertSynthesizer.call, model="sambert-zhichu-v1",
-                                     text="The sun sets behind the mountains.",
-                                     sample_rate=16000, format="pcm")
-    assert result.get_audio_data() == pcm_for("The sun sets behind the mountains.",
-                                              "sambert-zhichu-v1", 16000)
+    result = await asyncio.to_thread(
+        SambertSynthesizer.call,
+        model="sambert-zhichu-v1",
+        text="The sun sets behind the mountains.",
+        sample_rate=16000,
+        format="pcm",
+    )
+    assert result.get_audio_data() == pcm_for(
+        "The sun sets behind the mountains.", "sambert-zhichu-v1", 16000
+    )
     (task,) = dashscope.tasks
     assert task.streaming == "out" and task.outcome == "finished"
     assert task.texts == ["The sun sets behind the mountains."]
 
 
-async def test_sdk_sambert_failure_reaches_the_sdk(dashscope: FakeDashScope,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sdk_sambert_failure_reaches_the_sdk(
+    dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(dashscope_sdk, "base_websocket_api_url", dashscope.url)
-    result = await asyncio.to_thread(SambertSynthesizer.call, model="sambert-zhichu-v1",
-                                     text="Broken [fail]", sample_rate=16000, format="pcm")
+    result = await asyncio.to_thread(
+        SambertSynthesizer.call,
+        model="sambert-zhichu-v1",
+        text="Broken [fail]",
+        sample_rate=16000,
+        format="pcm",
+    )
     response = result.get_response()
     assert response.code == "InternalError" and "fail" in response.message
 

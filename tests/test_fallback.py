@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import array
 import asyncio
+import itertools
 import math
 import os
 import sys
-import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
-from fake_dashscope import FakeDashScope, pcm_for, take_voice
 
 from edge_tts.config import Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.piper import PiperEngine
 from edge_tts.resample import resample
+
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from fake_dashscope import FakeDashScope, pcm_for, take_voice
 
 RATE = 24000
 OFFLINE = {"engine": "piper"}
@@ -38,10 +39,22 @@ def assert_spoken(pcm: bytes, text: str) -> None:
     assert loudness(pcm) > 300
 
 
-async def start_daemon(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
-                       key: str | None = API_KEY, **overrides: object) -> DaemonProcess:
-    config = write_config(tmp_path / "config.yaml", broker, dashscope,
-                          voices__offline=OFFLINE, fallback__first_audio_ms=800, **overrides)
+async def start_daemon(
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    key: str | None = API_KEY,
+    **overrides: object,
+) -> DaemonProcess:
+    config = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        dashscope,
+        voices__offline=OFFLINE,
+        fallback__first_audio_ms=800,
+        **overrides,
+    )
     env = dict(os.environ)
     if key is not None:
         env["DASHSCOPE_API_KEY"] = key
@@ -51,8 +64,9 @@ async def start_daemon(tmp_path: Path, broker: Broker, dashscope: FakeDashScope,
 
 
 @pytest.fixture
-async def running(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
-                  capture: Capture) -> AsyncIterator[DaemonProcess]:
+async def running(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> AsyncIterator[DaemonProcess]:
     daemon = await start_daemon(tmp_path, broker, dashscope, home)
     yield daemon
     await daemon.stop()
@@ -143,13 +157,21 @@ async def test_a_piper_voice_can_be_chosen_directly(
 
 
 async def test_say_works_on_a_fresh_machine_with_no_config_and_no_key(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DASHSCOPE_API_KEY", "EDGE_TTS_CONFIG")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DASHSCOPE_API_KEY", "EDGE_TTS_CONFIG")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     out = tmp_path / "hello.wav"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_tts", "say", "-o", str(out), "Hello.", cwd=tmp_path, env=env,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "edge_tts",
+        "say",
+        "-o",
+        str(out),
+        "Hello.",
+        cwd=tmp_path,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     with wave.open(str(out)) as wav:
@@ -176,18 +198,19 @@ async def test_the_model_is_loaded_on_first_use_and_released_when_idle() -> None
     engine.release_idle()
     assert engine.loaded  # used just now
     async with asyncio.timeout(30):
-        while engine.loaded:  # the timer's effect has no event of its own to wait on
+        while engine.loaded:  # noqa: ASYNC110 (the timer's effect has no event to wait on)
             await asyncio.sleep(0.05)
     assert loop.time() - used >= 1.0  # not before its time
 
 
 def test_resampling_keeps_the_duration_and_the_tone() -> None:
-    tone = array.array("h", (int(8000 * math.sin(2 * math.pi * 440 * n / 22050))
-                             for n in range(22050)))
+    tone = array.array(
+        "h", (int(8000 * math.sin(2 * math.pi * 440 * n / 22050)) for n in range(22050))
+    )
     out = resample(tone.tobytes(), 22050, 24000)
     assert len(out) == 24000 * 2
     samples = array.array("h", out)
-    crossings = sum(1 for a, b in zip(samples, samples[1:]) if a < 0 <= b)
+    crossings = sum(1 for a, b in itertools.pairwise(samples) if a < 0 <= b)
     assert abs(crossings - 440) <= 1
     assert resample(b"\x01\x00" * 10, 24000, 24000) == b"\x01\x00" * 10
 
@@ -196,19 +219,32 @@ async def test_check_loads_the_fallback_voice(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope
 ) -> None:
     good = write_config(tmp_path / "good.yaml", broker, dashscope, voices__offline=OFFLINE)
-    bad = write_config(tmp_path / "bad.yaml", broker, dashscope,
-                       voices__offline={"engine": "piper", "model": str(tmp_path / "no.onnx")})
+    bad = write_config(
+        tmp_path / "bad.yaml",
+        broker,
+        dashscope,
+        voices__offline={"engine": "piper", "model": str(tmp_path / "no.onnx")},
+    )
     runs = []
     for config in (good, bad):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge_tts", "check", "-c", str(config),
-            env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY), stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "edge_tts",
+            "check",
+            "-c",
+            str(config),
+            env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY),
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await proc.communicate()
         runs.append((proc.returncode, out.decode()))
     assert runs[0][0] == 0 and "ok   fallback voice 'offline' (offline, Piper)" in runs[0][1]
     assert runs[1][0] == 1
-    assert f"FAIL fallback voice 'offline': Piper model {tmp_path / 'no.onnx'} does not exist" \
+    assert (
+        f"FAIL fallback voice 'offline': Piper model {tmp_path / 'no.onnx'} does not exist"
         in runs[1][1]
+    )
 
 
 # --- a cloud that breaks mid-announcement: never half-spoken ---------------------------------
@@ -220,9 +256,15 @@ BROKEN = ["The first sentence is here. ", "The second [fail] one breaks. ", "The
 async def test_a_qwen_session_failing_mid_announcement_hands_the_rest_to_the_fallback(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
 ) -> None:
-    daemon = await start_daemon(tmp_path, broker, dashscope, home, voices__butler=QWEN,
-                                dashscope__realtime_url=dashscope.realtime_url,
-                                audio__keep_open_s=60)
+    daemon = await start_daemon(
+        tmp_path,
+        broker,
+        dashscope,
+        home,
+        voices__butler=QWEN,
+        dashscope__realtime_url=dashscope.realtime_url,
+        audio__keep_open_s=60,
+    )
     try:
         await home.say({"text": "".join(BROKEN), "id": "broken", "voice": "butler"})
         finished = await home.log.outcome("broken", timeout=30)
@@ -236,7 +278,7 @@ async def test_a_qwen_session_failing_mid_announcement_hands_the_rest_to_the_fal
     played = split_speech(capture.read())[1]
     cloud = pcm_for(BROKEN[0], "Serena")
     assert played.startswith(cloud)
-    assert_spoken(played[len(cloud):], BROKEN[1] + BROKEN[2])
+    assert_spoken(played[len(cloud) :], BROKEN[1] + BROKEN[2])
     # The cloud was asked again for the rest, from the sentence that broke, before handing over.
     sessions = [t.texts for t in dashscope.tasks if t.streaming == "realtime" and t.texts]
     assert sessions[0][:2] == BROKEN[:2] and len(sessions) >= 2
@@ -265,7 +307,7 @@ async def test_a_connection_lost_mid_announcement_is_resumed_on_the_cloud_when_i
     assert "connection to DashScope closed during the task" in finished["reason"]
     assert "the cloud said the rest from sentence 1 of 3" in finished["reason"]
     assert (await home.log.event("cut", "started"))["source"] == "cloud"
-    cut = pcm_for(text[0])[:3 * dashscope.chunk_bytes]
+    cut = pcm_for(text[0])[: 3 * dashscope.chunk_bytes]
     # The cut sentence in its second take; the others had not been said yet: their first.
     resumed = pcm_for(text[0], take_voice("longanyang", 2)) + pcm_for(text[1]) + pcm_for(text[2])
     assert split_speech(capture.read())[1] == cut + resumed

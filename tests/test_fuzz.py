@@ -20,27 +20,45 @@ MEMORY_GROWTH_MIB = 8  # what the resident set may grow by over the run (allocat
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
-KEYS = ["text", "ssml", "voice", "volume", "priority", "chime", "instructions", "cache",
-        "sent_at", "other"]
+KEYS = [
+    "text",
+    "ssml",
+    "voice",
+    "volume",
+    "priority",
+    "chime",
+    "instructions",
+    "cache",
+    "sent_at",
+    "other",
+]
 HOSTILE_TEXT = [
-    '"' + "[" * 1000, "[" * 5000, "{" * 2000 + '"a"',
+    '"' + "[" * 1000,
+    "[" * 5000,
+    "{" * 2000 + '"a"',
     '{"text": "x", "volume": ' + "9" * 4400 + "}",
     '{"text": "x", "sent_at": ' + "9" * 400 + "}",
     '{"text": "x", "sent_at": "0001-01-01T00:00:00"}',
     '{"text": "x", "sent_at": "9999-12-31T23:59:59"}',
-    '{"text": "x", "sent_at": NaN}', '{"text": "x", "sent_at": -Infinity}',
+    '{"text": "x", "sent_at": NaN}',
+    '{"text": "x", "sent_at": -Infinity}',
     '{"text": "x", "sent_at": 1e999}',
-    '{"text": "caf\\ud800e"}', '{"text": "a", "instructions": "\\udc00"}',
+    '{"text": "caf\\ud800e"}',
+    '{"text": "a", "instructions": "\\udc00"}',
     '{"ssml": "<!DOCTYPE s [<!ENTITY a \\"aaaaaaaaaa\\"><!ENTITY b \\"&a;&a;&a;&a;\\">]>'
     '<speak>&b;&b;&b;</speak>"}',
     '{"ssml": "<speak>' + "<break/>" * 3000 + '</speak>"}',
-    '{"text": "a", "chime": "/etc/shadow"}', '{"text": "a", "chime": "/dev/stdin"}',
+    '{"text": "a", "chime": "/etc/shadow"}',
+    '{"text": "a", "chime": "/dev/stdin"}',
     '{"text": "a", "chime": "/proc/self/environ"}',
-    "\ufeff" + '{"text": "with a BOM"}', '"a JSON string"', '"',
+    "\ufeff" + '{"text": "with a BOM"}',
+    '"a JSON string"',
+    '"',
     '{"text": "' + "x" * 1_000_000 + '"}',
 ]
 
@@ -53,8 +71,14 @@ def payloads() -> list[bytes]:
     hostile = st.sampled_from(HOSTILE_TEXT).map(lambda t: t.encode("utf-8", "surrogatepass"))
     objects = st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6)
 
-    @settings(max_examples=COUNT + WARM_UP, database=None, derandomize=True,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck), deadline=None)
+    @settings(
+        max_examples=COUNT + WARM_UP,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
     @given(st.one_of(st.binary(max_size=300), raw_text, hostile, objects))
     def collect(payload: bytes | dict[str, Any]) -> None:
         if isinstance(payload, dict):
@@ -63,7 +87,7 @@ def payloads() -> list[bytes]:
         found.append(payload)
 
     collect()
-    return found[:COUNT + WARM_UP]
+    return found[: COUNT + WARM_UP]
 
 
 def resident_mib(daemon: DaemonProcess) -> float:
@@ -77,8 +101,9 @@ async def publish_all(home: Home, batch: list[bytes], expected: int) -> None:
     for payload in batch:
         await home.client.publish("edge-tts/kitchen/say", payload, qos=1)
     # One intake event (queued, failed or dropped) per payload, each with an id of its own.
-    await home.log.wait_for(lambda: len({e["id"] for e in home.log.events}) >= expected,
-                            timeout=180)
+    await home.log.wait_for(
+        lambda: len({e["id"] for e in home.log.events}) >= expected, timeout=180
+    )
 
 
 async def test_thousands_of_generated_payloads_never_end_the_daemon(

@@ -4,18 +4,20 @@ before break), replaced after any fault, backing off when the cloud is away."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import API_KEY, fake_cloud
-from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine
 from edge_tts.errors import CloudUnavailable, ConnectionLost, SynthesisError
 from edge_tts.keeper import ConnectionKeeper
+
+from conftest import API_KEY, fake_cloud
+from fake_dashscope import FakeDashScope, pcm_for
 
 VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", voice="longanyang")
 IDLE_S = 1.2  # the fake server's idle window, and the keeper's knowledge of it
@@ -32,8 +34,13 @@ class Warm:
     """A keeper running in the background, as the daemon runs it, and its engine."""
 
     def __init__(self, fake: FakeDashScope, *, key: str = API_KEY, keep_warm: bool = True) -> None:
-        self.keeper = ConnectionKeeper(fake.url, Secret(key), keep_warm=keep_warm,
-                                       idle_timeout_s=fake.idle_timeout_s, connect_timeout_s=2)
+        self.keeper = ConnectionKeeper(
+            fake.url,
+            Secret(key),
+            keep_warm=keep_warm,
+            idle_timeout_s=fake.idle_timeout_s,
+            connect_timeout_s=2,
+        )
         self.engine = CosyVoiceEngine(self.keeper, first_audio_timeout_s=3, stall_timeout_s=1)
         self.task: asyncio.Task[None] | None = None
 
@@ -131,7 +138,7 @@ async def test_a_connection_cut_after_audio_is_left_to_the_caller_to_resume(
         with pytest.raises(ConnectionLost):
             async for chunk in warm.engine.synthesize(SynthesisRequest(text, VOICE, 24000)):
                 heard += chunk
-    assert bytes(heard) == pcm_for(text)[:2 * dashscope.chunk_bytes]
+    assert bytes(heard) == pcm_for(text)[: 2 * dashscope.chunk_bytes]
     assert [t.outcome for t in dashscope.tasks] == ["dropped"]
 
 
@@ -168,8 +175,8 @@ async def test_unreachable_cloud_backs_off_then_recovers(dashscope: FakeDashScop
         for n in range(1, 5):
             await dashscope.wait_for(lambda n=n: dashscope.handshakes >= n, timeout=10)
             attempts.append(loop.time())
-        gaps = [b - a for a, b in zip(attempts, attempts[1:])]
-        assert all(later > earlier * 1.2 for earlier, later in zip(gaps, gaps[1:])), gaps
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
+        assert all(later > earlier * 1.2 for earlier, later in itertools.pairwise(gaps)), gaps
         assert warm.keeper.stats.failures >= 3
         dashscope.refuse_connections = False
         async with asyncio.timeout(15):

@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import Capture
-from fake_dashscope import pcm_for
 
 from edge_tts.config import AudioConfig
 from edge_tts.errors import AudioDeviceError, SynthesisError
 from edge_tts.player import Player, WavWriter
 
+from conftest import Capture
+from fake_dashscope import pcm_for
+
 BYTES_PER_MS = 48  # 24 kHz, 16-bit, mono
-CONFIG = AudioConfig(device="default", sample_rate=24000, lead_in_ms=100, jitter_ms=40,
-                     keep_open_s=0)
+CONFIG = AudioConfig(
+    device="default", sample_rate=24000, lead_in_ms=100, jitter_ms=40, keep_open_s=0
+)
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -80,8 +82,8 @@ async def test_a_late_chunk_is_bridged_with_silence_not_an_underrun(capture: Cap
     raw = capture.read()
     lead = 100 * BYTES_PER_MS
     assert raw[:lead] == bytes(lead)
-    assert raw[lead:lead + len(first)] == first
-    gap = raw[lead + len(first):]
+    assert raw[lead : lead + len(first)] == first
+    gap = raw[lead + len(first) :]
     assert gap and gap == bytes(len(gap))  # silence was written while waiting
 
 
@@ -109,10 +111,13 @@ async def test_stop_cuts_playback(capture: Capture) -> None:
     assert pcm_for("never") not in capture.read()
 
 
-async def test_warm_device_uses_the_jitter_cushion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_warm_device_uses_the_jitter_cushion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # keep_open_s > 0: the second announcement reuses the open device.
-    config = AudioConfig(device="default", sample_rate=24000, lead_in_ms=100, jitter_ms=40,
-                         keep_open_s=30)
+    config = AudioConfig(
+        device="default", sample_rate=24000, lead_in_ms=100, jitter_ms=40, keep_open_s=30
+    )
     capture = tmp_path / "warm.raw"
     monkeypatch.setenv("EDGE_TTS_ALSA_CAPTURE", str(capture))
     player = Player(config)

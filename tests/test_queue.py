@@ -7,9 +7,10 @@ import asyncio
 import os
 from pathlib import Path
 
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
 from edge_tts.announcement import Announcement
 from edge_tts.queue import AnnouncementQueue
+
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
 from fake_dashscope import FakeDashScope, pcm_for
 
 
@@ -27,8 +28,14 @@ async def drain(q: AnnouncementQueue) -> list[str]:
 
 async def test_priority_order_then_first_in_first_out() -> None:
     q = AnnouncementQueue(max_size=10, dedupe_s=0)
-    for text, priority in [("n1", "normal"), ("l1", "low"), ("h1", "high"), ("n2", "normal"),
-                           ("c1", "critical"), ("h2", "high")]:
+    for text, priority in [
+        ("n1", "normal"),
+        ("l1", "low"),
+        ("h1", "high"),
+        ("n2", "normal"),
+        ("c1", "critical"),
+        ("h2", "high"),
+    ]:
         assert q.put(ann(text, priority)) == []
     assert await drain(q) == ["c1", "h1", "h2", "n1", "n2", "l1"]
 
@@ -69,6 +76,7 @@ async def test_get_waits_for_an_announcement() -> None:
 
 
 # --- through the daemon ----------------------------------------------------------------------
+
 
 async def test_queued_announcements_are_spoken_by_priority(
     daemon: DaemonProcess, home: Home, dashscope: FakeDashScope
@@ -116,16 +124,23 @@ async def test_a_repeated_automation_is_spoken_once(
 
 # --- volume and quiet hours ------------------------------------------------------------------
 
+
 def policy_config(**quiet: object) -> object:
     from edge_tts.config import parse_config
-    return parse_config({"audio": {"volume": 90, "critical_min_volume": 70},
-                         "quiet_hours": {"windows": ["22:00-07:00"], **quiet}})
+
+    return parse_config(
+        {
+            "audio": {"volume": 90, "critical_min_volume": 70},
+            "quiet_hours": {"windows": ["22:00-07:00"], **quiet},
+        }
+    )
 
 
 def test_volume_default_critical_minimum_and_quiet_hours() -> None:
     from datetime import datetime
 
     from edge_tts.queue import playback_volume
+
     config = policy_config()
     day, night = datetime(2026, 11, 25, 12, 0), datetime(2026, 11, 25, 23, 30)
     early = datetime(2026, 11, 26, 6, 59)
@@ -144,8 +159,13 @@ def test_volume_default_critical_minimum_and_quiet_hours() -> None:
 async def test_quiet_hours_drop_with_an_event_and_high_still_plays(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
 ) -> None:
-    config = write_config(tmp_path / "c.yaml", broker, dashscope,
-                          quiet_hours__windows=["00:00-23:59"], quiet_hours__action="drop")
+    config = write_config(
+        tmp_path / "c.yaml",
+        broker,
+        dashscope,
+        quiet_hours__windows=["00:00-23:59"],
+        quiet_hours__action="drop",
+    )
     daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
     await daemon.start(home)
     try:
@@ -163,6 +183,7 @@ async def test_the_default_volume_is_applied_as_gain(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
 ) -> None:
     from edge_tts.player import apply_volume
+
     config = write_config(tmp_path / "c.yaml", broker, dashscope, audio__volume=50)
     daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
     await daemon.start(home)
@@ -173,14 +194,16 @@ async def test_the_default_volume_is_applied_as_gain(
         await daemon.stop()
     expected = apply_volume(pcm_for("Half as loud."), 50)
     assert split_speech(capture.read())[1] == b"".join(
-        expected[i:i + 2] for i in range(0, len(expected), 2) if expected[i:i + 2] != b"\0\0")
+        expected[i : i + 2] for i in range(0, len(expected), 2) if expected[i : i + 2] != b"\0\0"
+    )
 
 
 async def test_a_burst_of_fifty_plays_in_priority_order_with_the_documented_drops(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
 ) -> None:
-    config = write_config(tmp_path / "c.yaml", broker, dashscope, audio__keep_open_s=60,
-                          announcements__queue_size=20)
+    config = write_config(
+        tmp_path / "c.yaml", broker, dashscope, audio__keep_open_s=60, announcements__queue_size=20
+    )
     daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
     await daemon.start(home)
     priorities = ["low", "normal", "high"]
@@ -191,8 +214,9 @@ async def test_a_burst_of_fifty_plays_in_priority_order_with_the_documented_drop
         for i in range(50):
             await home.say({"text": f"Item {i}.", "id": f"i{i}", "priority": priorities[i % 3]})
         # Every one of the fifty has been queued or dropped (the queue decides on arrival).
-        await home.log.wait_for(lambda: {e["id"] for e in home.log.events}
-                                >= {f"i{i}" for i in range(50)})
+        await home.log.wait_for(
+            lambda: {e["id"] for e in home.log.events} >= {f"i{i}" for i in range(50)}
+        )
         dashscope.hold.set()
         highs = [i for i in range(50) if i % 3 == 2]
         normals = [40, 43, 46, 49]  # the newest normals; every low and older normal dropped
@@ -208,4 +232,3 @@ async def test_a_burst_of_fifty_plays_in_priority_order_with_the_documented_drop
     # At the ALSA output, exactly those, in that order.
     texts = ["The first, still speaking."] + [f"Item {i}." for i in highs + normals]
     assert split_speech(capture.read())[1] == b"".join(pcm_for(t) for t in texts)
-

@@ -8,24 +8,39 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import API_KEY
-from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.qwen import QwenEngine, session_config
 from edge_tts.errors import CloudUnavailable, ConnectionLost, SynthesisError
 
+from conftest import API_KEY
+from fake_dashscope import FakeDashScope, pcm_for
+
 FLASH = Voice(name="butler", engine="qwen", model="qwen3-tts-flash-realtime", voice="Cherry")
-INSTRUCT = Voice(name="calm", engine="qwen", model="qwen3-tts-instruct-flash-realtime",
-                 voice="Serena", instructions="Calm and warm", optimize_instructions=True,
-                 language_type="English", rate=1.1, pitch=0.9, volume=60)
+INSTRUCT = Voice(
+    name="calm",
+    engine="qwen",
+    model="qwen3-tts-instruct-flash-realtime",
+    voice="Serena",
+    instructions="Calm and warm",
+    optimize_instructions=True,
+    language_type="English",
+    rate=1.1,
+    pitch=0.9,
+    volume=60,
+)
 
 
 @pytest.fixture
 async def engine(dashscope: FakeDashScope) -> AsyncIterator[QwenEngine]:
-    e = QwenEngine(dashscope.realtime_url, Secret(API_KEY), keep_warm=True,
-                   first_audio_timeout_s=5, stall_timeout_s=1)
+    e = QwenEngine(
+        dashscope.realtime_url,
+        Secret(API_KEY),
+        keep_warm=True,
+        first_audio_timeout_s=5,
+        stall_timeout_s=1,
+    )
     yield e
     await e.close()
 
@@ -45,7 +60,8 @@ async def test_commit_mode_sends_each_sentence_and_plays_the_exact_pcm(
     chunks = [c async for c in engine.synthesize(request(text))]
     assert len(chunks) > 2  # handed on as the deltas arrive
     assert b"".join(chunks) == pcm_for("The laundry is done. ", "Cherry") + pcm_for(
-        "Please take it out!", "Cherry")
+        "Please take it out!", "Cherry"
+    )
     (session,) = [t for t in dashscope.tasks if t.texts]
     assert session.texts == ["The laundry is done. ", "Please take it out!"]
     assert session.outcome == "finished"
@@ -55,23 +71,37 @@ async def test_commit_mode_sends_each_sentence_and_plays_the_exact_pcm(
 async def test_server_commit_mode_lets_the_server_cut_and_ends_with_session_finish(
     engine: QwenEngine, dashscope: FakeDashScope
 ) -> None:
-    voice = Voice(name="b", engine="qwen", model="qwen3-tts-flash-realtime", voice="Ethan",
-                  mode="server_commit")
+    voice = Voice(
+        name="b",
+        engine="qwen",
+        model="qwen3-tts-flash-realtime",
+        voice="Ethan",
+        mode="server_commit",
+    )
     audio = await collect(engine.synthesize(request("One. Two", voice)))
     assert audio == pcm_for("One. ", "Ethan") + pcm_for("Two", "Ethan")
     session = next(t for t in dashscope.tasks if t.texts)
     assert session.parameters["mode"] == "server_commit"
 
 
-async def test_session_update_carries_the_profile(engine: QwenEngine,
-                                                  dashscope: FakeDashScope) -> None:
+async def test_session_update_carries_the_profile(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
     await collect(engine.synthesize(request("Hello.", INSTRUCT)))
     session = next(t for t in dashscope.tasks if t.texts)
     assert session.model == "qwen3-tts-instruct-flash-realtime"
-    expected = {"voice": "Serena", "mode": "commit", "response_format": "pcm",
-                "sample_rate": 24000, "speech_rate": 1.1, "pitch_rate": 0.9, "volume": 60,
-                "language_type": "English", "instructions": "Calm and warm",
-                "optimize_instructions": True}
+    expected = {
+        "voice": "Serena",
+        "mode": "commit",
+        "response_format": "pcm",
+        "sample_rate": 24000,
+        "speech_rate": 1.1,
+        "pitch_rate": 0.9,
+        "volume": 60,
+        "language_type": "English",
+        "instructions": "Calm and warm",
+        "optimize_instructions": True,
+    }
     assert {k: session.parameters[k] for k in expected} == expected
 
 
@@ -81,7 +111,9 @@ def test_instructions_go_only_to_instruct_models_and_the_legacy_model_gets_24k_o
     legacy = Voice(name="l", engine="qwen", model="qwen-tts-realtime", voice="Cherry", rate=1.5)
     config = session_config(request("x", legacy, rate=16000))
     assert config["sample_rate"] == 24000 and "speech_rate" not in config
-    assert session_config(request("x", INSTRUCT, instructions="Whisper"))["instructions"] == "Whisper"
+    assert (
+        session_config(request("x", INSTRUCT, instructions="Whisper"))["instructions"] == "Whisper"
+    )
 
 
 def linear(pcm: bytes, f: int, t: int) -> bytes:
@@ -112,8 +144,9 @@ async def test_an_output_rate_qwen_lacks_is_resampled_exactly_to_the_last_sample
     spoken = b"".join(pcm_for(p, "Cherry", 24000) for p in ("Dinner is ready. ", "Come and eat."))
     # The stream resamples the whole session as one: the two responses back to back.
     with_tails = b"".join(
-        (pcm := pcm_for(p, "Cherry", 24000)) + pcm[:2 * tail]
-        for p in ("Dinner is ready. ", "Come and eat."))
+        (pcm := pcm_for(p, "Cherry", 24000)) + pcm[: 2 * tail]
+        for p in ("Dinner is ready. ", "Come and eat.")
+    )
     assert len(with_tails) == len(spoken) + 4 * tail
     assert audio == linear(with_tails, 24000, 22050)
 
@@ -135,16 +168,19 @@ async def test_the_next_session_is_ready_before_the_next_announcement(
 async def test_a_voice_the_service_refuses_is_reported_with_its_name(
     engine: QwenEngine, dashscope: FakeDashScope
 ) -> None:
-    voice = Voice(name="ghost", engine="qwen", model="qwen3-tts-flash-realtime",
-                  voice="no-such-voice")
+    voice = Voice(
+        name="ghost", engine="qwen", model="qwen3-tts-flash-realtime", voice="no-such-voice"
+    )
     with pytest.raises(CloudUnavailable) as caught:
         await collect(engine.synthesize(request("Hello.", voice)))
     assert "ghost" in caught.value.reason and "invalid_value" in caught.value.reason
     assert caught.value.refused and caught.value.hint == "check voices.ghost"
 
 
-@pytest.mark.parametrize("marker, words", [("[fail]", "failed: internal_error"),
-                                           ("[invalid]", "refused the request: invalid_value")])
+@pytest.mark.parametrize(
+    "marker, words",
+    [("[fail]", "failed: internal_error"), ("[invalid]", "refused the request: invalid_value")],
+)
 async def test_an_error_mid_announcement_fails_it_and_the_next_one_works(
     engine: QwenEngine, dashscope: FakeDashScope, marker: str, words: str
 ) -> None:
@@ -175,7 +211,7 @@ async def test_a_connection_dropped_after_audio_says_how_many_sentences_were_who
     with pytest.raises(ConnectionLost):
         async for chunk in engine.synthesize(req):
             heard += chunk
-    assert bytes(heard) == pcm_for("Whole first. ", "Cherry")[:2 * 2400]
+    assert bytes(heard) == pcm_for("Whole first. ", "Cherry")[: 2 * 2400]
     assert req.trace.sentences_done == 0
     done = request("Whole first. And a second.")
     await collect(engine.synthesize(done))
@@ -192,16 +228,24 @@ async def test_the_model_goes_in_the_url(engine: QwenEngine, dashscope: FakeDash
     assert keeper.url == f"{dashscope.realtime_url}?model=qwen3-tts-instruct-flash-realtime"
 
 
-async def test_at_most_two_sessions_are_kept_ready(engine: QwenEngine,
-                                                   dashscope: FakeDashScope) -> None:
-    voices = [Voice(name=n, engine="qwen", model="qwen3-tts-flash-realtime", voice=n)
-              for n in ("Dylan", "Ethan", "Serena")]
+async def test_at_most_two_sessions_are_kept_ready(
+    engine: QwenEngine, dashscope: FakeDashScope
+) -> None:
+    voices = [
+        Voice(name=n, engine="qwen", model="qwen3-tts-flash-realtime", voice=n)
+        for n in ("Dylan", "Ethan", "Serena")
+    ]
     for voice in voices:
         await collect(engine.synthesize(request("Hi.", voice)))
     assert len(engine.stats()) == 2  # the oldest profile's keeper was closed
-    await dashscope.wait_for(lambda: not any(
-        c.tasks and c.tasks[0].parameters["voice"] == "Dylan"
-        for c in dashscope.open_connections()))
+    await dashscope.wait_for(
+        lambda: (
+            not any(
+                c.tasks and c.tasks[0].parameters["voice"] == "Dylan"
+                for c in dashscope.open_connections()
+            )
+        )
+    )
 
 
 async def test_per_message_instructions_get_a_session_of_their_own(

@@ -8,15 +8,20 @@ import contextlib
 import os
 import signal
 import time
-from datetime import datetime, timedelta, timezone
-
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import (
-    API_KEY, Capture, DaemonProcess, Home, home_assistant, split_speech, write_config,
+    API_KEY,
+    Capture,
+    DaemonProcess,
+    Home,
+    home_assistant,
+    split_speech,
+    write_config,
 )
-from mosquitto import Broker
 from fake_dashscope import FakeDashScope, pcm_for
+from mosquitto import Broker
 
 
 async def test_announcements_published_while_the_daemon_was_down_are_spoken(
@@ -45,7 +50,7 @@ async def test_announcements_published_while_the_daemon_was_down_are_spoken(
 async def test_an_announcement_sent_too_long_ago_is_dropped(
     daemon: DaemonProcess, home: Home, dashscope: FakeDashScope
 ) -> None:
-    old = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()
+    old = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
     await home.say({"text": "The door was open two hours ago.", "id": "old", "sent_at": old})
     dropped = await home.log.event("old", "dropped")
     assert dropped["error"].startswith("too old: sent 7200 s ago")
@@ -106,8 +111,9 @@ async def test_a_broker_restart_loses_nothing_and_speaks_each_once(
     finally:
         broker.stop()
     spoken = [t.texts[0] for t in dashscope.tasks if t.outcome == "finished"]
-    expected = ([f"Before the restart, number {n}." for n in range(4)]
-                + [f"After the restart, number {n}." for n in range(4)])
+    expected = [f"Before the restart, number {n}." for n in range(4)] + [
+        f"After the restart, number {n}." for n in range(4)
+    ]
     assert spoken == expected  # every one, once, in order
 
 
@@ -117,8 +123,8 @@ async def test_while_the_daemon_is_down_a_fresh_message_waits_and_a_stale_one_is
     """What the notify entity sends: JSON stamped with sent_at, QoS 1, while nobody listens."""
     await daemon.kill()
     await home.log.wait_for(lambda: home.log.availability[-1:] == ["offline"])
-    stale = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
-    fresh = datetime.now(timezone.utc).isoformat()
+    stale = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    fresh = datetime.now(UTC).isoformat()
     await home.say({"text": "From an hour ago.", "id": "stale", "sent_at": stale})
     await home.say({"text": "From just now.", "id": "fresh", "sent_at": fresh})
     again = DaemonProcess(daemon.config, daemon.env)

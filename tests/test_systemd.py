@@ -4,6 +4,7 @@ priorities, the unit file's checks, and the install script into a temporary root
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
-from fake_dashscope import FakeDashScope, pcm_for
 
 from edge_tts.config import load_config
+
+from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from fake_dashscope import FakeDashScope, pcm_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edge-tts.service"
@@ -28,8 +30,11 @@ WATCHDOG_S = 2.0  # the daemon pings at half of it
 
 def unit_setting(key: str) -> str:
     """A [Service] setting of the shipped unit: what systemd will hold the daemon to."""
-    return next(line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
-                if line.startswith(f"{key}="))
+    return next(
+        line.split("=", 1)[1]
+        for line in UNIT.read_text().splitlines()
+        if line.startswith(f"{key}=")
+    )
 
 
 class NotifySocket:
@@ -73,8 +78,12 @@ def notify(tmp_path: Path) -> AsyncIterator[NotifySocket]:
 
 
 def notified_env(notify: NotifySocket) -> dict[str, str]:
-    return dict(os.environ, DASHSCOPE_API_KEY=API_KEY, NOTIFY_SOCKET=str(notify.path),
-                WATCHDOG_USEC=str(int(WATCHDOG_S * 1e6)))
+    return dict(
+        os.environ,
+        DASHSCOPE_API_KEY=API_KEY,
+        NOTIFY_SOCKET=str(notify.path),
+        WATCHDOG_USEC=str(int(WATCHDOG_S * 1e6)),
+    )
 
 
 async def test_ready_only_after_the_broker_then_watchdog_and_a_clean_stop(
@@ -92,8 +101,9 @@ async def test_ready_only_after_the_broker_then_watchdog_and_a_clean_stop(
     assert API_KEY.encode() not in daemon.stderr
 
 
-async def _ready_then_watchdog_then_stop(daemon: DaemonProcess, broker: Broker,
-                                         notify: NotifySocket) -> None:
+async def _ready_then_watchdog_then_stop(
+    daemon: DaemonProcess, broker: Broker, notify: NotifySocket
+) -> None:
     # The daemon's own watchdog pings are the clock: three of them pass without READY while
     # the broker is away.
     for _ in range(3):
@@ -101,8 +111,11 @@ async def _ready_then_watchdog_then_stop(daemon: DaemonProcess, broker: Broker,
     broker.start()
     ready = await notify.until("READY", timeout=40)
     assert ready["READY"] == "1"
-    assert re.match(r"idle; (warm connection|no cloud connection); cache 0 MB, 0 entries; "
-                    r"0 announcements today$", ready["STATUS"]), ready["STATUS"]
+    assert re.match(
+        r"idle; (warm connection|no cloud connection); cache 0 MB, 0 entries; "
+        r"0 announcements today$",
+        ready["STATUS"],
+    ), ready["STATUS"]
 
     # It is ready: the broker knows it is online (the fresh Home client sees the retained
     # message), and an announcement is spoken.
@@ -119,7 +132,7 @@ async def _ready_then_watchdog_then_stop(daemon: DaemonProcess, broker: Broker,
         while len(notify.seen("WATCHDOG")) < pings_before + 4:
             await notify.until("WATCHDOG")
         pings = notify.seen("WATCHDOG")[-4:]
-        assert max(b - a for a, b in zip(pings, pings[1:])) < WATCHDOG_S
+        assert max(b - a for a, b in itertools.pairwise(pings)) < WATCHDOG_S
 
         loop = asyncio.get_running_loop()
         asked = loop.time()
@@ -135,12 +148,19 @@ async def _ready_then_watchdog_then_stop(daemon: DaemonProcess, broker: Broker,
 
 def _home(broker: Broker):  # type: ignore[no-untyped-def]
     from conftest import home_assistant
+
     return home_assistant(broker, identifier="ha-systemd")
 
 
 @pytest.fixture
-async def notified_daemon(tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home,
-                          capture: Capture, notify: NotifySocket) -> AsyncIterator[DaemonProcess]:
+async def notified_daemon(
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    capture: Capture,
+    notify: NotifySocket,
+) -> AsyncIterator[DaemonProcess]:
     config = write_config(tmp_path / "config.yaml", broker, dashscope)
     proc = DaemonProcess(config, notified_env(notify))
     await proc.start(home)
@@ -155,7 +175,10 @@ def sighup(daemon: DaemonProcess) -> None:
 
 
 async def test_sighup_applies_a_new_config_without_dropping_the_queue(
-    notified_daemon: DaemonProcess, home: Home, notify: NotifySocket, capture: Capture,
+    notified_daemon: DaemonProcess,
+    home: Home,
+    notify: NotifySocket,
+    capture: Capture,
     dashscope: FakeDashScope,
 ) -> None:
     dashscope.chunk_interval_s = 0.05  # the first announcement is still playing at the reload
@@ -164,8 +187,11 @@ async def test_sighup_applies_a_new_config_without_dropping_the_queue(
     await home.log.event("one", "started")
 
     raw = yaml.safe_load(notified_daemon.config.read_text())
-    raw["voices"]["calm"] = {"engine": "cosyvoice", "model": "cosyvoice-v3-flash",
-                             "voice": "longanran"}
+    raw["voices"]["calm"] = {
+        "engine": "cosyvoice",
+        "model": "cosyvoice-v3-flash",
+        "voice": "longanran",
+    }
     notified_daemon.config.write_text(yaml.safe_dump(raw))
     sighup(notified_daemon)
     assert (await notify.until("RELOADING"))["RELOADING"] == "1"
@@ -179,7 +205,10 @@ async def test_sighup_applies_a_new_config_without_dropping_the_queue(
 
 
 async def test_sighup_with_a_broken_config_keeps_the_running_one(
-    notified_daemon: DaemonProcess, home: Home, notify: NotifySocket, capture: Capture,
+    notified_daemon: DaemonProcess,
+    home: Home,
+    notify: NotifySocket,
+    capture: Capture,
 ) -> None:
     good = notified_daemon.config.read_text()
     notified_daemon.config.write_text(re.sub(r"port: \d+", "port: 99999", good, count=1))
@@ -192,8 +221,9 @@ async def test_sighup_with_a_broken_config_keeps_the_running_one(
     assert (await home.log.outcome("s"))["event"] == "finished"
     assert split_speech(capture.read())[1] == pcm_for("Still speaking.")
     await notified_daemon.stop()
-    assert (b"reload refused, the running configuration stays: mqtt.port: must be an integer "
-            b"1-65535") in notified_daemon.stderr
+    assert (
+        b"reload refused, the running configuration stays: mqtt.port: must be an integer 1-65535"
+    ) in notified_daemon.stderr
 
 
 async def test_log_lines_carry_journal_priorities_when_stderr_is_the_journal(
@@ -206,8 +236,18 @@ async def test_log_lines_carry_journal_priorities_when_stderr_is_the_journal(
         config = tmp_path / "c.yaml"
         config.write_text("mqtt: {port: 1}\ndashscope: {inference_url: 'ws://127.0.0.1:1/x'}\n")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge_tts", "say", "-c", str(config), "-o",
-            str(tmp_path / "x.wav"), "Hello.", env=env, stderr=stream)
+            sys.executable,
+            "-m",
+            "edge_tts",
+            "say",
+            "-c",
+            str(config),
+            "-o",
+            str(tmp_path / "x.wav"),
+            "Hello.",
+            env=env,
+            stderr=stream,
+        )
         await proc.wait()
     lines = log_file.read_text().splitlines()
     assert lines and all(re.match(r"<[2-7]>", line) for line in lines[:-1]), lines
@@ -216,9 +256,14 @@ async def test_log_lines_carry_journal_priorities_when_stderr_is_the_journal(
 
 # --- the unit file -------------------------------------------------------------------------
 
+
 def test_the_unit_is_rated_ok_by_systemd_analyze_security() -> None:
-    out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNIT)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     match = re.search(r"Overall exposure level for edge-tts.service: (\d+\.\d+)", out)
     assert match, out
     assert float(match.group(1)) <= 2.5
@@ -230,35 +275,49 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert exe
     unit = tmp_path / "edge-tts.service"
     unit.write_text(UNIT.read_text().replace("/opt/edge-tts/venv/bin/edge-tts", exe))
-    run = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                         text=True)
+    run = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     problems = [line for line in (run.stdout + run.stderr).splitlines() if "edge-tts" in line]
     assert run.returncode == 0 and not problems, run.stdout + run.stderr
 
 
 def test_the_unit_has_what_the_daemon_relies_on() -> None:
     text = UNIT.read_text()
-    for line in ("Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "Restart=on-failure", "SupplementaryGroups=audio", "CacheDirectory=edge-tts",
-                 "LoadCredential=dashscope-api-key:", "DeviceAllow=char-alsa rw",
-                 "DevicePolicy=closed", "ProtectSystem=strict",
-                 "ExecStart=/opt/edge-tts/venv/bin/edge-tts serve -c /etc/edge-tts/config.yaml"):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "SupplementaryGroups=audio",
+        "CacheDirectory=edge-tts",
+        "LoadCredential=dashscope-api-key:",
+        "DeviceAllow=char-alsa rw",
+        "DevicePolicy=closed",
+        "ProtectSystem=strict",
+        "ExecStart=/opt/edge-tts/venv/bin/edge-tts serve -c /etc/edge-tts/config.yaml",
+    ):
         assert line in text, line
 
 
 # --- install -------------------------------------------------------------------------------
 
+
 def test_install_into_a_root_then_upgrade_then_uninstall(tmp_path: Path) -> None:
     root = tmp_path / "root"
     # The offline voice's 60 MB model is not what this test is about.
     env = dict(os.environ, PYTHON=sys.executable, EDGE_TTS_EXTRAS="")
-    subprocess.run([str(ROOT / "scripts" / "install"), "--root", str(root)], check=True, env=env,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [str(ROOT / "scripts" / "install"), "--root", str(root)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     assert (root / "etc/systemd/system/edge-tts.service").read_text() == UNIT.read_text()
     config = root / "etc/edge-tts/config.yaml"
     loaded = load_config(str(config))
     assert loaded.device.name == subprocess.run(
-        ["hostname", "-s"], capture_output=True, text=True).stdout.strip().replace(".", "-")
+        ["hostname", "-s"], capture_output=True, text=True
+    ).stdout.strip().replace(".", "-")
     key = root / "etc/edge-tts/dashscope-api-key"
     assert key.read_text() == "" and (key.stat().st_mode & 0o777) == 0o600
     exe = root / "opt/edge-tts/venv/bin/edge-tts"
@@ -268,24 +327,37 @@ def test_install_into_a_root_then_upgrade_then_uninstall(tmp_path: Path) -> None
     # An upgrade keeps what the user wrote.
     config.write_text(config.read_text().replace("host: localhost", "host: homeassistant.local"))
     key.write_text("sk-user-key")
-    subprocess.run([str(ROOT / "scripts" / "install"), "--root", str(root)], check=True, env=env,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [str(ROOT / "scripts" / "install"), "--root", str(root)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     assert "host: homeassistant.local" in config.read_text()
     assert key.read_text() == "sk-user-key"
 
-    subprocess.run([str(ROOT / "scripts" / "uninstall"), "--root", str(root)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(ROOT / "scripts" / "uninstall"), "--root", str(root)], check=True, capture_output=True
+    )
     assert not (root / "opt/edge-tts").exists()
     assert not (root / "etc/systemd/system/edge-tts.service").exists()
     assert config.exists()  # the user's config stays...
-    subprocess.run([str(ROOT / "scripts" / "uninstall"), "--root", str(root), "--purge"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(ROOT / "scripts" / "uninstall"), "--root", str(root), "--purge"],
+        check=True,
+        capture_output=True,
+    )
     assert not (root / "etc/edge-tts").exists()  # ...unless purged
 
 
 async def test_a_supervisor_that_never_reads_notifications_does_not_block_the_daemon(
-    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture,
-    notify: NotifySocket
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    capture: Capture,
+    notify: NotifySocket,
 ) -> None:
     """Nobody reads the notify socket: after a few watchdog pings its queue is full. The
     daemon drops notifications (saying so once) and still speaks and stops on SIGTERM."""

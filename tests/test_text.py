@@ -12,7 +12,10 @@ from edge_tts.text import split_sentences, weight
 
 def test_sentences_keep_their_spaces_and_full_width_marks_need_none() -> None:
     assert split_sentences("Hello there. How are you?  Fine!") == [
-        "Hello there. ", "How are you?  ", "Fine!"]
+        "Hello there. ",
+        "How are you?  ",
+        "Fine!",
+    ]
     assert split_sentences("你好。今天天气很好！是的") == ["你好。", "今天天气很好！", "是的"]
     assert split_sentences("v1.2 is out. Yes") == ["v1.2 is out. ", "Yes"]  # no space: no end
     assert split_sentences("\nLeading break. \n\nTrailing") == ["\nLeading break. \n\n", "Trailing"]
@@ -30,14 +33,17 @@ def test_pieces_join_back_and_stay_within_the_limit(text: str, limit: int) -> No
     assert all(weight(piece.strip()) <= limit for piece in pieces)
 
 
-@given(st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=12),
-       st.sampled_from([(24000, 22050), (22050, 24000), (48000, 8000), (16000, 48000)]))
-def test_a_stream_resamples_to_the_same_bytes_however_it_is_cut(cuts: list[int],
-                                                               rates: tuple[int, int]) -> None:
+@given(
+    st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=12),
+    st.sampled_from([(24000, 22050), (22050, 24000), (48000, 8000), (16000, 48000)]),
+)
+def test_a_stream_resamples_to_the_same_bytes_however_it_is_cut(
+    cuts: list[int], rates: tuple[int, int]
+) -> None:
     pcm = (np.sin(np.arange(1000) / 5) * 9000).astype("<i2").tobytes()
     stream, out, at = Resampler(*rates), b"", 0
     for cut in cuts:
-        out += stream.feed(pcm[at:at + cut])
+        out += stream.feed(pcm[at : at + cut])
         at += cut
     out += stream.feed(pcm[at:]) + stream.flush()
     assert out == resample(pcm, *rates)

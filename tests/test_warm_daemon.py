@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from conftest import (
     API_KEY,
     Broker,
@@ -32,10 +33,12 @@ async def idle_fake() -> AsyncIterator[FakeDashScope]:
 
 
 @pytest.fixture
-async def warm_daemon(tmp_path: Path, broker: Broker, idle_fake: FakeDashScope, home: Home,
-                      capture: Capture) -> AsyncIterator[DaemonProcess]:
-    config = write_config(tmp_path / "config.yaml", broker, idle_fake,
-                          dashscope__idle_timeout_s=IDLE_S)
+async def warm_daemon(
+    tmp_path: Path, broker: Broker, idle_fake: FakeDashScope, home: Home, capture: Capture
+) -> AsyncIterator[DaemonProcess]:
+    config = write_config(
+        tmp_path / "config.yaml", broker, idle_fake, dashscope__idle_timeout_s=IDLE_S
+    )
     proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
     await proc.start(home)
     yield proc
@@ -43,23 +46,28 @@ async def warm_daemon(tmp_path: Path, broker: Broker, idle_fake: FakeDashScope, 
 
 
 async def test_announcements_far_apart_never_wait_for_a_handshake(
-    warm_daemon: DaemonProcess, home: Home, idle_fake: FakeDashScope, capture: Capture,
+    warm_daemon: DaemonProcess,
+    home: Home,
+    idle_fake: FakeDashScope,
+    capture: Capture,
     tmp_path: Path,
 ) -> None:
     fake = idle_fake
     for n in (1, 2):
         # More than two idle windows of silence before each announcement.
         before = fake.handshakes
-        await fake.wait_for(lambda before=before: fake.handshakes >= before + 3,
-                            timeout=IDLE_S * 6)
+        await fake.wait_for(lambda before=before: fake.handshakes >= before + 3, timeout=IDLE_S * 6)
         asked_at = asyncio.get_running_loop().time()
         await home.say({"text": f"Announcement number {n}.", "id": f"a{n}"})
         assert (await home.log.outcome(f"a{n}"))["event"] == "finished"
         started = await home.log.event(f"a{n}", "started")
         assert started["connection"] == "warm"
         # The task ran on a connection that was open before the announcement was published.
-        conn = next(c for c in fake.connections if c.tasks and c.tasks[-1].texts
-                    == [f"Announcement number {n}."])
+        conn = next(
+            c
+            for c in fake.connections
+            if c.tasks and c.tasks[-1].texts == [f"Announcement number {n}."]
+        )
         assert conn.opened_at < asked_at
     assert fake.idle_closes == 0
     assert split_speech(capture.read())[1] == pcm_for("Announcement number 2.")
@@ -70,8 +78,15 @@ async def test_announcements_far_apart_never_wait_for_a_handshake(
     assert cloud["renewals"] >= 5 and cloud["waited"] == 0 and cloud["failures"] == 0
     assert cloud["warm"] is True
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_tts", "check", "-c", str(warm_daemon.config),
-        env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY), stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "edge_tts",
+        "check",
+        "-c",
+        str(warm_daemon.config),
+        env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY),
+        stdout=asyncio.subprocess.PIPE,
+    )
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     line = next(x for x in out.decode().splitlines() if x.startswith("info the daemon"))
@@ -80,7 +95,10 @@ async def test_announcements_far_apart_never_wait_for_a_handshake(
 
 
 async def test_a_warm_connection_dying_as_an_announcement_arrives_loses_nothing(
-    warm_daemon: DaemonProcess, home: Home, idle_fake: FakeDashScope, capture: Capture,
+    warm_daemon: DaemonProcess,
+    home: Home,
+    idle_fake: FakeDashScope,
+    capture: Capture,
 ) -> None:
     idle_fake.cut_next_task(after_chunks=0)  # the connection dies on the run-task
     await home.say({"text": "Smoke detected in the kitchen.", "id": "smoke"})
@@ -97,7 +115,16 @@ async def test_the_daemon_reports_itself_not_running_after_it_stops(
     await warm_daemon.stop()
     await home.log.wait_for(lambda: home.log.availability[-1:] == ["offline"])
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_tts", "check", "-c", str(warm_daemon.config),
-        env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY), stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "edge_tts",
+        "check",
+        "-c",
+        str(warm_daemon.config),
+        env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY),
+        stdout=asyncio.subprocess.PIPE,
+    )
     out, _ = await proc.communicate()
-    assert "info the daemon is not running (offline on edge-tts/kitchen/availability)" in out.decode()
+    assert (
+        "info the daemon is not running (offline on edge-tts/kitchen/availability)" in out.decode()
+    )

@@ -73,8 +73,9 @@ async def replaced_once(
             if replacing or delivered:
                 raise
             replacing = True
-            log.warning("%s before any audio; running the request again on a new connection",
-                        exc.reason)
+            log.warning(
+                "%s before any audio; running the request again on a new connection", exc.reason
+            )
 
 
 class AudioWait:
@@ -97,7 +98,11 @@ class AudioWait:
                 frame: str | bytes = await ws.recv()
                 return frame
         except TimeoutError:
-            limit, key = ((self._stall_s, "stall_timeout_s") if self._heard
-                          else (self._first_s, "first_audio_timeout_s"))
+            limit, key = (
+                (self._stall_s, "stall_timeout_s")
+                if self._heard
+                else (self._first_s, "first_audio_timeout_s")
+            )
             raise SynthesisError(
-                f"DashScope sent no audio within {limit:g} s (dashscope.{key})") from None
+                f"DashScope sent no audio within {limit:g} s (dashscope.{key})"
+            ) from None

@@ -12,8 +12,8 @@ import websockets
 
 from ..errors import ConnectionLost, SynthesisError
 from ..keeper import ConnectionKeeper
-from ..ssml import ssml_text
 from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT, SSML_MODELS
+from ..ssml import ssml_text
 from ..text import split_sentences, weight
 from . import AudioWait, SynthesisRequest, new_task_id, replaced_once
 
@@ -46,10 +46,19 @@ def run_task(request: SynthesisRequest, task_id: str | None = None) -> dict[str,
         parameters["instruction"] = instructions
     if voice.language_hints:
         parameters["language_hints"] = list(voice.language_hints)
-    return _task("run-task", task_id or request.task_id, "duplex", {
-        "task_group": "audio", "task": "tts", "function": "SpeechSynthesizer",
-        "model": voice.model, "parameters": parameters, "input": {},
-    })
+    return _task(
+        "run-task",
+        task_id or request.task_id,
+        "duplex",
+        {
+            "task_group": "audio",
+            "task": "tts",
+            "function": "SpeechSynthesizer",
+            "model": voice.model,
+            "parameters": parameters,
+            "input": {},
+        },
+    )
 
 
 def continue_task(task_id: str, text: str) -> dict[str, Any]:
@@ -61,8 +70,10 @@ def finish_task(task_id: str) -> dict[str, Any]:
 
 
 def _task(action: str, task_id: str, streaming: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return {"header": {"action": action, "task_id": task_id, "streaming": streaming},
-            "payload": payload}
+    return {
+        "header": {"action": action, "task_id": task_id, "streaming": streaming},
+        "payload": payload,
+    }
 
 
 def text_pieces(request: SynthesisRequest) -> list[str]:
@@ -78,15 +89,21 @@ def check_limits(request: SynthesisRequest) -> None:
     continue-task) 20,000 without its tags; a Chinese character counts two."""
     if request.ssml:
         if request.voice.model not in SSML_MODELS:
-            raise SynthesisError(f"{request.voice.model} does not speak SSML (the reference: "
-                                 f"only {' and '.join(SSML_MODELS)})")
+            raise SynthesisError(
+                f"{request.voice.model} does not speak SSML (the reference: "
+                f"only {' and '.join(SSML_MODELS)})"
+            )
         spoken = weight(ssml_text(request.text))
         if spoken > COSYVOICE_TEXT_WEIGHT:
-            raise SynthesisError(f"the SSML says {spoken} characters (a Chinese one counts two); "
-                                 f"CosyVoice takes at most {COSYVOICE_TEXT_WEIGHT:,} in one")
+            raise SynthesisError(
+                f"the SSML says {spoken} characters (a Chinese one counts two); "
+                f"CosyVoice takes at most {COSYVOICE_TEXT_WEIGHT:,} in one"
+            )
     elif (total := weight(request.text)) > COSYVOICE_TASK_WEIGHT:
-        raise SynthesisError(f"the text is {total} characters (a Chinese one counts two); "
-                             f"CosyVoice takes at most {COSYVOICE_TASK_WEIGHT:,} in one task")
+        raise SynthesisError(
+            f"the text is {total} characters (a Chinese one counts two); "
+            f"CosyVoice takes at most {COSYVOICE_TASK_WEIGHT:,} in one task"
+        )
 
 
 class InferenceEngine:
@@ -103,18 +120,24 @@ class InferenceEngine:
     def check(self, request: SynthesisRequest) -> None:
         """Raise SynthesisError for a request the service documents it would refuse."""
 
-    def messages(self, request: SynthesisRequest, task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def messages(
+        self, request: SynthesisRequest, task_id: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The run-task, and what follows task-started."""
         raise NotImplementedError
 
     def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         """Stream the request's audio. A connection that dies during the task is replaced once:
         the task runs again on a new connection and the audio already handed on is skipped."""
-        return replaced_once(lambda replacing: self._run(
-            request, new_task_id() if replacing else request.task_id, replacing=replacing))
+        return replaced_once(
+            lambda replacing: self._run(
+                request, new_task_id() if replacing else request.task_id, replacing=replacing
+            )
+        )
 
-    async def _run(self, request: SynthesisRequest, task_id: str, *,
-                   replacing: bool) -> AsyncGenerator[bytes, None]:
+    async def _run(
+        self, request: SynthesisRequest, task_id: str, *, replacing: bool
+    ) -> AsyncGenerator[bytes, None]:
         self.check(request)
         async with self._keeper.lease() as lease:
             ws = lease.ws
@@ -171,7 +194,9 @@ class InferenceEngine:
             text = header.get("error_message") or "no message"
             raise SynthesisError(f"DashScope task failed: {code}: {text}")
         if header.get("task_id") not in (None, task_id):
-            log.warning("event %s for task %s during task %s", event, header.get("task_id"), task_id)
+            log.warning(
+                "event %s for task %s during task %s", event, header.get("task_id"), task_id
+            )
         return event
 
 
@@ -181,7 +206,8 @@ class CosyVoiceEngine(InferenceEngine):
     def check(self, request: SynthesisRequest) -> None:
         check_limits(request)
 
-    def messages(self, request: SynthesisRequest, task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def messages(
+        self, request: SynthesisRequest, task_id: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         pieces = [continue_task(task_id, piece) for piece in text_pieces(request)]
         return run_task(request, task_id), [*pieces, finish_task(task_id)]
-

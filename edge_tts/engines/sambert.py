@@ -13,14 +13,30 @@ class SambertEngine(InferenceEngine):
     """Sambert: one run-task with streaming "out" and the whole text in its input; the
     service streams the audio and ends with task-finished (no continue- or finish-task)."""
 
-    def messages(self, request: SynthesisRequest, task_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def messages(
+        self, request: SynthesisRequest, task_id: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         voice = request.voice
         parameters = {
-            "text_type": "PlainText", "format": "pcm", "sample_rate": request.sample_rate,
-            "volume": voice.volume, "rate": voice.rate, "pitch": voice.pitch,
-            "word_timestamp_enabled": False, "phoneme_timestamp_enabled": False,
+            "text_type": "PlainText",
+            "format": "pcm",
+            "sample_rate": request.sample_rate,
+            "volume": voice.volume,
+            "rate": voice.rate,
+            "pitch": voice.pitch,
+            "word_timestamp_enabled": False,
+            "phoneme_timestamp_enabled": False,
         }
-        return _task("run-task", task_id, "out", {
-            "task_group": "audio", "task": "tts", "function": "SpeechSynthesizer",
-            "model": voice.model, "parameters": parameters, "input": {"text": request.text},
-        }), []
+        return _task(
+            "run-task",
+            task_id,
+            "out",
+            {
+                "task_group": "audio",
+                "task": "tts",
+                "function": "SpeechSynthesizer",
+                "model": voice.model,
+                "parameters": parameters,
+                "input": {"text": request.text},
+            },
+        ), []

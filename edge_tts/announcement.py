@@ -128,21 +128,27 @@ def parse_payload(
     a reason a user can read (quoting at most a short excerpt); `exc.id` is the id to report.
     """
     announcement_id = msg_id or new_id()
+    rules = _Rules(frozenset(voices), max_chars, frozenset(chimes), speak_title)
     try:
-        return _parse(payload, voices, max_chars, announcement_id, chimes, speak_title)
+        return _parse(payload, rules, announcement_id)
     except BadAnnouncement as exc:
         exc.id = exc.id or announcement_id
         raise
 
 
-def _parse(
-    payload: bytes,
-    voices: Collection[str],
-    max_chars: int,
-    announcement_id: str,
-    chimes: Collection[str],
-    speak_title: bool,
-) -> Announcement:
+@dataclass(frozen=True)
+class _Rules:
+    """What the config allows an announcement: the voices and chimes it may name, its length,
+    whether a title is said."""
+
+    voices: frozenset[str]
+    max_chars: int
+    chimes: frozenset[str]
+    speak_title: bool
+
+
+def _parse(payload: bytes, rules: _Rules, announcement_id: str) -> Announcement:
+    max_chars = rules.max_chars
     limit = max_payload_bytes(max_chars)
     if len(payload) > limit:
         raise BadAnnouncement(
@@ -174,7 +180,7 @@ def _parse(
     if raw_id is not None:
         announcement_id = str(raw_id)[:64]
     try:
-        return _from_json(obj, voices, max_chars, announcement_id, chimes, speak_title)
+        return _from_json(obj, rules, announcement_id)
     except BadAnnouncement as exc:
         exc.id = exc.id or announcement_id
         raise
@@ -241,14 +247,8 @@ def _constant(name: str) -> float:
     raise BadAnnouncement(f"JSON has {name}, which is not a number an announcement can use")
 
 
-def _from_json(
-    obj: dict[str, Any],
-    voices: Collection[str],
-    max_chars: int,
-    announcement_id: str,
-    chimes: Collection[str],
-    speak_title: bool,
-) -> Announcement:
+def _from_json(obj: dict[str, Any], rules: _Rules, announcement_id: str) -> Announcement:
+    voices, max_chars = rules.voices, rules.max_chars
     unknown = set(obj) - _KNOWN_KEYS
     if unknown:
         shown = ", ".join(excerpt(k, 20) for k in sorted(unknown)[:5])
@@ -264,7 +264,7 @@ def _from_json(
     if not isinstance(text, str):
         raise BadAnnouncement(f"'{key}' must be a string")
     title = _field(obj, "title", str, "a string")
-    if title is not None and speak_title and title.strip() and not ssml:
+    if title is not None and rules.speak_title and title.strip() and not ssml:
         # A notify title ("Washing machine") is said first, as a sentence of its own.
         title = check_text(title, _MAX_TITLE, "'title'")
         text = f"{title}{'' if title[-1] in '.!?:;。！？' else '.'} {text.strip()}"
@@ -285,7 +285,7 @@ def _from_json(
     priority = _field(obj, "priority", str, f"one of {', '.join(PRIORITIES)}") or "normal"
     if priority not in PRIORITIES:
         raise BadAnnouncement(f"'priority' must be one of {', '.join(PRIORITIES)}")
-    chime = _chime(obj, chimes)
+    chime = _chime(obj, rules.chimes)
     instructions = _field(obj, "instructions", str, "a string")
     if instructions is not None and len(instructions) > _MAX_INSTRUCTIONS:
         raise BadAnnouncement(

@@ -104,7 +104,8 @@ async def test_sdk_streaming_call_with_several_texts(dashscope: FakeDashScope) -
     assert b"".join(chunks) == expected
 
 
-async def test_sdk_sees_task_failed_with_its_code(dashscope: FakeDashScope) -> None:
+async def sdk_error(url: str, text: str, **options: Any) -> dict[str, Any]:
+    """The first error the SDK's SpeechSynthesizer reports to its callback for `text`."""
     failed = threading.Event()
     errors: list[dict[str, Any]] = []
 
@@ -118,15 +119,20 @@ async def test_sdk_sees_task_failed_with_its_code(dashscope: FakeDashScope) -> N
         voice="longanyang",
         format=AudioFormat.PCM_24000HZ_MONO_16BIT,
         callback=Record(),
-        url=dashscope.url,
+        url=url,
+        **options,
     )
     # The service closes the connection right after task-failed; the SDK's own finish-task
-    # may then race that close and raise ConnectionError. What matters is that it saw the
-    # failure as the service reports it.
-    with contextlib.suppress(ConnectionError, RequestFailure):
-        await asyncio.to_thread(synthesizer.call, "Broken [fail]", 10_000)
+    # may then race that close and raise. What matters is that it saw the failure as the
+    # service reports it.
+    with contextlib.suppress(ConnectionError, RequestFailure, TimeoutError):
+        await asyncio.to_thread(synthesizer.call, text, 10_000)
     assert await asyncio.to_thread(failed.wait, 10)
-    header = errors[0]["header"]
+    return errors[0]
+
+
+async def test_sdk_sees_task_failed_with_its_code(dashscope: FakeDashScope) -> None:
+    header = (await sdk_error(dashscope.url, "Broken [fail]"))["header"]
     assert header["event"] == "task-failed" and header["error_code"] == "InternalError"
 
 
@@ -198,26 +204,7 @@ async def test_the_sdk_and_our_client_both_wait_for_task_started() -> None:
 async def test_parameters_out_of_their_documented_range_are_refused(
     dashscope: FakeDashScope, option: str, value: float, problem: str
 ) -> None:
-    failed = threading.Event()
-    errors: list[dict[str, Any]] = []
-
-    class Record(ResultCallback):
-        def on_error(self, message: str) -> None:
-            errors.append(json.loads(message))
-            failed.set()
-
-    synthesizer = SpeechSynthesizer(
-        model="cosyvoice-v3-flash",
-        voice="longanyang",
-        format=AudioFormat.PCM_24000HZ_MONO_16BIT,
-        callback=Record(),
-        url=dashscope.url,
-        **{option: value},
-    )
-    with contextlib.suppress(ConnectionError, RequestFailure, TimeoutError):
-        await asyncio.to_thread(synthesizer.call, "Out of range.", 5_000)
-    assert await asyncio.to_thread(failed.wait, 10)
-    header = errors[0]["header"]
+    header = (await sdk_error(dashscope.url, "Out of range.", **{option: value}))["header"]
     assert header["error_code"] == "InvalidParameter" and problem in header["error_message"]
 
 

@@ -15,6 +15,8 @@ import pytest
 from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
 from fake_dashscope import FakeDashScope, pcm_for
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @dataclass
 class Run:
@@ -253,3 +255,29 @@ async def test_a_task_the_service_fails_shows_in_stats_and_check(
     run = await edge_tts("check", "-c", str(daemon.config))
     assert re.search(r"\d+ tasks failed or refused by the service", run.out), run.all
     assert "fake [fail] marker" in run.out
+
+
+async def test_setup_again_installs_nothing_and_needs_no_package_index() -> None:
+    """A restart of `scripts/run` must work offline: once set up, set-up does nothing."""
+    root = ROOT
+
+    async def setup(*args: str, **env: str) -> Run:
+        proc = await asyncio.create_subprocess_exec(
+            str(root / "scripts" / "setup"),
+            *args,
+            env=dict(os.environ, **env),
+            cwd=root,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(600):
+            out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return Run(proc.returncode, out.decode(), err.decode())
+
+    assert (await setup("--test")).code == 0  # as scripts/test left it (installs if it changed)
+    nowhere = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_INDEX": "1"}
+    for args in (("--test",), ()):  # the test set-up covers the runtime one
+        run = await setup(*args, **nowhere)
+        assert run.code == 0, run.all
+        assert "nothing changed" in run.out

@@ -733,7 +733,12 @@ class FakeDashScope:
             await ws.send(
                 _qwen(
                     "response.done",
-                    response={"id": rid, "status": "completed", "usage": {"characters": len(text)}},
+                    response={
+                        "id": rid,
+                        # [incomplete]: the service ends the response without finishing it
+                        "status": "incomplete" if "[incomplete]" in text else "completed",
+                        "usage": {"characters": len(text)},
+                    },
                 )
             )
             return "finished"

@@ -239,3 +239,19 @@ def test_a_title_comes_first_unless_turned_off() -> None:
         parse('{"text": "a", "title": 5}')
     with pytest.raises(BadAnnouncement, match="over the limit of 20"):
         parse_payload(payload, voices=VOICES, max_chars=20)  # the limit counts the title too
+
+
+def test_text_of_exactly_max_chars_is_spoken_one_more_is_not() -> None:
+    assert parse("x" * 100).text == "x" * 100
+    assert parse(json.dumps({"text": "y" * 100})).text == "y" * 100
+    with pytest.raises(BadAnnouncement, match="101 characters, over the limit of 100"):
+        parse(json.dumps({"text": "y" * 101}))
+
+
+@pytest.mark.parametrize(
+    "document",
+    ["<p>Hello</p>", "<speak:x xmlns:speak='u'>a</speak:x>", "<voice><speak>a</speak></voice>"],
+)
+def test_ssml_must_be_one_speak_element(document: str) -> None:
+    with pytest.raises(BadAnnouncement, match="must be one <speak> element"):
+        parse(json.dumps({"ssml": document}))

@@ -353,3 +353,42 @@ def test_secrets_never_show_themselves(tmp_path: Path) -> None:
 def test_shipped_config_is_valid_yaml_with_comments() -> None:
     text = (ROOT / "config" / "edge-tts.yaml").read_text()
     assert isinstance(yaml.safe_load(text), dict)
+
+
+# Every numeric key and its documented range: both ends are accepted, just past either end is
+# refused with the key's path (a range check removed or off by one fails here).
+RANGES = [
+    ("mqtt", "port", 1, 65535, 1),
+    ("mqtt", "keepalive_s", 5, 3600, 1),
+    ("mqtt", "session_expiry_s", 0, 2**32 - 1, 1),
+    ("dashscope", "idle_timeout_s", 2, 3600, 0.5),
+    ("dashscope", "connect_timeout_s", 0.1, 60, 0.05),
+    ("dashscope", "first_audio_timeout_s", 0.1, 120, 0.05),
+    ("dashscope", "stall_timeout_s", 0.1, 120, 0.05),
+    ("audio", "lead_in_ms", 0, 2000, 1),
+    ("audio", "jitter_ms", 0, 1000, 1),
+    ("audio", "keep_open_s", 0, 86400, 1),
+    ("audio", "volume", 0, 100, 1),
+    ("audio", "critical_min_volume", 0, 100, 1),
+    ("quiet_hours", "volume", 0, 100, 1),
+    ("cache", "max_mb", 0, 1_000_000, 1),
+    ("fallback", "first_audio_ms", 100, 60_000, 1),
+    ("fallback", "release_after_s", 0, 86400, 1),
+    ("announcements", "max_chars", 1, 100_000, 1),
+    ("announcements", "queue_size", 1, 10_000, 1),
+    ("announcements", "dedupe_s", 0, 3600, 1),
+    ("announcements", "max_age_s", 1, 7 * 86400, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "lo", "hi", "step"), RANGES, ids=[f"{s}.{k}" for s, k, *_ in RANGES]
+)
+def test_each_range_holds_at_both_ends(
+    section: str, key: str, lo: float, hi: float, step: float
+) -> None:
+    for ok in (lo, hi):
+        parse_config({section: {key: ok}})
+    for bad in (lo - step, hi + step):
+        with pytest.raises(ConfigError, match=rf"^{section}\.{key}: must be"):
+            parse_config({section: {key: bad}})

@@ -170,3 +170,47 @@ async def test_sigterm_says_offline_and_exits_cleanly_without_leaking_the_key(
     await home.log.wait_for(lambda: home.log.availability[-1:] == ["offline"])
     assert API_KEY.encode() not in daemon.stderr
     assert b"Traceback" not in daemon.stderr
+
+
+async def test_events_and_state_are_published_at_qos_1(
+    daemon: DaemonProcess, home: Home, broker: Broker
+) -> None:
+    """At QoS 1 the broker passes them on at QoS 1 to a QoS 1 subscriber (Home Assistant):
+    a published-at-0 event would arrive at 0, and could be lost."""
+    import aiomqtt
+
+    qos: dict[str, int] = {}
+    async with aiomqtt.Client(broker.host, broker.port, identifier="qos-probe") as client:
+        await client.subscribe("edge-tts/kitchen/#", qos=1)
+        await home.say({"text": "Checking QoS.", "id": "q"})
+        async with asyncio.timeout(15):
+            async for message in client.messages:
+                qos[str(message.topic).rsplit("/", 1)[1]] = message.qos
+                if message.topic.matches("edge-tts/kitchen/event") and b'"finished"' in bytes(
+                    message.payload  # type: ignore[arg-type]
+                ):
+                    break
+    assert qos["event"] == 1 and qos["state"] == 1
+
+
+def test_a_secret_in_any_log_line_is_masked() -> None:
+    """The last line of defence, whatever a log call passes in (an exception's text, say)."""
+    import io
+    import logging
+
+    from edge_tts.__main__ import RedactSecrets
+    from edge_tts.config import Secret
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RedactSecrets([Secret("sk-secret-123456"), Secret("mqtt-pass")]))
+    log = logging.getLogger("test-redaction")
+    log.addHandler(handler)
+    try:
+        log.error("refused: %s", "Bearer sk-secret-123456 with mqtt-pass")
+        log.error("plain sk-secret-123456")
+    finally:
+        log.removeHandler(handler)
+    text = out.getvalue()
+    assert "sk-secret" not in text and "mqtt-pass" not in text
+    assert text.count("********") == 3

@@ -232,3 +232,32 @@ async def test_a_burst_of_fifty_plays_in_priority_order_with_the_documented_drop
     # At the ALSA output, exactly those, in that order.
     texts = ["The first, still speaking."] + [f"Item {i}." for i in highs + normals]
     assert split_speech(capture.read())[1] == b"".join(pcm_for(t) for t in texts)
+
+
+# --- the edges of the rules --------------------------------------------------------------
+
+
+def test_a_repeat_after_the_dedupe_window_is_a_new_announcement() -> None:
+    import time
+
+    q = AnnouncementQueue(max_size=5, dedupe_s=10)
+    old = ann("Door open.", received_at=time.monotonic() - 11)  # queued 11 s ago, still waiting
+    assert q.put(old) == []
+    assert q.put(ann("Door open.")) == []  # outside the window: both stay
+    assert q.put(ann("Door open."))[0].reason == f"duplicate of {q._entries[1].announcement.id}"
+    assert len(q) == 2
+
+
+def test_a_quiet_window_ends_at_its_end_minute() -> None:
+    from datetime import datetime
+
+    from edge_tts.config import QuietHours
+    from edge_tts.queue import in_quiet_hours
+
+    noon = QuietHours(windows=((12 * 60, 13 * 60),))
+    night = QuietHours(windows=((22 * 60, 7 * 60),))
+    at = lambda h, m: datetime(2026, 11, 26, h, m)  # noqa: E731
+    assert in_quiet_hours(noon, at(12, 0)) and in_quiet_hours(noon, at(12, 59))
+    assert not in_quiet_hours(noon, at(13, 0)) and not in_quiet_hours(noon, at(11, 59))
+    assert in_quiet_hours(night, at(22, 0)) and in_quiet_hours(night, at(6, 59))
+    assert not in_quiet_hours(night, at(7, 0)) and not in_quiet_hours(night, at(21, 59))

@@ -218,6 +218,13 @@ async def test_a_connection_dropped_after_audio_says_how_many_sentences_were_who
     assert done.trace.sentences_done == 2
 
 
+async def test_a_response_the_service_did_not_complete_fails_the_synthesis(
+    engine: QwenEngine,
+) -> None:
+    with pytest.raises(SynthesisError, match="ended a response as incomplete"):
+        await collect(engine.synthesize(request("Cut short [incomplete].")))
+
+
 async def test_a_stall_fails_after_stall_timeout(engine: QwenEngine) -> None:
     with pytest.raises(SynthesisError, match="stall_timeout_s"):
         await collect(engine.synthesize(request("Stuck [stall] here.")))

@@ -230,3 +230,26 @@ async def test_keep_warm_off_connects_on_demand_and_closes_after_use(
     assert first == pcm_for("One.")
     assert len(dashscope.connections) == 2
     assert warm.keeper.stats.waited == 2
+
+
+async def test_a_connection_about_to_idle_out_is_not_lent(dashscope: FakeDashScope) -> None:
+    """Kept after a task, a connection is lent again only while the server's idle window
+    has more than the lend margin left (here 1 s window, 0.1 s margin): past that, a fresh
+    one is opened rather than risk the server closing it under the task. (No background
+    renewal runs here, so only the lending rule decides.)"""
+    keeper = ConnectionKeeper(dashscope.url, Secret(API_KEY), keep_warm=True, idle_timeout_s=1.0)
+    engine = CosyVoiceEngine(keeper, first_audio_timeout_s=3, stall_timeout_s=1)
+
+    async def say(text: str) -> SynthesisRequest:
+        request = SynthesisRequest(text=text, voice=VOICE, sample_rate=24000)
+        assert b"".join([c async for c in engine.synthesize(request)]) == pcm_for(text)
+        return request
+
+    try:
+        assert (await say("First.")).trace.connection == "new"
+        assert (await say("At once again.")).trace.connection == "warm"  # well inside
+        await asyncio.sleep(0.95)  # the passage of time is what is tested: 0.05 s left
+        assert (await say("Too late for that one.")).trace.connection == "new"
+    finally:
+        await keeper.close()
+    assert keeper.stats.reused == 1 and keeper.stats.opened == 2

@@ -122,7 +122,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     running; it is cancelled again until it ends."""
     while not task.done():
         task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
+        await asyncio.wait({task}, timeout=0.05)
     if not task.cancelled() and task.exception() is not None:
         log.debug("MQTT sender ended: %s", task.exception())
 
@@ -177,52 +177,57 @@ class MqttLink:
         async with client:
             self._client = client
             self._was_up = True
-            await client.subscribe(
-                [(self.topics.say, 1), (self.topics.all_say, 1), (self.topics.stop, 1)]
-            )
-            for topic, payload in self.retained_on_connect:
-                await client.publish(topic, payload, qos=1, retain=True)
-            # Online last, once subscribed and announced: what is published after it is heard.
-            await client.publish(self.topics.availability, b"online", qos=1, retain=True)
-            log.info(
-                "MQTT connected to %s:%d, listening on %s",
-                self._config.host,
-                self._config.port,
-                self.topics.say,
-            )
-            self.connected.set()
-            sender = asyncio.create_task(self._send_outbox(client))
             try:
-                await self._receive(client)
-            finally:
-                await _cancel(sender)
+                await self._serve(client)
+            except asyncio.CancelledError:
+                # A clean shutdown says so itself (a clean disconnect sends no last will), from
+                # anywhere in the session: Home Assistant may have seen `online` already.
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await client.publish(
+                            self.topics.availability, b"offline", qos=1, retain=True
+                        )
+                raise
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Subscribe, announce, say online; then receive until the session ends."""
+        await client.subscribe(
+            [(self.topics.say, 1), (self.topics.all_say, 1), (self.topics.stop, 1)]
+        )
+        for topic, payload in self.retained_on_connect:
+            await client.publish(topic, payload, qos=1, retain=True)
+        # Online last, once subscribed and announced: what is published after it is heard.
+        await client.publish(self.topics.availability, b"online", qos=1, retain=True)
+        log.info(
+            "MQTT connected to %s:%d, listening on %s",
+            self._config.host,
+            self._config.port,
+            self.topics.say,
+        )
+        self.connected.set()
+        sender = asyncio.create_task(self._send_outbox(client))
+        try:
+            await self._receive(client)
+        finally:
+            await _cancel(sender)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        try:
-            async for message in client.messages:
-                if message.retain:
-                    # A retained `say` would be spoken again on every connect.
-                    log.warning(
-                        "ignoring a retained message on %s (publish announcements without retain)",
-                        message.topic,
-                    )
-                else:
-                    payload = message.payload
-                    if isinstance(payload, str):
-                        payload = payload.encode()
-                    elif not isinstance(payload, bytes | bytearray):
-                        payload = b"" if payload is None else str(payload).encode()
-                    await self._on_message(
-                        Incoming(str(message.topic), bytes(payload), message.mid)
-                    )
-                if message.qos:
-                    client._client.ack(message.mid, message.qos)
-        except asyncio.CancelledError:
-            # A clean shutdown says so itself; the last will covers the unclean ones.
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                async with asyncio.timeout(2):
-                    await client.publish(self.topics.availability, b"offline", qos=1, retain=True)
-            raise
+        async for message in client.messages:
+            if message.retain:
+                # A retained `say` would be spoken again on every connect.
+                log.warning(
+                    "ignoring a retained message on %s (publish announcements without retain)",
+                    message.topic,
+                )
+            else:
+                payload = message.payload
+                if isinstance(payload, str):
+                    payload = payload.encode()
+                elif not isinstance(payload, bytes | bytearray):
+                    payload = b"" if payload is None else str(payload).encode()
+                await self._on_message(Incoming(str(message.topic), bytes(payload), message.mid))
+            if message.qos:
+                client._client.ack(message.mid, message.qos)
 
     async def _send_outbox(self, client: aiomqtt.Client) -> None:
         """Publish queued events and state in order; what a lost connection interrupts stays

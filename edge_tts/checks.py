@@ -16,7 +16,7 @@ from .engines.cosyvoice import finish_task, run_task
 from .engines.piper import check_voice
 from .engines.qwen import QwenEngine
 from .errors import CloudUnavailable
-from .keeper import ConnectionKeeper
+from .keeper import ConnectionKeeper, ConnectionSettings
 from .models import warnings as model_warnings
 from .mqtt import Topics, describe_error, make_client
 from .player import check_sounddevice
@@ -115,9 +115,7 @@ async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
         if problem:
             problems.append(problem)
     for voice in (v for v in voices if v.engine == "qwen"):
-        qwen = QwenEngine(
-            ds.realtime_url, api_key, keep_warm=False, connect_timeout_s=ds.connect_timeout_s
-        )
+        qwen = QwenEngine(ds.realtime_url, api_key, ConnectionSettings.of(ds, keep_warm=False))
         keeper = qwen.keeper_for_voice(voice, config.audio.sample_rate)
         try:
             ws = await keeper.connect()  # connects and configures the session
@@ -136,9 +134,7 @@ async def _check_inference(
     config: Config, api_key: Secret | None, voice: Voice | None
 ) -> str | None:
     ds = config.dashscope
-    keeper = ConnectionKeeper(
-        ds.inference_url, api_key, keep_warm=False, connect_timeout_s=ds.connect_timeout_s
-    )
+    keeper = ConnectionKeeper(ds.inference_url, api_key, ConnectionSettings.of(ds, keep_warm=False))
     try:
         ws = await keeper.connect()
     except CloudUnavailable as exc:

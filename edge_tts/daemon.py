@@ -4,11 +4,10 @@ start-up (readiness), reload and shutdown."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,14 @@ from .announcement import Announcement, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
 from .config import Config, Secret
 from .discovery import discovery_messages
-from .engines import Engine
+from .engines import AudioWaitSettings, Engine
 from .engines.cosyvoice import CosyVoiceEngine
 from .engines.piper import PiperEngine
 from .engines.qwen import QwenEngine
 from .engines.sambert import SambertEngine
 from .errors import BadAnnouncement, SynthesisError
 from .journal import Journal, Restored, digest
-from .keeper import ConnectionKeeper, KeeperStats
+from .keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
 from .mqtt import Incoming, MqttLink
 from .player import AudioSink, Player
 from .queue import AnnouncementQueue, playback_volume
@@ -37,13 +36,39 @@ _SHUTDOWN_S = 1.5  # what closing connections may take after a SIGTERM, in all
 _FINAL = frozenset({"finished", "failed", "dropped"})  # an announcement's last event
 
 
-@dataclass
 class Cloud:
-    """The engines the voices need, and the connections kept for them."""
+    """The engines the voices need, and the connections kept for them. `run()` is the one
+    owner of every endpoint's keeper loop: each a named task in one TaskGroup, cancelled and
+    awaited when it ends; a keeper loop that fails ends it (and so the daemon)."""
 
-    engines: dict[str, Engine]
-    keeper: ConnectionKeeper  # the inference endpoint: CosyVoice and Sambert
-    qwen: QwenEngine  # the realtime endpoint: its own ready sessions
+    def __init__(self, keeper: ConnectionKeeper, *, keep_inference: bool) -> None:
+        self.keeper = keeper  # the inference endpoint: CosyVoice and Sambert
+        self.engines: dict[str, Engine] = {}
+        self.qwen: QwenEngine  # the realtime endpoint: its own ready sessions
+        self._keep_inference = keep_inference
+        self._group: asyncio.TaskGroup | None = None
+        self._waiting: list[tuple[ConnectionKeeper, str]] = []  # asked for before run()
+
+    def run_keeper(self, keeper: ConnectionKeeper, name: str) -> None:
+        """Keep `keeper`'s connections from now on (its loop ends when the keeper closes)."""
+        if self._group is None:
+            self._waiting.append((keeper, name))
+        else:
+            self._group.create_task(keeper.run(), name=name)
+
+    async def run(self) -> None:
+        """Run the keeper loops until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            try:
+                if self._keep_inference:
+                    group.create_task(self.keeper.run(), name="keeper inference")
+                waiting, self._waiting = self._waiting, []
+                for keeper, name in waiting:
+                    group.create_task(keeper.run(), name=name)
+                await asyncio.Future()  # the loops run until this is cancelled
+            finally:
+                self._group = None
 
     @property
     def warm(self) -> bool:
@@ -75,36 +100,23 @@ def build_engines(
     serving: bool = True,
 ) -> Cloud:
     """Every engine, the inference ones sharing one kept connection. Connections are kept
-    warm only when `serving` (not for a one-off `say`) and only for endpoints a voice uses."""
+    warm only when `serving` (not for a one-off `say`) and only for endpoints a voice uses;
+    `Cloud.run()` keeps them."""
     ds = config.dashscope
-    keeper = ConnectionKeeper(
-        ds.inference_url,
-        api_key,
-        keep_warm=ds.keep_warm and serving and _uses_inference(config),
-        idle_timeout_s=ds.idle_timeout_s,
-        connect_timeout_s=ds.connect_timeout_s,
-        on_change=on_change,
+    connection = ConnectionSettings.of(ds, keep_warm=ds.keep_warm and serving)
+    wait = AudioWaitSettings.of(ds)
+    keeper = ConnectionKeeper(ds.inference_url, api_key, connection, on_change=on_change)
+    cloud = Cloud(keeper, keep_inference=connection.keep_warm and _uses_inference(config))
+    cloud.qwen = QwenEngine(
+        ds.realtime_url, api_key, connection, wait, on_change=on_change, run_keeper=cloud.run_keeper
     )
-    timeouts = {
-        "first_audio_timeout_s": ds.first_audio_timeout_s,
-        "stall_timeout_s": ds.stall_timeout_s,
-    }
-    qwen = QwenEngine(
-        ds.realtime_url,
-        api_key,
-        keep_warm=ds.keep_warm and serving,
-        idle_timeout_s=ds.idle_timeout_s,
-        connect_timeout_s=ds.connect_timeout_s,
-        on_change=on_change,
-        **timeouts,
-    )
-    engines: dict[str, Engine] = {
-        "cosyvoice": CosyVoiceEngine(keeper, **timeouts),
-        "sambert": SambertEngine(keeper, **timeouts),
-        "qwen": qwen,
+    cloud.engines = {
+        "cosyvoice": CosyVoiceEngine(keeper, wait),
+        "sambert": SambertEngine(keeper, wait),
+        "qwen": cloud.qwen,
         "piper": PiperEngine(release_after_s=config.fallback.release_after_s),
     }
-    return Cloud(engines, keeper, qwen)
+    return cloud
 
 
 def _uses_inference(config: Config) -> bool:
@@ -176,7 +188,7 @@ class Daemon:
                 self.link.publish_state({"state": "idle", "id": None, "text": None})
             self._publish_stats()
             self._start("link", self.link.run())
-            self._start("keeper", self.keeper.run())
+            self._start("cloud", self.cloud.run())
             self._warm_default_voice()
             self._start("speak", self._speak_queue())
             self._start("watchdog", self.notifier.keep_alive())
@@ -229,10 +241,17 @@ class Daemon:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(_SHUTDOWN_S):
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await self.cloud.close()
+        except TimeoutError:
+            pending = [name for name, task in self._tasks.items() if not task.done()]
+            log.warning(
+                "shutdown: gave up waiting after %.1f s (still running: %s)",
+                _SHUTDOWN_S,
+                ", ".join(pending) or "closing the cloud connections",
+            )
         if self._own_player and isinstance(self.player, Player):
             await self.player.close()
         self.journal.close()
@@ -258,7 +277,7 @@ class Daemon:
             old_cloud = self.cloud
             self._api_key = api_key
             self.cloud = build_engines(config, api_key, self._stats_changed)
-            await self._restart("keeper", self.keeper.run())
+            await self._restart("cloud", self.cloud.run())
             await old_cloud.close()
             _warn_without_key(api_key)
         self._warm_default_voice()  # it may be a new voice, or a new output rate

@@ -23,7 +23,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from .backoff import Backoff
-from .config import Secret
+from .config import DashscopeConfig, Secret
 from .errors import CloudUnavailable
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,24 @@ class _Ready:
     since: float = field(default_factory=time.monotonic)  # last traffic: opened or task ended
 
 
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How the connections to a DashScope endpoint are kept; one value, built once from the
+    config and handed whole to every keeper."""
+
+    keep_warm: bool = True  # a connection ready before it is needed, renewed while idle
+    idle_timeout_s: float = 60.0  # the service closes a connection unused this long
+    connect_timeout_s: float = 5.0  # a handshake (and a session's set-up) slower fails
+
+    @classmethod
+    def of(cls, ds: DashscopeConfig, *, keep_warm: bool | None = None) -> ConnectionSettings:
+        return cls(
+            ds.keep_warm if keep_warm is None else keep_warm,
+            ds.idle_timeout_s,
+            ds.connect_timeout_s,
+        )
+
+
 class ConnectionKeeper:
     """Lends authenticated WebSocket connections to one endpoint, one task at a time."""
 
@@ -91,19 +109,19 @@ class ConnectionKeeper:
         self,
         url: str,
         api_key: Secret | None,
+        settings: ConnectionSettings | None = None,
         *,
-        keep_warm: bool = True,
-        idle_timeout_s: float = 60.0,
-        connect_timeout_s: float = 5.0,
         on_change: Callable[[KeeperStats], None] | None = None,
         prepare: Callable[[ClientConnection], Awaitable[None]] | None = None,
     ) -> None:
+        settings = settings or ConnectionSettings()
         self.url = url
+        self.settings = settings
         self._prepare = prepare  # readies a new connection for its first task (a session)
         self._api_key = api_key
-        self._keep_warm = keep_warm
-        self._idle_timeout_s = idle_timeout_s
-        self._connect_timeout_s = connect_timeout_s
+        self._keep_warm = settings.keep_warm
+        self._idle_timeout_s = idle_timeout_s = settings.idle_timeout_s
+        self._connect_timeout_s = settings.connect_timeout_s
         self._on_change = on_change
         # Renew this long before the server's idle timeout; never lend a connection this
         # close to it (a run-task then resets the server's timer well in time).
@@ -116,6 +134,7 @@ class ConnectionKeeper:
         self._warm = asyncio.Event()
         self._refused = False
         self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.stats = KeeperStats()
 
     @property
@@ -299,11 +318,12 @@ class ConnectionKeeper:
     # --- keeping warm ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Keep one connection ready until cancelled (a no-op when keep_warm is off)."""
+        """Keep one connection ready until cancelled or closed (a no-op when keep_warm is
+        off)."""
         if not self._keep_warm:
             return
         backoff = Backoff(start=0.5, cap=30.0)
-        while True:
+        while not self._closed:
             self._changed.clear()
             ready = self._ready
             if ready is None:
@@ -381,10 +401,16 @@ class ConnectionKeeper:
         await self._warm.wait()
 
     async def close(self) -> None:
+        """Close the kept connection; run() ends (at once, or after a retry's wait)."""
+        self._closed = True
+        self._changed.set()
         if self._handshake is not None:
+            # Cancelled mid-handshake, a connection may take its time to give up: it is not
+            # waited for long (shutdown has a second or two in all).
             self._handshake.cancel()
             with contextlib.suppress(BaseException):
-                await self._handshake
+                async with asyncio.timeout(0.2):
+                    await self._handshake
         ready, self._ready = self._ready, None
         if ready is not None:
             await ready.ws.close()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from edge_tts.config import Secret, Voice
-from edge_tts.engines import SynthesisRequest
+from edge_tts.engines import AudioWaitSettings, SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine, text_pieces
 from edge_tts.engines.sambert import SambertEngine
 from edge_tts.errors import CloudUnavailable, SynthesisError
@@ -24,11 +24,10 @@ VOICE = Voice(name="default", engine="cosyvoice", model="cosyvoice-v3-flash", vo
 def engine_for(
     fake: FakeDashScope, key: str | None = API_KEY, **timeouts: float
 ) -> CosyVoiceEngine:
-    keeper = ConnectionKeeper(fake.url, Secret(key) if key else None, idle_timeout_s=60)
+    keeper = ConnectionKeeper(fake.url, Secret(key) if key else None)
     return CosyVoiceEngine(
         keeper,
-        first_audio_timeout_s=timeouts.get("first", 5),
-        stall_timeout_s=timeouts.get("stall", 1),
+        AudioWaitSettings(timeouts.get("first", 5), timeouts.get("stall", 1)),
     )
 
 
@@ -140,7 +139,7 @@ async def test_unreachable_cloud(dashscope: FakeDashScope) -> None:
     url = dashscope.url
     await dashscope.stop()
     keeper = ConnectionKeeper(url, Secret(API_KEY))
-    engine = CosyVoiceEngine(keeper, first_audio_timeout_s=1, stall_timeout_s=1)
+    engine = CosyVoiceEngine(keeper, AudioWaitSettings(1, 1))
     with pytest.raises(CloudUnavailable, match="cannot reach DashScope"):
         await collect(engine.synthesize(request("Hi.")))
 
@@ -179,7 +178,7 @@ async def test_sambert_sends_the_text_in_run_task_on_the_shared_connection(
     dashscope: FakeDashScope,
 ) -> None:
     cosy = engine_for(dashscope)
-    sambert = SambertEngine(cosy._keeper, first_audio_timeout_s=5, stall_timeout_s=1)
+    sambert = SambertEngine(cosy._keeper, AudioWaitSettings(5, 1))
     voice = Voice(
         name="zhichu", engine="sambert", model="sambert-zhichu-v1", rate=1.2, pitch=0.8, volume=60
     )
@@ -202,9 +201,7 @@ async def test_sambert_sends_the_text_in_run_task_on_the_shared_connection(
 async def test_a_sambert_failure_fails_the_request_and_the_next_one_works(
     dashscope: FakeDashScope,
 ) -> None:
-    sambert = SambertEngine(
-        engine_for(dashscope)._keeper, first_audio_timeout_s=5, stall_timeout_s=1
-    )
+    sambert = SambertEngine(engine_for(dashscope)._keeper, AudioWaitSettings(5, 1))
     voice = Voice(name="zhichu", engine="sambert", model="sambert-zhichu-v1")
     with pytest.raises(SynthesisError, match="InternalError"):
         await collect(sambert.synthesize(request("Broken [fail]", voice)))

@@ -24,9 +24,9 @@ from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesize
 from dashscope.common.error import RequestFailure
 
 from edge_tts.config import Secret, Voice
-from edge_tts.engines import SynthesisRequest
+from edge_tts.engines import AudioWaitSettings, SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine, continue_task, run_task
-from edge_tts.keeper import ConnectionKeeper
+from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
 
 from conftest import API_KEY, fake_cloud
 from fake_dashscope import FakeDashScope, pcm_for
@@ -181,8 +181,8 @@ async def test_the_sdk_and_our_client_both_wait_for_task_started() -> None:
         assert await asyncio.to_thread(synthesizer.call, "The SDK waits.", 10_000) == pcm_for(
             "The SDK waits."
         )
-        keeper = ConnectionKeeper(fake.url, Secret(API_KEY), keep_warm=False)
-        engine = CosyVoiceEngine(keeper, first_audio_timeout_s=5, stall_timeout_s=2)
+        keeper = ConnectionKeeper(fake.url, Secret(API_KEY), ConnectionSettings(keep_warm=False))
+        engine = CosyVoiceEngine(keeper, AudioWaitSettings(5, 2))
         try:
             audio = b"".join(
                 [c async for c in engine.synthesize(SynthesisRequest("So do we.", COSY, 24000))]

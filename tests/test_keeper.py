@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from edge_tts.config import Secret, Voice
-from edge_tts.engines import SynthesisRequest
+from edge_tts.engines import AudioWaitSettings, SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine
 from edge_tts.errors import CloudUnavailable, ConnectionLost, SynthesisError
-from edge_tts.keeper import ConnectionKeeper
+from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
 
 from conftest import API_KEY, fake_cloud
 from fake_dashscope import FakeDashScope, pcm_for
@@ -34,14 +34,9 @@ class Warm:
     """A keeper running in the background, as the daemon runs it, and its engine."""
 
     def __init__(self, fake: FakeDashScope, *, key: str = API_KEY, keep_warm: bool = True) -> None:
-        self.keeper = ConnectionKeeper(
-            fake.url,
-            Secret(key),
-            keep_warm=keep_warm,
-            idle_timeout_s=fake.idle_timeout_s,
-            connect_timeout_s=2,
-        )
-        self.engine = CosyVoiceEngine(self.keeper, first_audio_timeout_s=3, stall_timeout_s=1)
+        settings = ConnectionSettings(keep_warm, fake.idle_timeout_s, connect_timeout_s=2)
+        self.keeper = ConnectionKeeper(fake.url, Secret(key), settings)
+        self.engine = CosyVoiceEngine(self.keeper, AudioWaitSettings(3, 1))
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Warm:
@@ -237,8 +232,10 @@ async def test_a_connection_about_to_idle_out_is_not_lent(dashscope: FakeDashSco
     has more than the lend margin left (here 1 s window, 0.1 s margin): past that, a fresh
     one is opened rather than risk the server closing it under the task. (No background
     renewal runs here, so only the lending rule decides.)"""
-    keeper = ConnectionKeeper(dashscope.url, Secret(API_KEY), keep_warm=True, idle_timeout_s=1.0)
-    engine = CosyVoiceEngine(keeper, first_audio_timeout_s=3, stall_timeout_s=1)
+    keeper = ConnectionKeeper(
+        dashscope.url, Secret(API_KEY), ConnectionSettings(idle_timeout_s=1.0)
+    )
+    engine = CosyVoiceEngine(keeper, AudioWaitSettings(3, 1))
 
     async def say(text: str) -> SynthesisRequest:
         request = SynthesisRequest(text=text, voice=VOICE, sample_rate=24000)

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from edge_tts.config import Secret, Voice
-from edge_tts.engines import SynthesisRequest
+from edge_tts.engines import AudioWaitSettings, SynthesisRequest
 from edge_tts.engines.qwen import QwenEngine, session_config
 from edge_tts.errors import CloudUnavailable, ConnectionLost, SynthesisError
+from edge_tts.keeper import ConnectionSettings
 
 from conftest import API_KEY
 from fake_dashscope import FakeDashScope, pcm_for
@@ -35,11 +36,7 @@ INSTRUCT = Voice(
 @pytest.fixture
 async def engine(dashscope: FakeDashScope) -> AsyncIterator[QwenEngine]:
     e = QwenEngine(
-        dashscope.realtime_url,
-        Secret(API_KEY),
-        keep_warm=True,
-        first_audio_timeout_s=5,
-        stall_timeout_s=1,
+        dashscope.realtime_url, Secret(API_KEY), ConnectionSettings(), AudioWaitSettings(5, 1)
     )
     yield e
     await e.close()
@@ -284,7 +281,9 @@ async def test_a_realtime_url_pointing_at_the_wrong_endpoint_is_a_clear_error(
     dashscope: FakeDashScope,
 ) -> None:
     # The CosyVoice endpoint answers the handshake but opens no Qwen session.
-    wrong = QwenEngine(dashscope.url, Secret(API_KEY), keep_warm=False, connect_timeout_s=0.5)
+    wrong = QwenEngine(
+        dashscope.url, Secret(API_KEY), ConnectionSettings(keep_warm=False, connect_timeout_s=0.5)
+    )
     with pytest.raises(CloudUnavailable, match="did not set up the session"):
         await collect(wrong.synthesize(request("Hello.")))
     await wrong.close()

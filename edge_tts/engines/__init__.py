@@ -11,7 +11,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..config import Voice
+from ..config import DashscopeConfig, Voice
 from ..errors import ConnectionLost, SynthesisError
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,25 @@ async def replaced_once(
             )
 
 
+@dataclass(frozen=True)
+class AudioWaitSettings:
+    """How long an engine waits on the service: one value, built once from the config."""
+
+    first_audio_timeout_s: float = 10.0  # from the start of a task to its first audio
+    stall_timeout_s: float = 5.0  # from one audio frame to the next
+
+    @classmethod
+    def of(cls, ds: DashscopeConfig) -> AudioWaitSettings:
+        return cls(ds.first_audio_timeout_s, ds.stall_timeout_s)
+
+
 class AudioWait:
     """An engine's two waits on the service: the first audio within first_audio_timeout_s of
     the start, each next frame within stall_timeout_s of the audio before it."""
 
-    def __init__(self, first_audio_timeout_s: float, stall_timeout_s: float) -> None:
-        self._first_s, self._stall_s = first_audio_timeout_s, stall_timeout_s
-        self._deadline = time.monotonic() + first_audio_timeout_s
+    def __init__(self, settings: AudioWaitSettings) -> None:
+        self._first_s, self._stall_s = settings.first_audio_timeout_s, settings.stall_timeout_s
+        self._deadline = time.monotonic() + self._first_s
         self._heard = False
 
     def heard(self) -> None:

@@ -15,7 +15,7 @@ from ..keeper import ConnectionKeeper
 from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT, SSML_MODELS
 from ..ssml import ssml_text
 from ..text import split_sentences, weight
-from . import AudioWait, SynthesisRequest, new_task_id, replaced_once
+from . import AudioWait, AudioWaitSettings, SynthesisRequest, new_task_id, replaced_once
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,9 @@ class InferenceEngine:
     """A task protocol on the inference endpoint (CosyVoice, Sambert): one task at a time on
     a kept connection, audio as binary frames, task-started / task-finished / task-failed."""
 
-    def __init__(
-        self, keeper: ConnectionKeeper, *, first_audio_timeout_s: float, stall_timeout_s: float
-    ) -> None:
+    def __init__(self, keeper: ConnectionKeeper, wait: AudioWaitSettings | None = None) -> None:
         self._keeper = keeper
-        self._first_audio_timeout_s = first_audio_timeout_s
-        self._stall_timeout_s = stall_timeout_s
+        self._wait = wait or AudioWaitSettings()
 
     def check(self, request: SynthesisRequest) -> None:
         """Raise SynthesisError for a request the service documents it would refuse."""
@@ -142,7 +139,7 @@ class InferenceEngine:
         async with self._keeper.lease() as lease:
             ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
-            wait = AudioWait(self._first_audio_timeout_s, self._stall_timeout_s)
+            wait = AudioWait(self._wait)
             start, then = self.messages(request, task_id)
             try:
                 await ws.send(json.dumps(start))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import uuid
@@ -31,16 +30,23 @@ from websockets.asyncio.client import ClientConnection
 
 from ..config import Secret, Voice
 from ..errors import CloudUnavailable, ConnectionLost, SynthesisError
-from ..keeper import ConnectionKeeper, KeeperStats
+from ..keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
 from ..models import QWEN_INSTRUCT, QWEN_LEGACY, qwen_rate
 from ..resample import Resampler
 from ..text import split_sentences
-from . import AudioWait, SynthesisRequest, replaced_once
+from . import AudioWait, AudioWaitSettings, SynthesisRequest, replaced_once
 
 log = logging.getLogger(__name__)
 
 _PIECE_WEIGHT = 2000  # a sentence longer than this goes in several appends
 _MAX_WARM = 2  # sessions kept ready: the default Qwen voice and the last other one used
+
+# Runs a keeper's loop for as long as the keeper lives (its owner names and awaits it).
+KeeperRunner = Callable[[ConnectionKeeper, str], None]
+
+
+def voice_label(request: SynthesisRequest) -> str:
+    return f"{request.voice.name} ({request.voice.model})"
 
 
 def session_config(request: SynthesisRequest) -> dict[str, Any]:
@@ -98,26 +104,23 @@ class QwenEngine:
         self,
         realtime_url: str,
         api_key: Secret | None,
+        connection: ConnectionSettings | None = None,
+        wait: AudioWaitSettings | None = None,
         *,
-        keep_warm: bool = True,
-        idle_timeout_s: float = 60.0,
-        connect_timeout_s: float = 5.0,
-        first_audio_timeout_s: float = 10.0,
-        stall_timeout_s: float = 5.0,
         on_change: Callable[[KeeperStats], None] | None = None,
+        run_keeper: KeeperRunner | None = None,
     ) -> None:
         self._url = realtime_url
         self._api_key = api_key
-        self._keep_warm = keep_warm
-        self._idle_timeout_s = idle_timeout_s
-        self._connect_timeout_s = connect_timeout_s
-        self._first_audio_timeout_s = first_audio_timeout_s
-        self._stall_timeout_s = stall_timeout_s
+        self._connection = connection or ConnectionSettings()
+        self._wait = wait or AudioWaitSettings()
         self._on_change = on_change
+        # Who runs a keeper's loop: the daemon's Cloud (one owner for every endpoint's);
+        # standing alone (a test, a one-off command), the engine itself.
+        self._run_keeper = run_keeper or self._run_alone
+        self._alone: set[asyncio.Task[None]] = set()
         # One keeper per session configuration, most recently used last.
-        self._keepers: OrderedDict[str, tuple[ConnectionKeeper, asyncio.Task[None] | None]] = (
-            OrderedDict()
-        )
+        self._keepers: OrderedDict[str, ConnectionKeeper] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()  # keepers pushed out of the warm set
 
     # --- sessions kept ready ---------------------------------------------------------------
@@ -129,21 +132,20 @@ class QwenEngine:
         key = json.dumps([model, config], sort_keys=True)
         if key in self._keepers:
             self._keepers.move_to_end(key)
-            return self._keepers[key][0]
+            return self._keepers[key]
         keeper = ConnectionKeeper(
             f"{self._url}?model={model}",
             self._api_key,
-            keep_warm=self._keep_warm,
-            idle_timeout_s=self._idle_timeout_s,
-            connect_timeout_s=self._connect_timeout_s,
+            self._connection,
             on_change=self._on_change,
             prepare=lambda ws: self._prepare(ws, request.voice, config),
         )
-        runner = asyncio.ensure_future(keeper.run()) if self._keep_warm else None
-        self._keepers[key] = (keeper, runner)
+        if self._connection.keep_warm:
+            self._run_keeper(keeper, f"keeper qwen {voice_label(request)}")
+        self._keepers[key] = keeper
         while len(self._keepers) > _MAX_WARM:
-            _, (old, old_runner) = self._keepers.popitem(last=False)
-            closing = asyncio.ensure_future(self._close_keeper(old, old_runner))
+            _, old = self._keepers.popitem(last=False)
+            closing = asyncio.get_running_loop().create_task(old.close(), name="closing keeper")
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
         return keeper
@@ -183,25 +185,23 @@ class QwenEngine:
                 )
 
     def stats(self) -> list[dict[str, object]]:
-        return [
-            {"url": keeper.url, **keeper.stats.as_dict()} for keeper, _ in self._keepers.values()
-        ]
+        return [{"url": keeper.url, **keeper.stats.as_dict()} for keeper in self._keepers.values()]
 
     @property
     def warm_now(self) -> bool:
-        return any(keeper.stats.warm for keeper, _ in self._keepers.values())
+        return any(keeper.stats.warm for keeper in self._keepers.values())
+
+    def _run_alone(self, keeper: ConnectionKeeper, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(keeper.run(), name=name)
+        self._alone.add(task)
+        task.add_done_callback(self._alone.discard)
 
     async def close(self) -> None:
         keepers, self._keepers = list(self._keepers.values()), OrderedDict()
-        await asyncio.gather(*(self._close_keeper(k, r) for k, r in keepers), *self._closing)
-
-    @staticmethod
-    async def _close_keeper(keeper: ConnectionKeeper, runner: asyncio.Task[None] | None) -> None:
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-        await keeper.close()
+        await asyncio.gather(*(k.close() for k in keepers), *self._closing)
+        for task in self._alone:
+            task.cancel()
+        await asyncio.gather(*self._alone, return_exceptions=True)
 
     # --- speaking --------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class QwenEngine:
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
             committing = config["mode"] == "commit"
             request.trace.sentences_done = 0 if committing else None
-            wait = AudioWait(self._first_audio_timeout_s, self._stall_timeout_s)
+            wait = AudioWait(self._wait)
             try:
                 for piece in split_sentences(request.text, _PIECE_WEIGHT):
                     await ws.send(_event("input_text_buffer.append", text=piece))

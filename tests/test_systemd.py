@@ -379,3 +379,36 @@ async def test_a_supervisor_that_never_reads_notifications_does_not_block_the_da
     finally:
         if daemon.running:
             await daemon.kill()
+
+
+async def test_stopped_while_starting_its_session_it_still_says_offline(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home
+) -> None:
+    """SIGTERM while the daemon is still publishing its session's retained messages
+    (discovery, then `online`): a clean disconnect sends no last will, so the daemon must
+    say `offline` itself from anywhere in the session. Five times, as the moment varies."""
+    config = write_config(
+        tmp_path / "config.yaml", broker, dashscope, mqtt__discovery_prefix="homeassistant"
+    )
+    env = dict(os.environ, DASHSCOPE_API_KEY=API_KEY)
+    import aiomqtt
+
+    for round_ in range(5):
+        offline = home.log.availability.count("offline")
+        daemon = DaemonProcess(config, env)
+        async with aiomqtt.Client(broker.host, broker.port, identifier=f"probe-{round_}") as probe:
+            await probe.subscribe("homeassistant/#", qos=0)
+            await daemon.spawn()
+            try:
+                async with asyncio.timeout(20):
+                    async for message in probe.messages:
+                        if not message.retain:  # this run's own, not the broker's copy
+                            break
+                assert daemon.proc is not None
+                daemon.proc.terminate()  # mid-session start
+                await home.log.wait_for(
+                    lambda n=offline: home.log.availability.count("offline") > n, timeout=10
+                )
+            finally:
+                if daemon.running:
+                    await daemon.stop()

@@ -22,9 +22,10 @@ from .config import Config, Secret, load_api_key, load_config
 from .daemon import Daemon, build_engines
 from .discovery import removal_messages
 from .errors import BadAnnouncement, ConfigError
+from .events import Event, EventKind
 from .mqtt import describe_error, make_client
 from .player import Discard, Player, WavWriter
-from .speaker import Event, Speaker
+from .speaker import Speaker
 from .systemd import Notifier, log_handler
 
 log = logging.getLogger("edge_tts")
@@ -129,7 +130,7 @@ async def _say(
     failures: list[str] = []
 
     def report(event: Event, _: Announcement | None) -> None:
-        if event.event == "failed" and event.error:
+        if event.event == EventKind.FAILED and event.error:
             failures.append(event.error)
 
     speaker = Speaker(config, cloud.engines, sink, report, open_cache(config.cache))
@@ -203,7 +204,7 @@ async def _warm(
 
     def report(event: Event, a: Announcement | None) -> None:
         nonlocal failed
-        if event.event == "failed":
+        if event.event == EventKind.FAILED:
             failed += 1
             print(f"  failed: {a.text if a else ''!r}: {event.error}", file=sys.stderr)
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from .errors import BadAnnouncement
@@ -18,7 +19,17 @@ from .ssml import check_ssml
 
 log = logging.getLogger(__name__)
 
-PRIORITIES = ("low", "normal", "high", "critical")
+
+class Priority(StrEnum):
+    """How urgent an announcement is, least first."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+PRIORITIES = tuple(Priority)
 _KNOWN_KEYS = {
     "text",
     "ssml",
@@ -55,7 +66,7 @@ class Announcement:
     id: str = field(default_factory=new_id)
     voice: str | None = None
     volume: int | None = None
-    priority: str = "normal"
+    priority: Priority = Priority.NORMAL
     chime: bool | str | None = None  # true, false, "builtin" or a name from audio.chimes
     instructions: str | None = None
     cache: bool = True  # false: neither read nor write the phrase cache
@@ -282,9 +293,10 @@ def _from_json(obj: dict[str, Any], rules: _Rules, announcement_id: str) -> Anno
         if not 0 <= volume <= 100:
             raise BadAnnouncement("'volume' must be a number 0-100")
         volume = round(volume)
-    priority = _field(obj, "priority", str, f"one of {', '.join(PRIORITIES)}") or "normal"
+    priority = _field(obj, "priority", str, f"one of {', '.join(PRIORITIES)}") or Priority.NORMAL
     if priority not in PRIORITIES:
         raise BadAnnouncement(f"'priority' must be one of {', '.join(PRIORITIES)}")
+    priority = Priority(priority)
     chime = _chime(obj, rules.chimes)
     instructions = _field(obj, "instructions", str, "a string")
     if instructions is not None and len(instructions) > _MAX_INSTRUCTIONS:

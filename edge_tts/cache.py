@@ -35,7 +35,7 @@ from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import CacheConfig
+from .config import CacheConfig, EngineName
 from .engines import SynthesisRequest
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def cache_key(request: SynthesisRequest) -> str:
         "sample_rate": request.sample_rate,
         "text": normalize_text(request.text),
     }
-    if v.engine == "qwen":  # (only here, so the other engines' keys stay as they were)
+    if v.engine == EngineName.QWEN:  # (only here, so the other engines' keys stay as they were)
         identity["qwen"] = [v.language_type, v.mode, v.optimize_instructions]
     blob = json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import aiomqtt
 
-from .config import Config, Secret, Voice
+from .config import CLOUD_INFERENCE, Config, EngineName, Secret, Voice
 from .engines import SynthesisRequest
 from .engines.cosyvoice import finish_task, run_task
 from .engines.piper import check_voice
@@ -108,13 +108,13 @@ async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
     ds = config.dashscope
     voices = list(config.voices.values())
     problems: list[str] = []
-    inference = [v for v in voices if v.engine in ("cosyvoice", "sambert")]
+    inference = [v for v in voices if v.engine in CLOUD_INFERENCE]
     if inference:
-        cosy = next((v for v in inference if v.engine == "cosyvoice"), None)
+        cosy = next((v for v in inference if v.engine == EngineName.COSYVOICE), None)
         problem = await _check_inference(config, api_key, cosy)
         if problem:
             problems.append(problem)
-    for voice in (v for v in voices if v.engine == "qwen"):
+    for voice in (v for v in voices if v.engine == EngineName.QWEN):
         qwen = QwenEngine(ds.realtime_url, api_key, ConnectionSettings.of(ds, keep_warm=False))
         keeper = qwen.keeper_for_voice(voice, config.audio.sample_rate)
         try:
@@ -180,11 +180,12 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
     )
     broker_problem, daemon = await check_broker(config)
     results = [("broker", f"{config.mqtt.host}:{config.mqtt.port}", broker_problem)]
-    cloud_voices = [v for v in config.voices.values() if v.engine != "piper"]
+    cloud_voices = [v for v in config.voices.values() if v.engine != EngineName.PIPER]
     if cloud_voices:
         ds = config.dashscope
         urls = dict.fromkeys(
-            ds.realtime_url if v.engine == "qwen" else ds.inference_url for v in cloud_voices
+            ds.realtime_url if v.engine == EngineName.QWEN else ds.inference_url
+            for v in cloud_voices
         )
         what = f"{' '.join(urls)} (voices {', '.join(v.name for v in cloud_voices)})"
         cloud_problems = await check_cloud(config, api_key)
@@ -193,7 +194,7 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
         ("audio", f"device {config.audio.device!r}", await asyncio.to_thread(check_audio, config))
     )
     fallback = config.voices.get(config.fallback_voice) if config.fallback_voice else None
-    if fallback is not None and fallback.engine == "piper":
+    if fallback is not None and fallback.engine == EngineName.PIPER:
         problem = await asyncio.to_thread(check_voice, fallback.model)
         results.append(
             (

@@ -8,6 +8,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,19 @@ REGION_URLS = {
         "wss://dashscope.aliyuncs.com/api-ws/v1/realtime",
     ),
 }
-ENGINES = ("cosyvoice", "qwen", "sambert", "piper")
+
+
+class EngineName(StrEnum):
+    """The speech engines a voice profile can name (`voices.<name>.engine`)."""
+
+    COSYVOICE = "cosyvoice"
+    QWEN = "qwen"
+    SAMBERT = "sambert"
+    PIPER = "piper"
+
+
+ENGINES = tuple(EngineName)
+CLOUD_INFERENCE = (EngineName.COSYVOICE, EngineName.SAMBERT)  # the kept inference connection
 # PCM sample rates every documented model family offers.
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 API_KEY_CREDENTIAL = "dashscope-api-key"
@@ -388,7 +401,7 @@ def _voice(s: _Section, name: str) -> Voice:
             users = [e for e, keys in _VOICE_KEYS.items() if key in keys]
             hint = (
                 " (a Sambert voice is chosen by its model, e.g. sambert-zhichu-v1)"
-                if engine == "sambert" and key == "voice"
+                if engine == EngineName.SAMBERT and key == "voice"
                 else ""
             )
             raise v.fail(key, f"engine {engine} does not use it (only {', '.join(users)}){hint}")
@@ -402,7 +415,7 @@ def _voice(s: _Section, name: str) -> Voice:
         if v.text(key, None) is None:
             raise v.fail(key, f"is required for engine {engine}")
     model = v.text("model", None)
-    if engine != "piper" and model is not None:
+    if engine != EngineName.PIPER and model is not None:
         found = models.family(model)
         if found is not None and found != engine:
             raise v.fail("model", f"{model} is a {found} model, not {engine}: set engine: {found}")

@@ -12,9 +12,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from .announcement import Announcement, excerpt, parse_payload
+from .announcement import Announcement, Priority, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
-from .config import Config, Secret
+from .config import CLOUD_INFERENCE, Config, EngineName, Secret
 from .discovery import discovery_messages
 from .engines import AudioWaitSettings, Engine
 from .engines.cosyvoice import CosyVoiceEngine
@@ -22,18 +22,18 @@ from .engines.piper import PiperEngine
 from .engines.qwen import QwenEngine
 from .engines.sambert import SambertEngine
 from .errors import BadAnnouncement, SynthesisError
+from .events import FINAL, Event, EventKind
 from .journal import Journal, Restored, digest
 from .keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
 from .mqtt import Incoming, MqttLink
 from .player import AudioSink, Player
 from .queue import AnnouncementQueue, playback_volume
-from .speaker import Event, Speaker
+from .speaker import Speaker
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
 
 _SHUTDOWN_S = 1.5  # what closing connections may take after a SIGTERM, in all
-_FINAL = frozenset({"finished", "failed", "dropped"})  # an announcement's last event
 
 
 class Cloud:
@@ -111,16 +111,16 @@ def build_engines(
         ds.realtime_url, api_key, connection, wait, on_change=on_change, run_keeper=cloud.run_keeper
     )
     cloud.engines = {
-        "cosyvoice": CosyVoiceEngine(keeper, wait),
-        "sambert": SambertEngine(keeper, wait),
-        "qwen": cloud.qwen,
-        "piper": PiperEngine(release_after_s=config.fallback.release_after_s),
+        EngineName.COSYVOICE: CosyVoiceEngine(keeper, wait),
+        EngineName.SAMBERT: SambertEngine(keeper, wait),
+        EngineName.QWEN: cloud.qwen,
+        EngineName.PIPER: PiperEngine(release_after_s=config.fallback.release_after_s),
     }
     return cloud
 
 
 def _uses_inference(config: Config) -> bool:
-    return any(v.engine in ("cosyvoice", "sambert") for v in config.voices.values())
+    return any(v.engine in CLOUD_INFERENCE for v in config.voices.values())
 
 
 class Daemon:
@@ -170,7 +170,7 @@ class Daemon:
 
     def _warm_default_voice(self) -> None:
         voice = self.config.voices[self.config.default_voice]
-        if voice.engine == "qwen" and self.config.dashscope.keep_warm and self._api_key:
+        if voice.engine == EngineName.QWEN and self.config.dashscope.keep_warm and self._api_key:
             self.cloud.qwen.keeper_for_voice(voice, self.config.audio.sample_rate)
 
     # --- life ------------------------------------------------------------------------------
@@ -215,12 +215,12 @@ class Daemon:
     async def _preload_fallback(self) -> None:
         name = self.config.fallback_voice
         voice = self.config.voices.get(name) if name else None
-        piper = self.cloud.engines.get("piper")
+        piper = self.cloud.engines.get(EngineName.PIPER)
         if (
             self.config.fallback.preload
             and voice is not None
             and isinstance(piper, PiperEngine)
-            and voice.engine == "piper"
+            and voice.engine == EngineName.PIPER
         ):
             try:
                 await piper.preload(Path(voice.model) if voice.model else None)
@@ -309,7 +309,9 @@ class Daemon:
             await self._take(message)
         except Exception as exc:  # the last line of defence: one message, one failure
             log.exception("message on %s could not be handled", message.topic)
-            self._emit(Event("", "failed", error=f"internal error: {excerpt(str(exc), 80)}"), None)
+            self._emit(
+                Event("", EventKind.FAILED, error=f"internal error: {excerpt(str(exc), 80)}"), None
+            )
 
     async def _take(self, message: Incoming) -> None:
         if message.topic == self.link.topics.stop:
@@ -333,7 +335,7 @@ class Daemon:
             )
         except BadAnnouncement as exc:
             log.warning("announcement %s on %s refused: %s", exc.id, message.topic, exc.reason)
-            self._emit(Event(exc.id or "", "failed", error=exc.reason), None)
+            self._emit(Event(exc.id or "", EventKind.FAILED, error=exc.reason), None)
             return
         if self._too_old(a, a.sent_at):
             return
@@ -358,27 +360,27 @@ class Daemon:
             return False
         reason = f"too old: sent {age:.0f} s ago (announcements.max_age_s)"
         log.info("announcement %s dropped: %s", a.id, reason)
-        self._emit(Event(a.id, "dropped", error=reason), a)
+        self._emit(Event(a.id, EventKind.DROPPED, error=reason), a)
         return True
 
     def _enqueue(self, a: Announcement) -> None:
         refused = self.queue.put(a)
         for r in refused:
             log.info("announcement %s dropped: %s", r.announcement.id, r.reason)
-            self._emit(Event(r.announcement.id, "dropped", error=r.reason), r.announcement)
+            self._emit(Event(r.announcement.id, EventKind.DROPPED, error=r.reason), r.announcement)
         if any(r.announcement is a for r in refused):
             return
         log.info("announcement %s queued (%s): %r", a.id, a.priority, a.text[:80])
-        self._emit(Event(a.id, "queued"), a)
+        self._emit(Event(a.id, EventKind.QUEUED), a)
         playing = self._speaking
-        if a.priority == "critical" and playing is not None and playing.priority != "critical":
+        if a.priority == Priority.CRITICAL and playing and playing.priority != Priority.CRITICAL:
             log.info("announcement %s interrupts %s", a.id, playing.id)
             self.speaker.stop(f"interrupted by {a.id}")
 
     def _stop(self) -> None:
         dropped = self.queue.clear()
         for a in dropped:
-            self._emit(Event(a.id, "dropped", error="stopped"), a)
+            self._emit(Event(a.id, EventKind.DROPPED, error="stopped"), a)
         log.info("stop: cutting speech, %d queued announcements dropped", len(dropped))
         self.speaker.stop()
 
@@ -392,7 +394,8 @@ class Daemon:
                 self._speaking = None
                 self.queue.done()
                 self._emit(
-                    Event(a.id, "failed", error=f"internal error: {excerpt(str(exc), 80)}"), a
+                    Event(a.id, EventKind.FAILED, error=f"internal error: {excerpt(str(exc), 80)}"),
+                    a,
                 )
                 self.link.publish_state({"state": "idle", "id": None, "text": None})
 
@@ -401,7 +404,7 @@ class Daemon:
         volume = playback_volume(self.config, a, datetime.now())
         if volume is None:
             log.info("announcement %s dropped: quiet hours", a.id)
-            self._emit(Event(a.id, "dropped", error="quiet hours"), a)
+            self._emit(Event(a.id, EventKind.DROPPED, error="quiet hours"), a)
             self.queue.done()
             return
         a = replace(a, volume=volume)
@@ -494,9 +497,9 @@ class Daemon:
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
         self.link.publish_event(event.as_dict())
-        if event.event in _FINAL and announcement is not None:
+        if event.event in FINAL and announcement is not None:
             self.journal.end(announcement)
-        if event.event == "started":
+        if event.event == EventKind.STARTED:
             self._last = {
                 "id": event.id,
                 "source": event.source,

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .announcement import Announcement
+from .announcement import Announcement, Priority
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,7 @@ def _announcement(fields: dict[str, Any], seq: int, received: float) -> Announce
     values = {k: fields[k] for k in _FIELDS if k in fields}
     if not isinstance(values.get("text"), str) or not isinstance(values.get("id"), str):
         raise ValueError("no text or id")
+    values["priority"] = Priority(values.get("priority", Priority.NORMAL))
     age = max(0.0, time.time() - float(received))
     return Announcement(**values, seq=seq, received_at=time.monotonic() - age)
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .announcement import PRIORITIES, Announcement
+from .announcement import PRIORITIES, Announcement, Priority
 from .cache import normalize_text
 from .config import Config, QuietHours
 
@@ -112,9 +112,9 @@ def playback_volume(config: Config, a: Announcement, now: datetime) -> int | Non
     """The volume to play `a` at now, or None if quiet hours drop it. High and critical always
     play; critical never below audio.critical_min_volume."""
     volume = a.volume if a.volume is not None else config.audio.volume
-    if a.priority == "critical":
+    if a.priority == Priority.CRITICAL:
         return max(volume, config.audio.critical_min_volume)
-    if a.priority in ("low", "normal") and in_quiet_hours(config.quiet_hours, now):
+    if a.priority in (Priority.LOW, Priority.NORMAL) and in_quiet_hours(config.quiet_hours, now):
         if config.quiet_hours.action == "drop":
             return None
         return min(volume, config.quiet_hours.volume)

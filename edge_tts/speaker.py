@@ -7,15 +7,16 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from .announcement import Announcement
 from .backoff import Backoff
 from .cache import PhraseCache, cache_key, replay
 from .chime import ChimeError, load_chime
-from .config import Config, Voice
+from .config import Config, EngineName, Voice
 from .engines import Engine, SynthesisRequest, SynthesisTrace, new_task_id
 from .errors import AudioDeviceError, SynthesisError
+from .events import Event, EventKind, Source
 from .player import AudioSink
 from .ssml import ssml_text
 from .text import split_sentences, weight
@@ -26,27 +27,6 @@ _MAX_CLOUD_ATTEMPTS = 3  # asking the cloud again for the rest of one announceme
 # A lower bound on speech: characters (a CJK one counts two) a second at rate 1.0. Telling
 # from the audio how far speech got, it errs towards saying a sentence again.
 _SLOWEST_UNITS_S = 4.0
-
-
-@dataclass(frozen=True)
-class Event:
-    """One step of an announcement's life, as published on `<prefix>/<device>/event`."""
-
-    id: str
-    event: str  # queued | started | finished | failed | dropped
-    source: str | None = None  # cache | cloud | fallback | offline (a piper voice chosen)
-    first_audio_ms: int | None = None  # started: from speaking to the speech's first audio
-    error: str | None = None
-    connection: str | None = None  # started, from the cloud: warm | new | replaced
-    reason: str | None = None  # started/finished by the fallback voice: why the cloud did not
-    queued_ms: int | None = None  # started: how long it waited before speaking began
-
-    def as_dict(self) -> dict[str, object]:
-        fields = asdict(self)
-        for optional in ("connection", "reason", "queued_ms"):
-            if fields[optional] is None:
-                del fields[optional]
-        return fields
 
 
 EventSink = Callable[[Event, Announcement | None], None]
@@ -76,13 +56,13 @@ class Speaker:
         a = announcement
         voice = self._config.voices.get(a.voice or self._config.default_voice)
         if voice is None:  # queued before a reload removed its voice
-            return self._fail(a, "cloud", f"voice {a.voice!r} is no longer configured")
+            return self._fail(a, Source.CLOUD, f"voice {a.voice!r} is no longer configured")
         request = SynthesisRequest(
-            text=_plain(a) if voice.engine == "piper" else a.text,
+            text=_plain(a) if voice.engine == EngineName.PIPER else a.text,
             voice=voice,
             sample_rate=self._config.audio.sample_rate,
             instructions=a.instructions,
-            ssml=a.ssml and voice.engine != "piper",
+            ssml=a.ssml and voice.engine != EngineName.PIPER,
         )
         heard = _Started(self, a, request, time.monotonic())
         chime = await self._chime_for(a)
@@ -119,7 +99,7 @@ class Speaker:
         source = heard.source
         if not complete:
             log.info("announcement %s: stopped", a.id, extra=_fields(a, source))
-            self._emit(Event(a.id, "dropped", source=source, error=self._stop_reason), a)
+            self._emit(Event(a.id, EventKind.DROPPED, source=source, error=self._stop_reason), a)
             return False
         reason = heard.reason or request.trace.resumed
         log.info(
@@ -128,7 +108,7 @@ class Speaker:
             f" ({reason})" if reason else "",
             extra=_fields(a, source),
         )
-        self._emit(Event(a.id, "finished", source=source, reason=reason), a)
+        self._emit(Event(a.id, EventKind.FINISHED, source=source, reason=reason), a)
         return True
 
     async def _select(self, a: Announcement, request: SynthesisRequest) -> _Selection:
@@ -140,10 +120,13 @@ class Speaker:
         cached = await asyncio.to_thread(cache.load, key, rate) if cache else None
         if cached is not None:
             log.info(
-                "announcement %s: from the cache (%s)", a.id, key[:12], extra=_fields(a, "cache")
+                "announcement %s: from the cache (%s)",
+                a.id,
+                key[:12],
+                extra=_fields(a, Source.CACHE),
             )
-            return _Selection("cache", replay(cached), cache, hit=True)
-        source = "offline" if voice.engine == "piper" else "cloud"
+            return _Selection(Source.CACHE, replay(cached), cache, hit=True)
+        source = Source.OFFLINE if voice.engine == EngineName.PIPER else Source.CLOUD
         try:
             audio = await self._synthesis(a, request)
         except SynthesisError as exc:
@@ -155,14 +138,14 @@ class Speaker:
                 a.id,
                 exc.reason,
                 fallback.name,
-                extra=_fields(a, "fallback"),
+                extra=_fields(a, Source.FALLBACK),
             )
             return _Selection(
-                "fallback", await self._fallback_audio(a, fallback), cache, reason=exc.reason
+                Source.FALLBACK, await self._fallback_audio(a, fallback), cache, reason=exc.reason
             )
         if cache:
             audio = cache.record(audio, key, rate)  # kept only if it ends cleanly
-        if source == "cloud":
+        if source == Source.CLOUD:
             audio = self._resumable(a, request, audio)
         return _Selection(source, audio, cache)
 
@@ -208,7 +191,7 @@ class Speaker:
             raise SynthesisError(
                 f"engine {voice.engine!r} of voice {voice.name!r} is not available"
             )
-        if request.ssml and voice.engine != "cosyvoice":
+        if request.ssml and voice.engine != EngineName.COSYVOICE:
             raise SynthesisError(
                 f"voice {voice.name!r} ({voice.engine}) cannot speak SSML; "
                 'send "text", or use a CosyVoice voice'
@@ -251,7 +234,7 @@ class Speaker:
                 a.id,
                 cause,
                 where,
-                extra=_fields(a, "cloud"),
+                extra=_fields(a, Source.CLOUD),
             )
             resumed = await self._cloud_again(a, request, "".join(rest), attempts)
             if resumed is not None:
@@ -319,15 +302,15 @@ class Speaker:
         self._stop_reason = reason
         self._sink.stop()
 
-    def _fail(self, a: Announcement, source: str, reason: str) -> bool:
+    def _fail(self, a: Announcement, source: Source, reason: str) -> bool:
         log.warning("announcement %s: failed: %s", a.id, reason, extra=_fields(a, source))
-        self._emit(Event(a.id, "failed", source=source, error=reason), a)
+        self._emit(Event(a.id, EventKind.FAILED, source=source, error=reason), a)
         return False
 
 
 @dataclass
 class _Selection:
-    source: str  # cache | cloud | offline | fallback
+    source: Source
     audio: AsyncGenerator[bytes, None]
     cache: PhraseCache | None
     hit: bool = False
@@ -350,10 +333,10 @@ class _Started:
         self._emitted = False
 
     @property
-    def source(self) -> str:
+    def source(self) -> Source:
         if self.selection is not None:
             return self.selection.source
-        return "offline" if self._request.voice.engine == "piper" else "cloud"
+        return Source.OFFLINE if self._request.voice.engine == EngineName.PIPER else Source.CLOUD
 
     @property
     def reason(self) -> str | None:
@@ -376,7 +359,7 @@ class _Started:
         a, source = self._a, self.selection.source
         ms = max(0, round((self._at - self._began) * 1000))
         queued = max(0, round((self._began - a.received_at) * 1000))
-        connection = self._request.trace.connection if source == "cloud" else None
+        connection = self._request.trace.connection if source == Source.CLOUD else None
         log.info(
             "announcement %s: first audio after %d ms (%s%s), after %d ms in the queue",
             a.id,
@@ -389,7 +372,7 @@ class _Started:
         self._speaker._emit(
             Event(
                 a.id,
-                "started",
+                EventKind.STARTED,
                 source=source,
                 first_audio_ms=ms,
                 connection=connection,
@@ -419,7 +402,7 @@ async def _after_chime(
             yield chunk
 
 
-def _fields(a: Announcement, source: str) -> dict[str, str]:
+def _fields(a: Announcement, source: Source) -> dict[str, str]:
     """Journal fields of an announcement's log lines (`journalctl ANNOUNCEMENT_ID=...`)."""
     return {"ANNOUNCEMENT_ID": a.id, "SOURCE": source}
 

@@ -33,17 +33,17 @@ async def edge_tts(*args: str, key: str | None = API_KEY, cwd: Path | None = Non
     env = dict(os.environ)
     if key is not None:
         env["DASHSCOPE_API_KEY"] = key
+    return await command(sys.executable, "-m", "edge_tts", *args, env=env, cwd=cwd)
+
+
+async def command(
+    *argv: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> Run:
+    """Run a command to its end; its exit code and output."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_tts",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        *argv, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(timeout):
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
@@ -259,21 +259,15 @@ async def test_a_task_the_service_fails_shows_in_stats_and_check(
 
 async def test_setup_again_installs_nothing_and_needs_no_package_index() -> None:
     """A restart of `scripts/run` must work offline: once set up, set-up does nothing."""
-    root = ROOT
 
     async def setup(*args: str, **env: str) -> Run:
-        proc = await asyncio.create_subprocess_exec(
-            str(root / "scripts" / "setup"),
+        return await command(
+            str(ROOT / "scripts" / "setup"),
             *args,
             env=dict(os.environ, **env),
-            cwd=root,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+            timeout=600,
         )
-        async with asyncio.timeout(600):
-            out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
 
     assert (await setup("--test")).code == 0  # as scripts/test left it (installs if it changed)
     nowhere = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_INDEX": "1"}

@@ -296,6 +296,8 @@ async def test_a_connection_lost_mid_announcement_is_resumed_on_the_cloud_when_i
     daemon = await start_daemon(tmp_path, broker, dashscope, home, audio__keep_open_s=60)
     text = ["Sentence one is rather long. ", "Two follows. ", "Three ends."]
     try:
+        # The warm connection is up before the faults are arranged: they are for mid-speech.
+        await dashscope.wait_for(lambda: len(dashscope.open_connections()) >= 1)
         dashscope.vary_takes = True
         dashscope.cut_next_task(after_chunks=3)
         dashscope.refuse_next = 2  # the keeper's reconnect and the first retry fail; then back

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import struct
 import time
 import uuid
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from .config import CacheConfig, EngineName
 from .engines import SynthesisRequest
+from .text import normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,6 @@ _HEADER = struct.Struct("<8sIQ32s32s")
 _CHUNK_BYTES = 4800  # 100 ms at 24 kHz: what a hit hands the player at a time
 _RETRY_S = 60.0  # a cache that could not write tries again after this, or once there is room
 _ROOM_BYTES = 4 * 2**20  # free space that counts as room again
-
-
-def normalize_text(text: str) -> str:
-    """Whitespace differences do not change speech; nothing else is touched."""
-    return re.sub(r"\s+", " ", text).strip()
 
 
 def cache_key(request: SynthesisRequest) -> str:

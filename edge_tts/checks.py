@@ -193,7 +193,7 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
     results.append(
         ("audio", f"device {config.audio.device!r}", await asyncio.to_thread(check_audio, config))
     )
-    fallback = config.voices.get(config.fallback_voice) if config.fallback_voice else None
+    fallback = config.fallback_profile
     if fallback is not None and fallback.engine == EngineName.PIPER:
         problem = await asyncio.to_thread(check_voice, fallback.model)
         results.append(

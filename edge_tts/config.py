@@ -187,6 +187,11 @@ class Config:
     announcements: AnnouncementsConfig = field(default_factory=AnnouncementsConfig)
     source: Path | None = None
 
+    @property
+    def fallback_profile(self) -> Voice | None:
+        """The voice profile that speaks when a cloud voice cannot, if there is one."""
+        return self.voices.get(self.fallback_voice) if self.fallback_voice else None
+
 
 class _Section:
     """Reads one mapping of the YAML, checking each key's type and range against its path."""

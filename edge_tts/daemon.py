@@ -213,8 +213,7 @@ class Daemon:
             await self._shut_down()
 
     async def _preload_fallback(self) -> None:
-        name = self.config.fallback_voice
-        voice = self.config.voices.get(name) if name else None
+        voice = self.config.fallback_profile
         piper = self.cloud.engines.get(EngineName.PIPER)
         if (
             self.config.fallback.preload

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .announcement import PRIORITIES, Announcement, Priority
-from .cache import normalize_text
 from .config import Config, QuietHours
+from .text import normalize_text
 
 RANK = {name: rank for rank, name in enumerate(reversed(PRIORITIES))}  # critical = 0
 

@@ -291,8 +291,7 @@ class Speaker:
 
     def _fallback_for(self, voice: Voice) -> Voice | None:
         """The voice that takes over when `voice` cannot speak, if there is one."""
-        name = self._config.fallback_voice
-        fallback = self._config.voices.get(name) if name else None
+        fallback = self._config.fallback_profile
         if fallback is None or fallback.name == voice.name or fallback.engine == voice.engine:
             return None
         return fallback if fallback.engine in self._engines else None

@@ -12,6 +12,11 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;…])\s+|(?<=[。！？；])\s*|\n+")
 _SOFT_BREAK = re.compile(r"(?<=[,:，、：])\s*|\s+")
 
 
+def normalize_text(text: str) -> str:
+    """Whitespace differences do not change speech; nothing else is touched."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def weight(text: str) -> int:
     """Characters as DashScope counts them: a CJK ideograph (Chinese, Kanji, Hanja) counts
     two, anything else one."""

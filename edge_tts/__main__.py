@@ -311,14 +311,17 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and each command's own."""
     p = argparse.ArgumentParser(prog="edge-tts", description=__doc__)
     p.add_argument("--version", action="version", version=f"edge-tts {__version__}")
     p.add_argument("--verbose", action="store_true", help="log debug detail")
     sub = p.add_subparsers(dest="command", required=True)
 
+    commands: dict[str, argparse.ArgumentParser] = {}
+
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=help)
+        cmd = commands[name] = sub.add_parser(name, help=help)
         cmd.add_argument(
             "-c",
             "--config",
@@ -336,7 +339,7 @@ def parser() -> argparse.ArgumentParser:
     )
     say.add_argument("text", nargs="+", help="what to say")
     with_config("check", "validate config, reach the broker and the cloud, find the audio device")
-    sub.add_parser("devices", help="list audio output devices")
+    commands["devices"] = sub.add_parser("devices", help="list audio output devices")
     discovery = with_config("discovery", "Home Assistant discovery: remove this device's entities")
     discovery.add_argument("action", choices=("remove",))
     cache = with_config("cache", "inspect, empty, or pre-fill the phrase cache")
@@ -345,11 +348,27 @@ def parser() -> argparse.ArgumentParser:
         "file", nargs="?", metavar="FILE", help="warm: phrases, one per line or a YAML list"
     )
     cache.add_argument("-v", "--voice", help="warm: voice profile name (default: default_voice)")
-    return p
+    return p, commands
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options before or after a command's arguments, in any order: `cache warm -c FILE
+    phrases.txt`, `cache warm phrases.txt -c FILE` and `cache -c FILE warm phrases.txt` alike."""
+    top, commands = parsers()
+    args = sys.argv[1:] if argv is None else argv
+    at = next((n for n, arg in enumerate(args) if arg in commands), None)
+    head = args[:at] if at is not None else args
+    if at is None or any(arg != "--verbose" for arg in head):
+        return top.parse_args(args)  # help, --version, or a usage error, said by argparse
+    name = args[at]
+    ns = commands[name].parse_intermixed_args(args[at + 1 :])
+    ns.command = name
+    ns.verbose = getattr(ns, "verbose", False) or "--verbose" in head
+    return ns
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "devices":
         return cmd_devices(args)
     try:

@@ -275,3 +275,32 @@ async def test_setup_again_installs_nothing_and_needs_no_package_index() -> None
         run = await setup(*args, **nowhere)
         assert run.code == 0, run.all
         assert "nothing changed" in run.out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cache", "warm", "-c", "my.yaml", "phrases.txt", "-v", "butler"],
+        ["cache", "warm", "phrases.txt", "-c", "my.yaml", "-v", "butler"],
+        ["cache", "-c", "my.yaml", "-v", "butler", "warm", "phrases.txt"],
+        ["--verbose", "cache", "warm", "-v", "butler", "phrases.txt", "--config", "my.yaml"],
+    ],
+)
+def test_options_go_before_or_after_the_arguments(argv: list[str]) -> None:
+    from edge_tts.__main__ import parse_args
+
+    args = parse_args(argv)
+    assert (args.command, args.action, args.file, args.config, args.voice) == (
+        "cache",
+        "warm",
+        "phrases.txt",
+        "my.yaml",
+        "butler",
+    )
+
+
+def test_say_takes_its_options_anywhere_among_the_words() -> None:
+    from edge_tts.__main__ import parse_args
+
+    args = parse_args(["say", "Dinner", "-v", "butler", "is", "ready.", "-o", "out.wav"])
+    assert (args.text, args.voice, args.output) == (["Dinner", "is", "ready."], "butler", "out.wav")

@@ -196,6 +196,9 @@ class MqttLink:
         )
         for topic, payload in self.retained_on_connect:
             await client.publish(topic, payload, qos=1, retain=True)
+        # What waited for the broker (the state, the stats, events) goes out before `online`,
+        # so Home Assistant never sees the device online with an old state.
+        await self._flush(client)
         # Online last, once subscribed and announced: what is published after it is heard.
         await client.publish(self.topics.availability, b"online", qos=1, retain=True)
         log.info(
@@ -234,11 +237,14 @@ class MqttLink:
         queued and goes out after the reconnect."""
         while True:
             await self._outbox_ready.wait()
-            while self._outbox:
-                topic, payload, retain = self._outbox[0]
-                await client.publish(topic, payload, qos=1, retain=retain)
-                self._outbox.popleft()
+            await self._flush(client)
             self._outbox_ready.clear()
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        while self._outbox:
+            topic, payload, retain = self._outbox[0]
+            await client.publish(topic, payload, qos=1, retain=retain)
+            self._outbox.popleft()
 
     def publish_event(self, event: dict[str, object]) -> None:
         self._post(self.topics.event, json.dumps(event).encode(), retain=False)

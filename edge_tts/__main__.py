@@ -19,8 +19,9 @@ from .announcement import Announcement, check_text
 from .cache import PhraseCache, open_cache
 from .checks import run_checks
 from .config import Config, Secret, load_api_key, load_config
-from .daemon import Daemon, build_engines
+from .daemon import Daemon
 from .discovery import removal_messages
+from .engines.cloud import build_engines
 from .errors import BadAnnouncement, ConfigError
 from .events import Event, EventKind
 from .mqtt import describe_error, make_client

@@ -6,121 +6,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from .announcement import Announcement, Priority, excerpt, parse_payload
+from .announcement import Announcement, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
-from .config import CLOUD_INFERENCE, Config, EngineName, Secret
+from .config import Config, EngineName, Secret
 from .discovery import discovery_messages
-from .engines import AudioWaitSettings, Engine
-from .engines.cosyvoice import CosyVoiceEngine
+from .engines.cloud import build_engines, uses_inference
 from .engines.piper import PiperEngine
-from .engines.qwen import QwenEngine
-from .engines.sambert import SambertEngine
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
 from .journal import Journal, Restored, digest
-from .keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
+from .keeper import ConnectionKeeper, KeeperStats
 from .mqtt import Incoming, MqttLink
 from .player import AudioSink, Player
-from .queue import AnnouncementQueue, playback_volume
+from .policy import interrupts, playback_volume, too_old
+from .queue import AnnouncementQueue
 from .speaker import Speaker
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
 
 _SHUTDOWN_S = 1.5  # what closing connections may take after a SIGTERM, in all
-
-
-class Cloud:
-    """The engines the voices need, and the connections kept for them. `run()` is the one
-    owner of every endpoint's keeper loop: each a named task in one TaskGroup, cancelled and
-    awaited when it ends; a keeper loop that fails ends it (and so the daemon)."""
-
-    def __init__(self, keeper: ConnectionKeeper, *, keep_inference: bool) -> None:
-        self.keeper = keeper  # the inference endpoint: CosyVoice and Sambert
-        self.engines: dict[str, Engine] = {}
-        self.qwen: QwenEngine  # the realtime endpoint: its own ready sessions
-        self._keep_inference = keep_inference
-        self._group: asyncio.TaskGroup | None = None
-        self._waiting: list[tuple[ConnectionKeeper, str]] = []  # asked for before run()
-
-    def run_keeper(self, keeper: ConnectionKeeper, name: str) -> None:
-        """Keep `keeper`'s connections from now on (its loop ends when the keeper closes)."""
-        if self._group is None:
-            self._waiting.append((keeper, name))
-        else:
-            self._group.create_task(keeper.run(), name=name)
-
-    async def run(self) -> None:
-        """Run the keeper loops until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            try:
-                if self._keep_inference:
-                    group.create_task(self.keeper.run(), name="keeper inference")
-                waiting, self._waiting = self._waiting, []
-                for keeper, name in waiting:
-                    group.create_task(keeper.run(), name=name)
-                await asyncio.Future()  # the loops run until this is cancelled
-            finally:
-                self._group = None
-
-    @property
-    def warm(self) -> bool:
-        return self.keeper.stats.warm or self.qwen.warm_now
-
-    @property
-    def last_error(self) -> str | None:
-        errors = [self.keeper.stats.last_error] + [s["last_error"] for s in self.qwen.stats()]
-        return next((str(e) for e in errors if e), None)
-
-    def stats(self) -> dict[str, object]:
-        """The inference connection's figures; `warm` for any endpoint; each kept Qwen
-        profile's own figures under `qwen_sessions`."""
-        return {
-            **self.keeper.stats.as_dict(),
-            "warm": self.warm,
-            "qwen_sessions": self.qwen.stats(),
-        }
-
-    async def close(self) -> None:
-        await asyncio.gather(self.keeper.close(), self.qwen.close())
-
-
-def build_engines(
-    config: Config,
-    api_key: Secret | None,
-    on_change: Callable[[KeeperStats], None] | None = None,
-    *,
-    serving: bool = True,
-) -> Cloud:
-    """Every engine, the inference ones sharing one kept connection. Connections are kept
-    warm only when `serving` (not for a one-off `say`) and only for endpoints a voice uses;
-    `Cloud.run()` keeps them."""
-    ds = config.dashscope
-    connection = ConnectionSettings.of(ds, keep_warm=ds.keep_warm and serving)
-    wait = AudioWaitSettings.of(ds)
-    keeper = ConnectionKeeper(ds.inference_url, api_key, connection, on_change=on_change)
-    cloud = Cloud(keeper, keep_inference=connection.keep_warm and _uses_inference(config))
-    cloud.qwen = QwenEngine(
-        ds.realtime_url, api_key, connection, wait, on_change=on_change, run_keeper=cloud.run_keeper
-    )
-    cloud.engines = {
-        EngineName.COSYVOICE: CosyVoiceEngine(keeper, wait),
-        EngineName.SAMBERT: SambertEngine(keeper, wait),
-        EngineName.QWEN: cloud.qwen,
-        EngineName.PIPER: PiperEngine(release_after_s=config.fallback.release_after_s),
-    }
-    return cloud
-
-
-def _uses_inference(config: Config) -> bool:
-    return any(v.engine in CLOUD_INFERENCE for v in config.voices.values())
 
 
 class Daemon:
@@ -270,7 +181,7 @@ class Daemon:
         if (
             config.dashscope != old.dashscope
             or api_key != self._api_key
-            or _uses_inference(config) != _uses_inference(old)
+            or uses_inference(config) != uses_inference(old)
         ):
             log.info("reload: new cloud connection settings")
             old_cloud = self.cloud
@@ -352,12 +263,9 @@ class Daemon:
 
     def _too_old(self, a: Announcement, since: float | None) -> bool:
         """Drop `a`, with an event, if it was sent longer than max_age_s ago."""
-        if since is None:
+        reason = too_old(since, time.time(), self.config.announcements.max_age_s)
+        if reason is None:
             return False
-        age = time.time() - since
-        if age <= self.config.announcements.max_age_s:
-            return False
-        reason = f"too old: sent {age:.0f} s ago (announcements.max_age_s)"
         log.info("announcement %s dropped: %s", a.id, reason)
         self._emit(Event(a.id, EventKind.DROPPED, error=reason), a)
         return True
@@ -372,7 +280,8 @@ class Daemon:
         log.info("announcement %s queued (%s): %r", a.id, a.priority, a.text[:80])
         self._emit(Event(a.id, EventKind.QUEUED), a)
         playing = self._speaking
-        if a.priority == Priority.CRITICAL and playing and playing.priority != Priority.CRITICAL:
+        if interrupts(a, playing):
+            assert playing is not None
             log.info("announcement %s interrupts %s", a.id, playing.id)
             self.speaker.stop(f"interrupted by {a.id}")
 

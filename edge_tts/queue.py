@@ -8,10 +8,8 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from .announcement import PRIORITIES, Announcement, Priority
-from .config import Config, QuietHours
+from .announcement import PRIORITIES, Announcement
 from .text import normalize_text
 
 RANK = {name: rank for rank, name in enumerate(reversed(PRIORITIES))}  # critical = 0
@@ -95,27 +93,3 @@ class AnnouncementQueue:
 
 def _key(a: Announcement) -> str:
     return f"{a.voice or ''}\0{normalize_text(a.text).casefold()}"
-
-
-def in_quiet_hours(quiet: QuietHours, now: datetime) -> bool:
-    minute = now.hour * 60 + now.minute
-    for start, end in quiet.windows:
-        if start <= end:
-            if start <= minute < end:
-                return True
-        elif minute >= start or minute < end:  # wraps past midnight
-            return True
-    return False
-
-
-def playback_volume(config: Config, a: Announcement, now: datetime) -> int | None:
-    """The volume to play `a` at now, or None if quiet hours drop it. High and critical always
-    play; critical never below audio.critical_min_volume."""
-    volume = a.volume if a.volume is not None else config.audio.volume
-    if a.priority == Priority.CRITICAL:
-        return max(volume, config.audio.critical_min_volume)
-    if a.priority in (Priority.LOW, Priority.NORMAL) and in_quiet_hours(config.quiet_hours, now):
-        if config.quiet_hours.action == "drop":
-            return None
-        return min(volume, config.quiet_hours.volume)
-    return volume

@@ -139,7 +139,7 @@ def policy_config(**quiet: object) -> object:
 def test_volume_default_critical_minimum_and_quiet_hours() -> None:
     from datetime import datetime
 
-    from edge_tts.queue import playback_volume
+    from edge_tts.policy import playback_volume
 
     config = policy_config()
     day, night = datetime(2026, 11, 25, 12, 0), datetime(2026, 11, 25, 23, 30)
@@ -252,7 +252,7 @@ def test_a_quiet_window_ends_at_its_end_minute() -> None:
     from datetime import datetime
 
     from edge_tts.config import QuietHours
-    from edge_tts.queue import in_quiet_hours
+    from edge_tts.policy import in_quiet_hours
 
     noon = QuietHours(windows=((12 * 60, 13 * 60),))
     night = QuietHours(windows=((22 * 60, 7 * 60),))
@@ -261,3 +261,21 @@ def test_a_quiet_window_ends_at_its_end_minute() -> None:
     assert not in_quiet_hours(noon, at(13, 0)) and not in_quiet_hours(noon, at(11, 59))
     assert in_quiet_hours(night, at(22, 0)) and in_quiet_hours(night, at(6, 59))
     assert not in_quiet_hours(night, at(7, 0)) and not in_quiet_hours(night, at(21, 59))
+
+
+def test_too_old_is_measured_against_max_age_exactly() -> None:
+    from edge_tts.policy import too_old
+
+    assert too_old(None, 1000.0, 60) is None  # no sent_at: nothing to judge
+    assert too_old(940.0, 1000.0, 60) is None  # exactly max_age_s old: still spoken
+    assert too_old(939.0, 1000.0, 60) == "too old: sent 61 s ago (announcements.max_age_s)"
+
+
+def test_only_a_critical_announcement_cuts_in_and_never_on_another_critical() -> None:
+    from edge_tts.policy import interrupts
+
+    playing = ann("Washer done.")
+    assert interrupts(ann("Smoke!", "critical"), playing)
+    assert not interrupts(ann("Door.", "high"), playing)
+    assert not interrupts(ann("Smoke!", "critical"), ann("Fire!", "critical"))
+    assert not interrupts(ann("Smoke!", "critical"), None)

@@ -27,6 +27,7 @@ from .player import AudioSink, Player
 from .policy import interrupts, playback_volume, too_old
 from .queue import AnnouncementQueue
 from .speaker import Speaker
+from .status import cache_stats, queue_stats, status_line
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -334,55 +335,17 @@ class Daemon:
 
     def _status(self) -> str:
         """One line for `systemctl status`."""
-        if self._speaking is not None:
-            state = f"speaking {self._speaking.id}"
-        elif not self.link.connected.is_set():
-            state = "waiting for the MQTT broker"
-        else:
-            state = "idle"
-        cloud = "warm connection" if self.cloud.warm else "no cloud connection"
-        if self.cloud.last_error and not self.cloud.warm:
-            cloud = f"cloud: {self.cloud.last_error}"
         today, count = self._spoken_today
-        spoken = count if today == date.today() else 0
-        journal = f"queue not durable: {self.journal.problem}" if self.journal.problem else ""
-        parts = [
-            state,
-            cloud,
-            self._cache_summary(),
-            f"{spoken} announcements today",
-            journal,
-            self._note,
-        ]
-        return "; ".join(p for p in parts if p)
-
-    def _cache_stats(self) -> dict[str, object]:
-        if self.cache is None:
-            return {"enabled": False}
-        entries, size = self.cache.footprint or (0, 0)
-        return {
-            "enabled": True,
-            "dir": str(self.cache.root),
-            "entries": entries,
-            "bytes": size,
-            "writing": self.cache.problem is None,
-            "problem": self.cache.problem,
-        }
-
-    def _queue_stats(self) -> dict[str, object]:
-        return {
-            "length": len(self.queue),
-            "journal": str(self.journal.path),
-            "durable": self.journal.problem is None,
-            "problem": self.journal.problem,
-        }
-
-    def _cache_summary(self) -> str:
-        if self.cache is None:
-            return "cache off"
-        entries, size = self.cache.footprint or (0, 0)
-        problem = f" ({self.cache.problem})" if self.cache.problem else ""
-        return f"cache {size / 2**20:.0f} MB, {entries} entries{problem}"
+        return status_line(
+            speaking=self._speaking.id if self._speaking is not None else None,
+            connected=self.link.connected.is_set(),
+            warm=self.cloud.warm,
+            cloud_error=self.cloud.last_error,
+            cache=self.cache,
+            spoken_today=count if today == date.today() else 0,
+            journal_problem=self.journal.problem,
+            note=self._note,
+        )
 
     def _stats_changed(self, _: KeeperStats) -> None:
         # Several changes in one step of the loop go out as one message.
@@ -396,8 +359,8 @@ class Daemon:
             {
                 "since": self._started_at,
                 "cloud": self.cloud.stats(),
-                "cache": self._cache_stats(),
-                "queue": self._queue_stats(),
+                "cache": cache_stats(self.cache),
+                "queue": queue_stats(len(self.queue), self.journal),
                 "last_announcement": self._last,
             }
         )

@@ -121,7 +121,9 @@ def test_a_chime_file_that_is_not_a_regular_file_is_refused_without_blocking(
 def test_config_chimes_must_be_files_and_names(tmp_path: Path) -> None:
     write_tone(tmp_path / "ding.wav")
     good = {"chimes": {"ding": str(tmp_path / "ding.wav")}, "chime": "ding"}
-    assert load_config_text({"audio": good}).audio.chimes == (("ding", str(tmp_path / "ding.wav")),)
+    assert load_config_text({"audio": good}, tmp_path).audio.chimes == (
+        ("ding", str(tmp_path / "ding.wav")),
+    )
     for audio, reason in [
         ({"chimes": {"ding": "/no/such.wav"}}, "audio.chimes.ding: no such WAV file"),
         ({"chimes": {"builtin": str(tmp_path / "ding.wav")}}, "other than builtin"),
@@ -129,7 +131,7 @@ def test_config_chimes_must_be_files_and_names(tmp_path: Path) -> None:
         ({"chime": "bell"}, "audio.chime: no such WAV file"),
     ]:
         with pytest.raises(ConfigError, match=reason):
-            load_config_text({"audio": audio})
+            load_config_text({"audio": audio}, tmp_path)
 
 
 def test_chime_files_are_read_mixed_down_and_checked(tmp_path: Path) -> None:
@@ -151,7 +153,7 @@ def test_chime_files_are_read_mixed_down_and_checked(tmp_path: Path) -> None:
     assert len(load_chime(str(stereo), 48000)) == 2 * 20  # resampled to the output rate
 
 
-def load_config_text(data: dict[str, Any]) -> Config:
-    path = Path(os.environ["XDG_STATE_HOME"]).parent / "chime-config.yaml"
+def load_config_text(data: dict[str, Any], tmp_path: Path) -> Config:
+    path = tmp_path / "chime-config.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_config(str(path))

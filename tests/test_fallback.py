@@ -197,9 +197,10 @@ async def test_the_model_is_loaded_on_first_use_and_released_when_idle() -> None
     assert engine.loaded and len(chunks) == 2  # one chunk per sentence, as it is ready
     engine.release_idle()
     assert engine.loaded  # used just now
+    assert not engine.released.is_set()
     async with asyncio.timeout(30):
-        while engine.loaded:  # noqa: ASYNC110 (the timer's effect has no event to wait on)
-            await asyncio.sleep(0.05)
+        await engine.released.wait()  # the timer's own doing
+    assert not engine.loaded
     assert loop.time() - used >= 1.0  # not before its time
 
 

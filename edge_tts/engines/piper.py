@@ -89,6 +89,9 @@ class PiperEngine:
         self._last_use: dict[Path, float] = {}
         self._lock = threading.Lock()  # one load or synthesis at a time per process
         self._release_timer: asyncio.TimerHandle | None = None
+        # Set when a model was released for idleness (and no model is loaded); for whoever
+        # must know when the memory went back, a test among them.
+        self.released = asyncio.Event()
 
     @staticmethod
     def model_for(request: SynthesisRequest) -> Path:
@@ -110,6 +113,7 @@ class PiperEngine:
                 started = time.monotonic()
                 voice = _open_voice(model)
                 self._voices[model] = voice
+                self.released.clear()  # only resets a flag: safe from this worker thread
                 log.info(
                     "offline voice %s loaded in %.0f ms",
                     model.name,
@@ -170,6 +174,8 @@ class PiperEngine:
                 del self._voices[model]
                 del self._last_use[model]
                 _give_memory_back()
+                if not self._voices:
+                    self.released.set()
                 log.info(
                     "offline voice %s released after %.0f s unused",
                     model.name,

@@ -16,8 +16,9 @@ from typing import Any
 from edge_tts.announcement import Announcement
 from edge_tts.journal import Journal, digest
 
-from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech
+from conftest import API_KEY, Capture, DaemonProcess, Home, split_speech, write_config
 from fake_dashscope import FakeDashScope, pcm_for
+from mosquitto import Broker
 
 QUEUED = [
     ("low", "Low: the post came."),
@@ -220,3 +221,49 @@ def test_a_second_process_for_the_same_device_leaves_the_queue_alone(tmp_path: P
     second.end(second.add(Announcement(text="its own", id="o")))  # in memory, harmless
     first.close()
     assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()] == ["m"]
+
+
+def seed_journal(path: Path, record: dict[str, Any]) -> None:
+    """What a process that died mid-intake left: one journaled, unended announcement."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n" + json.dumps(record))
+
+
+async def test_the_brokers_redelivery_of_a_journaled_message_is_not_spoken_twice(
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    capture: Capture,
+    state_home: Path,
+) -> None:
+    """The process died after journaling a message but before acknowledging it: the broker
+    delivers it again (to a fresh session, as packet 1). The journal has it already: it is
+    spoken once, from the journal, and the redelivery is recognised."""
+    payload = json.dumps({"text": "Journaled, not acknowledged.", "id": "r1"}).encode()
+    seed_journal(
+        state_home / "queue-kitchen.jsonl",
+        {
+            "add": 1,
+            "mid": 1,
+            "digest": digest(payload),
+            "received": time.time(),
+            "announcement": {"text": "Journaled, not acknowledged.", "id": "r1"},
+        },
+    )
+    config = write_config(
+        tmp_path / "c.yaml", broker, dashscope, announcements__dedupe_s=0, audio__keep_open_s=60
+    )
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    try:
+        await home.client.publish("edge-tts/kitchen/say", payload, qos=1)  # the redelivery
+        await home.say({"text": "After it.", "id": "after"})
+        assert (await home.log.outcome("after"))["event"] == "finished"
+    finally:
+        await daemon.stop()
+    assert home.log.of("r1") == ["queued", "started", "finished"]  # once, from the journal
+    assert split_speech(capture.read())[1] == pcm_for("Journaled, not acknowledged.") + pcm_for(
+        "After it."
+    )
+    assert b"redelivery of one already queued" in daemon.stderr

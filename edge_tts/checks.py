@@ -7,19 +7,21 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from contextlib import aclosing
 
 import aiomqtt
 
 from .config import CLOUD_INFERENCE, Config, EngineName, Secret, Voice
-from .engines import SynthesisRequest
-from .engines.cosyvoice import finish_task, run_task
+from .engines import AudioWait, AudioWaitSettings, SynthesisRequest
+from .engines.cosyvoice import drive, run_task
 from .engines.piper import check_voice
 from .engines.qwen import QwenEngine
-from .errors import CloudUnavailable
+from .errors import CloudUnavailable, SynthesisError, TaskFailed
 from .keeper import ConnectionKeeper, ConnectionSettings
 from .models import warnings as model_warnings
 from .mqtt import Topics, describe_error, make_client
 from .player import check_sounddevice
+from .protocols.inference import Task
 
 Report = Callable[[str], object]
 
@@ -139,30 +141,25 @@ async def _check_inference(
         ws = await keeper.connect()
     except CloudUnavailable as exc:
         return _unavailable(exc)
+    if voice is None:
+        await ws.close()
+        return None
     try:
-        if voice is None:
-            return None
+        # An empty task: run-task, then finish-task once started; nothing is synthesized.
         request = SynthesisRequest(text="", voice=voice, sample_rate=config.audio.sample_rate)
-        async with asyncio.timeout(ds.first_audio_timeout_s):
-            await ws.send(json.dumps(run_task(request)))
-            while True:
-                frame = await ws.recv()
-                if isinstance(frame, bytes):
-                    continue
-                header = json.loads(frame)["header"]
-                if header["event"] == "task-failed":
-                    return (
-                        f"cloud: voice {voice.name!r} was refused: "
-                        f"{header.get('error_code')}: {header.get('error_message')}"
-                    )
-                if header["event"] == "task-started":
-                    await ws.send(json.dumps(finish_task(request.task_id)))
-                if header["event"] == "task-finished":
-                    return None
-    except TimeoutError:
-        return f"cloud: DashScope did not answer within {ds.first_audio_timeout_s:g} s"
-    except Exception as exc:  # a broken connection, a malformed answer: report, don't crash
-        return f"cloud: {type(exc).__name__}: {exc}"
+        task = Task(request.task_id, run_task(request))
+        task.start()
+        task.finish()
+        async with aclosing(drive(ws, task, AudioWait(AudioWaitSettings.of(ds)))) as audio:
+            async for _ in audio:
+                pass
+        return None
+    except CloudUnavailable as exc:
+        return _unavailable(exc)
+    except TaskFailed as exc:
+        return f"cloud: voice {voice.name!r} was refused: {exc.reason}"
+    except SynthesisError as exc:  # no answer in time, a message no protocol has
+        return f"cloud: {exc.reason}"
     finally:
         await ws.close()
 

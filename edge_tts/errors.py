@@ -28,6 +28,10 @@ class SynthesisError(EdgeTTSError):
         self.reason = reason
 
 
+class TaskFailed(SynthesisError):
+    """The service failed or refused a task or a request in a session (its error event)."""
+
+
 class CloudUnavailable(SynthesisError):
     """The cloud could not be reached or refused us (network, key, handshake)."""
 

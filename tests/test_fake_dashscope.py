@@ -25,7 +25,8 @@ from dashscope.common.error import RequestFailure
 
 from edge_tts.config import Secret, Voice
 from edge_tts.engines import AudioWaitSettings, SynthesisRequest
-from edge_tts.engines.cosyvoice import CosyVoiceEngine, continue_task, run_task
+from edge_tts.engines.cosyvoice import CosyVoiceEngine, run_task
+from edge_tts.protocols.inference import continue_task
 from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
 
 from conftest import API_KEY, fake_cloud

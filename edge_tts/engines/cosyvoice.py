@@ -3,16 +3,19 @@ finish-task), and the task protocol it shares with Sambert on the same kept conn
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from ..errors import ConnectionLost, SynthesisError
 from ..keeper import ConnectionKeeper
 from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT, SSML_MODELS
+from ..protocols import Audio, inference
+from ..protocols.inference import Task, TaskState
 from ..ssml import ssml_text
 from ..text import split_sentences, weight
 from . import AudioWait, AudioWaitSettings, SynthesisRequest, new_task_id, replaced_once
@@ -27,6 +30,7 @@ _PIECE_WEIGHT = min(2000, COSYVOICE_TEXT_WEIGHT)
 def run_task(request: SynthesisRequest, task_id: str | None = None) -> dict[str, Any]:
     """The run-task message: duplex streaming, PCM at the requested rate, the voice's parameters."""
     voice = request.voice
+    assert voice.model is not None  # config requires it
     parameters: dict[str, Any] = {
         "text_type": "PlainText",
         "voice": voice.voice,
@@ -46,34 +50,7 @@ def run_task(request: SynthesisRequest, task_id: str | None = None) -> dict[str,
         parameters["instruction"] = instructions
     if voice.language_hints:
         parameters["language_hints"] = list(voice.language_hints)
-    return _task(
-        "run-task",
-        task_id or request.task_id,
-        "duplex",
-        {
-            "task_group": "audio",
-            "task": "tts",
-            "function": "SpeechSynthesizer",
-            "model": voice.model,
-            "parameters": parameters,
-            "input": {},
-        },
-    )
-
-
-def continue_task(task_id: str, text: str) -> dict[str, Any]:
-    return _task("continue-task", task_id, "duplex", {"input": {"text": text}})
-
-
-def finish_task(task_id: str) -> dict[str, Any]:
-    return _task("finish-task", task_id, "duplex", {"input": {}})
-
-
-def _task(action: str, task_id: str, streaming: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "header": {"action": action, "task_id": task_id, "streaming": streaming},
-        "payload": payload,
-    }
+    return inference.run_task(task_id or request.task_id, voice.model, parameters)
 
 
 def text_pieces(request: SynthesisRequest) -> list[str]:
@@ -108,7 +85,7 @@ def check_limits(request: SynthesisRequest) -> None:
 
 class InferenceEngine:
     """A task protocol on the inference endpoint (CosyVoice, Sambert): one task at a time on
-    a kept connection, audio as binary frames, task-started / task-finished / task-failed."""
+    a kept connection, driven by protocols.inference.Task."""
 
     def __init__(self, keeper: ConnectionKeeper, wait: AudioWaitSettings | None = None) -> None:
         self._keeper = keeper
@@ -117,15 +94,13 @@ class InferenceEngine:
     def check(self, request: SynthesisRequest) -> None:
         """Raise SynthesisError for a request the service documents it would refuse."""
 
-    def messages(
-        self, request: SynthesisRequest, task_id: str
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The run-task, and what follows task-started."""
+    def task(self, request: SynthesisRequest, task_id: str) -> Task:
+        """The request's task, started, with all its text said."""
         raise NotImplementedError
 
     def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
-        """Stream the request's audio. A connection that dies during the task is replaced once:
-        the task runs again on a new connection and the audio already handed on is skipped."""
+        """Stream the request's audio. A connection that dies before any audio is replaced
+        once: the task runs again on a new connection."""
         return replaced_once(
             lambda replacing: self._run(
                 request, new_task_id() if replacing else request.task_id, replacing=replacing
@@ -137,64 +112,38 @@ class InferenceEngine:
     ) -> AsyncGenerator[bytes, None]:
         self.check(request)
         async with self._keeper.lease() as lease:
-            ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
-            wait = AudioWait(self._wait)
-            start, then = self.messages(request, task_id)
+            task = self.task(request, task_id)
             try:
-                await ws.send(json.dumps(start))
-                await self._await_started(ws, task_id, wait)
-                for message in then:
-                    await ws.send(json.dumps(message))
-                while True:
-                    frame = await wait.recv(ws)
-                    if isinstance(frame, bytes):
-                        wait.heard()
-                        yield frame
-                        continue
-                    event = self._task_event(frame, task_id)
-                    if event == "task-finished":
-                        lease.reusable = True
-                        log.debug("task %s finished", task_id)
-                        return
-            except websockets.ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else 1006
-                raise ConnectionLost(
-                    f"connection to DashScope closed during the task (code {code})"
-                ) from None
+                async with aclosing(drive(lease.ws, task, AudioWait(self._wait))) as audio:
+                    async for pcm in audio:
+                        yield pcm
+            except SynthesisError as exc:
+                if task.state is TaskState.FAILED:
+                    self._keeper.task_failed(exc.reason)
+                raise
+            lease.reusable = task.reusable
+            log.debug("task %s finished", task_id)
 
-    async def _await_started(self, ws: Any, task_id: str, wait: AudioWait) -> None:
+
+async def drive(ws: ClientConnection, task: Task, wait: AudioWait) -> AsyncGenerator[bytes, None]:
+    """Run a started task over `ws` to its end: send what it says, feed it what comes, yield
+    its audio. A connection that closes under it is ConnectionLost."""
+    try:
         while True:
-            frame = await wait.recv(ws)
-            if isinstance(frame, str) and self._task_event(frame, task_id) == "task-started":
+            for frame in task.data_to_send():
+                await ws.send(frame)
+            if task.state is TaskState.FINISHED:
                 return
-
-    def _task_event(self, frame: str, task_id: str) -> str:
-        """_event, with a task the service failed counted in the connection's stats."""
-        try:
-            return self._event(frame, task_id)
-        except SynthesisError as exc:
-            self._keeper.task_failed(exc.reason)
-            raise
-
-    @staticmethod
-    def _event(frame: str, task_id: str) -> str:
-        """The event name of a JSON frame; raises SynthesisError on task-failed."""
-        try:
-            message = json.loads(frame)
-            header = message["header"]
-            event = str(header["event"])
-        except (ValueError, KeyError, TypeError):
-            raise SynthesisError("DashScope sent a message that is not a protocol event") from None
-        if event == "task-failed":
-            code = header.get("error_code") or "unknown"
-            text = header.get("error_message") or "no message"
-            raise SynthesisError(f"DashScope task failed: {code}: {text}")
-        if header.get("task_id") not in (None, task_id):
-            log.warning(
-                "event %s for task %s during task %s", event, header.get("task_id"), task_id
-            )
-        return event
+            event = task.receive(await wait.recv(ws))
+            if isinstance(event, Audio):
+                wait.heard()
+                yield event.pcm
+    except websockets.ConnectionClosed as exc:
+        code = exc.rcvd.code if exc.rcvd else 1006
+        raise ConnectionLost(
+            f"connection to DashScope closed during the task (code {code})"
+        ) from None
 
 
 class CosyVoiceEngine(InferenceEngine):
@@ -203,8 +152,10 @@ class CosyVoiceEngine(InferenceEngine):
     def check(self, request: SynthesisRequest) -> None:
         check_limits(request)
 
-    def messages(
-        self, request: SynthesisRequest, task_id: str
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        pieces = [continue_task(task_id, piece) for piece in text_pieces(request)]
-        return run_task(request, task_id), [*pieces, finish_task(task_id)]
+    def task(self, request: SynthesisRequest, task_id: str) -> Task:
+        task = Task(task_id, run_task(request, task_id))
+        task.start()
+        for piece in text_pieces(request):
+            task.send_text(piece)
+        task.finish()
+        return task

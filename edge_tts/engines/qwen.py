@@ -17,21 +17,23 @@ announcement. Any other error ends the session on the server's side; the announc
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from ..config import Secret, Voice
-from ..errors import CloudUnavailable, ConnectionLost, SynthesisError
+from ..errors import CloudUnavailable, ConnectionLost, SynthesisError, TaskFailed
 from ..keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
 from ..models import QWEN_INSTRUCT, QWEN_LEGACY, qwen_rate
+from ..protocols import Audio, SentenceDone
+from ..protocols.realtime import Session, SessionRefused, SessionState
 from ..resample import Resampler
 from ..text import split_sentences
 from . import AudioWait, AudioWaitSettings, SynthesisRequest, replaced_once
@@ -71,32 +73,6 @@ def session_config(request: SynthesisRequest) -> dict[str, Any]:
     return config
 
 
-def _event(kind: str, **fields: Any) -> str:
-    return json.dumps({"event_id": "event_" + uuid.uuid4().hex, "type": kind, **fields})
-
-
-def _error(event: dict[str, Any]) -> tuple[bool, str]:
-    """(recoverable, "code: message") of an error event."""
-    error = event.get("error") or {}
-    code = error.get("code") or "unknown"
-    message = error.get("message") or "no message"
-    return error.get("type") == "invalid_request_error", f"{code}: {message}"
-
-
-async def _recv_event(ws: ClientConnection) -> dict[str, Any]:
-    return _parse_event(await ws.recv())
-
-
-def _parse_event(frame: str | bytes) -> dict[str, Any]:
-    try:
-        event = json.loads(frame)
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            raise ValueError
-        return event
-    except (ValueError, TypeError):
-        raise SynthesisError("DashScope sent a message that is not a Qwen-TTS event") from None
-
-
 class QwenEngine:
     """Speaks Qwen voices, one announcement per session, with a session kept ready."""
 
@@ -122,6 +98,10 @@ class QwenEngine:
         # One keeper per session configuration, most recently used last.
         self._keepers: OrderedDict[str, ConnectionKeeper] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()  # keepers pushed out of the warm set
+        # Each ready connection's session, set up by the keeper, taken by the announcement.
+        self._sessions: weakref.WeakKeyDictionary[ClientConnection, Session] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # --- sessions kept ready ---------------------------------------------------------------
 
@@ -157,32 +137,23 @@ class QwenEngine:
 
     async def _prepare(self, ws: ClientConnection, voice: Voice, config: dict[str, Any]) -> None:
         """session.created → session.update → session.updated, or CloudUnavailable saying
-        why not."""
+        why not. The session, ready, waits with its connection for the lease."""
+        session = Session(config)
         try:
-            await self._set_up(ws, voice, config)
+            while session.state is not SessionState.READY:
+                session.receive(await ws.recv())
+                for frame in session.data_to_send():
+                    await ws.send(frame)
+        except SessionRefused as exc:
+            raise CloudUnavailable(
+                f"DashScope refused voice {voice.name!r} ({voice.model}, {voice.voice}): "
+                f"{exc.reason}",
+                refused=exc.recoverable,
+                hint=f"check voices.{voice.name}",
+            ) from None
         except SynthesisError as exc:
-            if isinstance(exc, CloudUnavailable):
-                raise
             raise CloudUnavailable(exc.reason) from None
-
-    @staticmethod
-    async def _set_up(ws: ClientConnection, voice: Voice, config: dict[str, Any]) -> None:
-        created = await _recv_event(ws)
-        if created["type"] != "session.created":
-            raise CloudUnavailable(f"DashScope opened no Qwen session (got {created['type']})")
-        await ws.send(_event("session.update", session=config))
-        while True:
-            event = await _recv_event(ws)
-            if event["type"] == "session.updated":
-                return
-            if event["type"] == "error":
-                recoverable, what = _error(event)
-                raise CloudUnavailable(
-                    f"DashScope refused voice {voice.name!r} ({voice.model}, {voice.voice}): "
-                    f"{what}",
-                    refused=recoverable,
-                    hint=f"check voices.{voice.name}",
-                )
+        self._sessions[ws] = session
 
     def stats(self) -> list[dict[str, object]]:
         return [{"url": keeper.url, **keeper.stats.as_dict()} for keeper in self._keepers.values()]
@@ -212,51 +183,53 @@ class QwenEngine:
         self, request: SynthesisRequest, *, replacing: bool
     ) -> AsyncGenerator[bytes, None]:
         keeper = self.keeper_for(request)
-        config = session_config(request)
-        rate = config["sample_rate"]
-        resampler = Resampler(rate, request.sample_rate) if rate != request.sample_rate else None
         async with keeper.lease() as lease:
-            ws = lease.ws
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
-            committing = config["mode"] == "commit"
-            request.trace.sentences_done = 0 if committing else None
+            session = self._sessions.pop(lease.ws)
+            rate = session.config["sample_rate"]
+            resampler = (
+                Resampler(rate, request.sample_rate) if rate != request.sample_rate else None
+            )
+            request.trace.sentences_done = 0 if session.commit else None
+            for piece in split_sentences(request.text, _PIECE_WEIGHT):
+                session.send_text(piece)
+            session.finish()
             wait = AudioWait(self._wait)
             try:
-                for piece in split_sentences(request.text, _PIECE_WEIGHT):
-                    await ws.send(_event("input_text_buffer.append", text=piece))
-                    if config["mode"] == "commit":
-                        await ws.send(_event("input_text_buffer.commit"))
-                await ws.send(_event("session.finish"))
-                while True:
-                    event = _parse_event(await wait.recv(ws))
-                    kind = event["type"]
-                    if kind == "response.audio.delta":
-                        pcm = base64.b64decode(event.get("delta") or "")
-                        wait.heard()
-                        out = resampler.feed(pcm) if resampler else pcm
-                        if out:
-                            yield out
-                    elif kind == "error":
-                        recoverable, what = _error(event)
-                        reason = (
-                            f"DashScope {'refused the request' if recoverable else 'failed'}"
-                            f": {what}"
-                        )
-                        keeper.task_failed(reason)
-                        raise SynthesisError(reason)
-                    elif kind == "response.done":
-                        status = (event.get("response") or {}).get("status", "completed")
-                        if status not in ("completed", None):
-                            raise SynthesisError(f"DashScope ended a response as {status}")
-                        if committing and request.trace.sentences_done is not None:
-                            request.trace.sentences_done += 1  # one commit, one sentence
-                    elif kind == "session.finished":
-                        if resampler and (tail := resampler.flush()):
-                            yield tail
-                        log.debug("Qwen session finished")
-                        return  # the server closes this connection; the keeper readies the next
-            except websockets.ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else 1006
-                raise ConnectionLost(
-                    f"connection to DashScope closed during the session (code {code})"
-                ) from None
+                async with aclosing(drive(lease.ws, session, wait)) as events:
+                    async for event in events:
+                        if isinstance(event, Audio):
+                            if out := resampler.feed(event.pcm) if resampler else event.pcm:
+                                yield out
+                        elif isinstance(event, SentenceDone):
+                            request.trace.sentences_done = (request.trace.sentences_done or 0) + 1
+            except TaskFailed as exc:
+                keeper.task_failed(exc.reason)
+                raise
+            if resampler and (tail := resampler.flush()):
+                yield tail
+            log.debug("Qwen session finished")
+            # The server closes this connection; the keeper readies the next.
+
+
+async def drive(
+    ws: ClientConnection, session: Session, wait: AudioWait
+) -> AsyncGenerator[Audio | SentenceDone, None]:
+    """Run a session over `ws` until session.finished: send what it says, feed it what
+    comes, yield its audio and sentence ends. A connection that closes is ConnectionLost."""
+    try:
+        while True:
+            for frame in session.data_to_send():
+                await ws.send(frame)
+            if session.state is SessionState.FINISHED:
+                return
+            event = session.receive(await wait.recv(ws))
+            if isinstance(event, Audio):
+                wait.heard()
+            if isinstance(event, Audio | SentenceDone):
+                yield event
+    except websockets.ConnectionClosed as exc:
+        code = exc.rcvd.code if exc.rcvd else 1006
+        raise ConnectionLost(
+            f"connection to DashScope closed during the session (code {code})"
+        ) from None

@@ -3,20 +3,18 @@ as CosyVoice, but one run-task carries the whole text."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..protocols.inference import Task, run_task
 from . import SynthesisRequest
-from .cosyvoice import InferenceEngine, _task
+from .cosyvoice import InferenceEngine
 
 
 class SambertEngine(InferenceEngine):
     """Sambert: one run-task with streaming "out" and the whole text in its input; the
     service streams the audio and ends with task-finished (no continue- or finish-task)."""
 
-    def messages(
-        self, request: SynthesisRequest, task_id: str
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def task(self, request: SynthesisRequest, task_id: str) -> Task:
         voice = request.voice
+        assert voice.model is not None  # config requires it
         parameters = {
             "text_type": "PlainText",
             "format": "pcm",
@@ -27,16 +25,6 @@ class SambertEngine(InferenceEngine):
             "word_timestamp_enabled": False,
             "phoneme_timestamp_enabled": False,
         }
-        return _task(
-            "run-task",
-            task_id,
-            "out",
-            {
-                "task_group": "audio",
-                "task": "tts",
-                "function": "SpeechSynthesizer",
-                "model": voice.model,
-                "parameters": parameters,
-                "input": {"text": request.text},
-            },
-        ), []
+        task = Task(task_id, run_task(task_id, voice.model, parameters, text=request.text))
+        task.start()
+        return task

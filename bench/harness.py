@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ["ALSA_CONFIG_PATH"] = str(ROOT / "tests" / "alsa" / "capture.conf")
 os.environ.setdefault("EDGE_TTS_ALSA_CAPTURE", "/dev/null")
 
-from edge_tts.config import Config, Secret, load_config
+from edge_tts.config import Config, load_config
 from edge_tts.daemon import Daemon
 from edge_tts.player import FirstAudio, Player
+from edge_tts.secret import Secret
 
 from mosquitto import Broker
 

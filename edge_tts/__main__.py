@@ -18,7 +18,7 @@ from . import __version__
 from .announcement import Announcement, check_text
 from .cache import PhraseCache, open_cache
 from .checks import run_checks
-from .config import Config, Secret, load_api_key, load_config
+from .config import Config, load_api_key, load_config
 from .daemon import Daemon
 from .discovery import removal_messages
 from .engines.cloud import build_engines
@@ -26,29 +26,11 @@ from .errors import BadAnnouncement, ConfigError
 from .events import Event, EventKind
 from .mqtt import describe_error, make_client
 from .player import Discard, Player, WavWriter
+from .secret import RedactSecrets, Secret
 from .speaker import Speaker
 from .systemd import Notifier, log_handler
 
 log = logging.getLogger("edge_tts")
-
-
-class RedactSecrets(logging.Filter):
-    """Last line of defence: no secret value leaves through a log record."""
-
-    def __init__(self, secrets: list[Secret]) -> None:
-        super().__init__()
-        self.update(secrets)
-
-    def update(self, secrets: list[Secret]) -> None:
-        self._values = [s.reveal() for s in secrets if s.reveal()]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(v in message for v in self._values):
-            for value in self._values:
-                message = message.replace(value, "********")
-            record.msg, record.args = message, None
-        return True
 
 
 def setup_logging(verbose: bool, secrets: list[Secret]) -> RedactSecrets:

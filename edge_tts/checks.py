@@ -11,17 +11,18 @@ from contextlib import aclosing
 
 import aiomqtt
 
-from .config import CLOUD_INFERENCE, Config, EngineName, Secret, Voice
+from .config import CLOUD_INFERENCE, Config, EngineName, Voice
 from .engines import AudioWait, AudioWaitSettings, SynthesisRequest
 from .engines.cosyvoice import drive, run_task
 from .engines.piper import check_voice
 from .engines.qwen import QwenEngine
 from .errors import CloudUnavailable, SynthesisError, TaskFailed
 from .keeper import ConnectionKeeper, ConnectionSettings
-from .models import warnings as model_warnings
 from .mqtt import Topics, describe_error, make_client
 from .player import check_sounddevice
+from .profiles import warnings as model_warnings
 from .protocols.inference import Task
+from .secret import Secret
 
 Report = Callable[[str], object]
 

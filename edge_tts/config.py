@@ -16,6 +16,7 @@ import yaml
 
 from . import models
 from .errors import ConfigError
+from .secret import Secret
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/edge-tts/config.yaml"), Path("config/edge-tts.yaml"))
 
@@ -45,29 +46,6 @@ CLOUD_INFERENCE = (EngineName.COSYVOICE, EngineName.SAMBERT)  # the kept inferen
 # PCM sample rates every documented model family offers.
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 API_KEY_CREDENTIAL = "dashscope-api-key"
-
-
-class Secret:
-    """A string that never shows itself in logs, reprs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)

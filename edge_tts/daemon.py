@@ -14,10 +14,9 @@ from typing import Any
 
 from .announcement import Announcement, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
-from .config import Config, EngineName, Secret
+from .config import Config, EngineName
 from .discovery import discovery_messages
 from .engines.cloud import build_engines, uses_inference
-from .engines.piper import PiperEngine
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
 from .journal import Journal, Restored, digest
@@ -26,6 +25,7 @@ from .mqtt import Incoming, MqttLink
 from .player import AudioSink, Player
 from .policy import interrupts, playback_volume, too_old
 from .queue import AnnouncementQueue
+from .secret import Secret
 from .speaker import Speaker
 from .status import cache_stats, queue_stats, status_line
 from .systemd import Notifier
@@ -90,8 +90,7 @@ class Daemon:
     async def run(self) -> None:
         """Serve until cancelled; then say offline and close every connection."""
         try:
-            if isinstance(self.player, Player):
-                await self.player.prepare()
+            await self.player.prepare()
             await self._preload_fallback()
             self._resume(await asyncio.to_thread(self.journal.open))
             # Home Assistant shows the truth from the first second: idle (unless something was
@@ -126,15 +125,9 @@ class Daemon:
 
     async def _preload_fallback(self) -> None:
         voice = self.config.fallback_profile
-        piper = self.cloud.engines.get(EngineName.PIPER)
-        if (
-            self.config.fallback.preload
-            and voice is not None
-            and isinstance(piper, PiperEngine)
-            and voice.engine == EngineName.PIPER
-        ):
+        if self.config.fallback.preload and voice is not None and voice.engine == EngineName.PIPER:
             try:
-                await piper.preload(Path(voice.model) if voice.model else None)
+                await self.cloud.piper.preload(Path(voice.model) if voice.model else None)
             except SynthesisError as exc:
                 log.error("fallback voice %s cannot be loaded: %s", voice.name, exc.reason)
 
@@ -163,7 +156,7 @@ class Daemon:
                 _SHUTDOWN_S,
                 ", ".join(pending) or "closing the cloud connections",
             )
-        if self._own_player and isinstance(self.player, Player):
+        if self._own_player:
             await self.player.close()
         self.journal.close()
         self.notifier.close()
@@ -192,7 +185,7 @@ class Daemon:
             await old_cloud.close()
             _warn_without_key(api_key)
         self._warm_default_voice()  # it may be a new voice, or a new output rate
-        if config.audio != old.audio and self._own_player and isinstance(self.player, Player):
+        if config.audio != old.audio and self._own_player:
             log.info("reload: new audio settings")
             old_player, self.player = self.player, Player(config.audio)
             await self.player.prepare()

@@ -23,8 +23,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from .backoff import Backoff
-from .config import DashscopeConfig, Secret
+from .config import DashscopeConfig
 from .errors import CloudUnavailable
+from .secret import Secret
 
 log = logging.getLogger(__name__)
 

@@ -51,6 +51,14 @@ class AudioSink(Protocol):
         """Cut the current playback now."""
         ...
 
+    async def prepare(self) -> None:
+        """Get ready to play the first announcement without delay; say early if it cannot."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of the device (or file); no playback follows."""
+        ...
+
 
 def apply_volume(pcm: bytes, volume: int) -> bytes:
     """Scale 16-bit samples by volume/100; 100 leaves the bytes untouched."""
@@ -309,6 +317,12 @@ class WavWriter:
     def stop(self) -> None:
         self._stopped = True
 
+    async def prepare(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
 
 class Discard:
     """An AudioSink that takes the audio and plays nothing: `edge-tts cache warm`."""
@@ -325,4 +339,10 @@ class Discard:
         return True
 
     def stop(self) -> None:
+        pass
+
+    async def prepare(self) -> None:
+        pass
+
+    async def close(self) -> None:
         pass

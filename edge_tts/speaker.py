@@ -52,56 +52,72 @@ class Speaker:
         self._stop_reason = "stopped"
 
     async def speak(self, announcement: Announcement) -> bool:
-        """Speak one announcement; returns whether it was spoken to the end."""
+        """Speak one announcement; returns whether it was spoken to the end. Every outcome
+        is one final event: finished, dropped (stopped) or failed."""
         a = announcement
         voice = self._config.voices.get(a.voice or self._config.default_voice)
         if voice is None:  # queued before a reload removed its voice
             return self._fail(a, Source.CLOUD, f"voice {a.voice!r} is no longer configured")
-        request = SynthesisRequest(
-            text=_plain(a) if voice.engine == EngineName.PIPER else a.text,
-            voice=voice,
-            sample_rate=self._config.audio.sample_rate,
-            instructions=a.instructions,
-            ssml=a.ssml and voice.engine != EngineName.PIPER,
-        )
-        heard = _Started(self, a, request, time.monotonic())
+        request = self._request(a, voice)
+        started = _Started(self._emit, a, request, time.monotonic())
         chime = await self._chime_for(a)
         # The chime plays while the speech is found (cache) or started (cloud, fallback): it
         # hides the cloud's latency instead of adding to it.
         selecting = asyncio.ensure_future(self._select(a, request))
-        if chime:
-            audio: AsyncGenerator[bytes, None] = _after_chime(chime, selecting, heard)
-        else:
-            try:
-                heard.selected(await selecting)
-            except SynthesisError as exc:
-                return self._fail(a, heard.source, exc.reason)
-            assert heard.selection is not None
-            audio = heard.selection.audio
         try:
+            if chime:
+                audio = _after_chime(chime, selecting, started)
+            else:
+                started.selected(await selecting)
+                audio = started.audio
             async with aclosing(audio) as stream:
                 complete = await self._sink.play(
                     stream,
                     volume=a.volume if a.volume is not None else 100,
-                    on_first_audio=None if chime else heard.heard,
+                    on_first_audio=None if chime else started.heard,
                 )
         except (SynthesisError, AudioDeviceError) as exc:
             error = exc.reason if isinstance(exc, SynthesisError) else str(exc)
-            reason = heard.reason
-            return self._fail(a, heard.source, f"{reason}; then {error}" if reason else error)
+            why = started.reason
+            return self._fail(a, started.source, f"{why}; then {error}" if why else error)
         finally:
-            if not selecting.done():
-                selecting.cancel()
-            await asyncio.gather(selecting, return_exceptions=True)
-            if selecting.done() and not selecting.cancelled() and not selecting.exception():
-                await selecting.result().audio.aclose()  # unplayed if stopped during the chime
-            await self._count(heard.selection or _done(selecting))
-        source = heard.source
+            await self._settle(selecting, started)
+        return self._ended(a, started, complete)
+
+    def _request(self, a: Announcement, voice: Voice) -> SynthesisRequest:
+        """What the voice is asked to say: Piper reads plain text, the cloud voices SSML."""
+        piper = voice.engine == EngineName.PIPER
+        return SynthesisRequest(
+            text=_plain(a) if piper else a.text,
+            voice=voice,
+            sample_rate=self._config.audio.sample_rate,
+            instructions=a.instructions,
+            ssml=a.ssml and not piper,
+        )
+
+    async def _settle(self, selecting: asyncio.Future[_Selection], started: _Started) -> None:
+        """After playing (or failing): the selection finished or cancelled, speech never played
+        (stopped during the chime) closed, and the cache's hit or miss counted."""
+        if not selecting.done():
+            selecting.cancel()
+        await asyncio.gather(selecting, return_exceptions=True)
+        selection = started.selection or _done(selecting)
+        if selection is not None and selection is not started.selection:
+            await selection.audio.aclose()
+        if selection is not None and selection.cache is not None:
+            await asyncio.to_thread(
+                selection.cache.count, hits=int(selection.hit), misses=int(not selection.hit)
+            )
+
+    def _ended(self, a: Announcement, started: _Started, complete: bool) -> bool:
+        """The final event of an announcement that played: dropped if stopped, else finished
+        (with what went wrong on the way, if something did)."""
+        source = started.source
         if not complete:
             log.info("announcement %s: stopped", a.id, extra=_fields(a, source))
             self._emit(Event(a.id, EventKind.DROPPED, source=source, error=self._stop_reason), a)
             return False
-        reason = heard.reason or request.trace.resumed
+        reason = started.reason or started.request.trace.resumed
         log.info(
             "announcement %s: finished%s",
             a.id,
@@ -148,13 +164,6 @@ class Speaker:
         if source == Source.CLOUD:
             audio = self._resumable(a, request, audio)
         return _Selection(source, audio, cache)
-
-    @staticmethod
-    async def _count(selection: _Selection | None) -> None:
-        if selection is not None and selection.cache is not None:
-            await asyncio.to_thread(
-                selection.cache.count, hits=int(selection.hit), misses=int(not selection.hit)
-            )
 
     async def _chime_for(self, a: Announcement) -> bytes | None:
         """The chime's PCM: the message's choice (true, false, builtin or a name from
@@ -323,9 +332,9 @@ class _Started:
     (queued_ms) nor the chime is in it: it is how fast the speech came."""
 
     def __init__(
-        self, speaker: Speaker, a: Announcement, request: SynthesisRequest, began: float
+        self, emit: EventSink, a: Announcement, request: SynthesisRequest, began: float
     ) -> None:
-        self._speaker, self._a, self._request = speaker, a, request
+        self._emit, self._a, self.request = emit, a, request
         self._began = began  # when speaking began (time.monotonic(), the player's clock)
         self._at: float | None = None
         self.selection: _Selection | None = None
@@ -335,11 +344,16 @@ class _Started:
     def source(self) -> Source:
         if self.selection is not None:
             return self.selection.source
-        return Source.OFFLINE if self._request.voice.engine == EngineName.PIPER else Source.CLOUD
+        return Source.OFFLINE if self.request.voice.engine == EngineName.PIPER else Source.CLOUD
 
     @property
     def reason(self) -> str | None:
         return self.selection.reason if self.selection else None
+
+    @property
+    def audio(self) -> AsyncGenerator[bytes, None]:
+        assert self.selection is not None  # selected() came first
+        return self.selection.audio
 
     def heard(self, at: float) -> None:
         """The speech's first audio, at `at` (time.monotonic())."""
@@ -358,7 +372,7 @@ class _Started:
         a, source = self._a, self.selection.source
         ms = max(0, round((self._at - self._began) * 1000))
         queued = max(0, round((self._began - a.received_at) * 1000))
-        connection = self._request.trace.connection if source == Source.CLOUD else None
+        connection = self.request.trace.connection if source == Source.CLOUD else None
         log.info(
             "announcement %s: first audio after %d ms (%s%s), after %d ms in the queue",
             a.id,
@@ -368,7 +382,7 @@ class _Started:
             queued,
             extra=_fields(a, source),
         )
-        self._speaker._emit(
+        self._emit(
             Event(
                 a.id,
                 EventKind.STARTED,

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from edge_tts.config import Secret, Voice
+from edge_tts.config import Voice
 from edge_tts.engines import AudioWaitSettings, SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine, text_pieces
 from edge_tts.engines.sambert import SambertEngine
 from edge_tts.errors import CloudUnavailable, SynthesisError
 from edge_tts.keeper import ConnectionKeeper
+from edge_tts.secret import Secret
 from edge_tts.text import weight
 
 from conftest import API_KEY

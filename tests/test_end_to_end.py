@@ -198,8 +198,7 @@ def test_a_secret_in_any_log_line_is_masked() -> None:
     import io
     import logging
 
-    from edge_tts.__main__ import RedactSecrets
-    from edge_tts.config import Secret
+    from edge_tts.secret import RedactSecrets, Secret
 
     out = io.StringIO()
     handler = logging.StreamHandler(out)

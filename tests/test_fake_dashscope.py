@@ -23,11 +23,12 @@ from dashscope.audio.tts import SpeechSynthesizer as SambertSynthesizer
 from dashscope.audio.tts_v2 import AudioFormat, ResultCallback, SpeechSynthesizer
 from dashscope.common.error import RequestFailure
 
-from edge_tts.config import Secret, Voice
+from edge_tts.config import Voice
 from edge_tts.engines import AudioWaitSettings, SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine, run_task
-from edge_tts.protocols.inference import continue_task
 from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
+from edge_tts.protocols.inference import continue_task
+from edge_tts.secret import Secret
 
 from conftest import API_KEY, fake_cloud
 from fake_dashscope import FakeDashScope, pcm_for

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from edge_tts.config import parse_config
-from edge_tts.models import qwen_rate, warnings
+from edge_tts.models import qwen_rate
+from edge_tts.profiles import warnings
 
 
 def warned(voice: dict[str, Any], region: str = "intl") -> list[str]:

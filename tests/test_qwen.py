@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from edge_tts.config import Secret, Voice
+from edge_tts.config import Voice
 from edge_tts.engines import AudioWaitSettings, SynthesisRequest
 from edge_tts.engines.qwen import QwenEngine, session_config
 from edge_tts.errors import CloudUnavailable, ConnectionLost, SynthesisError
 from edge_tts.keeper import ConnectionSettings
+from edge_tts.secret import Secret
 
 from conftest import API_KEY
 from fake_dashscope import FakeDashScope, pcm_for

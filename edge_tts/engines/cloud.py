@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..config import CLOUD_INFERENCE, Config, EngineName, Secret
+from ..config import CLOUD_INFERENCE, Config, EngineName
 from ..keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
+from ..secret import Secret
 from . import AudioWaitSettings, Engine
 from .cosyvoice import CosyVoiceEngine
 from .piper import PiperEngine
@@ -24,6 +25,7 @@ class Cloud:
         self.keeper = keeper  # the inference endpoint: CosyVoice and Sambert
         self.engines: dict[str, Engine] = {}
         self.qwen: QwenEngine  # the realtime endpoint: its own ready sessions
+        self.piper: PiperEngine  # the offline voice
         self._keep_inference = keep_inference
         self._group: asyncio.TaskGroup | None = None
         self._waiting: list[tuple[ConnectionKeeper, str]] = []  # asked for before run()
@@ -89,11 +91,12 @@ def build_engines(
     cloud.qwen = QwenEngine(
         ds.realtime_url, api_key, connection, wait, on_change=on_change, run_keeper=cloud.run_keeper
     )
+    cloud.piper = PiperEngine(release_after_s=config.fallback.release_after_s)
     cloud.engines = {
         EngineName.COSYVOICE: CosyVoiceEngine(keeper, wait),
         EngineName.SAMBERT: SambertEngine(keeper, wait),
         EngineName.QWEN: cloud.qwen,
-        EngineName.PIPER: PiperEngine(release_after_s=config.fallback.release_after_s),
+        EngineName.PIPER: cloud.piper,
     }
     return cloud
 

@@ -28,13 +28,14 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from ..config import Secret, Voice
+from ..config import Voice
 from ..errors import CloudUnavailable, ConnectionLost, SynthesisError, TaskFailed
 from ..keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
 from ..models import QWEN_INSTRUCT, QWEN_LEGACY, qwen_rate
 from ..protocols import Audio, SentenceDone
 from ..protocols.realtime import Session, SessionRefused, SessionState
 from ..resample import Resampler
+from ..secret import Secret
 from ..text import split_sentences
 from . import AudioWait, AudioWaitSettings, SynthesisRequest, replaced_once
 

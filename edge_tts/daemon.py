@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,14 @@ from .engines.cloud import build_engines, uses_inference
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
 from .journal import Journal, Restored, digest
-from .keeper import ConnectionKeeper, KeeperStats
+from .keeper import ConnectionKeeper
 from .mqtt import Incoming, MqttLink
 from .player import AudioSink, Player
 from .policy import interrupts, playback_volume, too_old
 from .queue import AnnouncementQueue
 from .secret import Secret
 from .speaker import Speaker
-from .status import cache_stats, queue_stats, status_line
+from .status import Reporter, Snapshot
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,11 @@ class Daemon:
             config.announcements.queue_size, config.announcements.dedupe_s
         )
         self.journal = Journal.for_device(config.device.name)
-        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self._stats_pending = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._speaking: Announcement | None = None
-        self._spoken_today = (date.today(), 0)
-        self._note = ""  # shown in the status until the next successful reload
         self.link = self._link()
-        self._last: dict[str, object] | None = None
-        self.cloud = build_engines(config, api_key, self._stats_changed)
+        self.report = Reporter(self.link, self.notifier, self._snapshot)
+        self.cloud = build_engines(config, api_key, self.report.stats_changed)
         self.cache: PhraseCache | None = open_cache(config.cache)
         self.speaker = self._speaker()
         _warn_without_key(api_key)
@@ -96,8 +92,8 @@ class Daemon:
             # Home Assistant shows the truth from the first second: idle (unless something was
             # resumed), and stats of this run (no last announcement yet), not the last run's.
             if self._speaking is None:
-                self.link.publish_state({"state": "idle", "id": None, "text": None})
-            self._publish_stats()
+                self.report.idle()
+            self.report.publish_stats()
             self._start("link", self.link.run())
             self._start("cloud", self.cloud.run())
             self._warm_default_voice()
@@ -106,8 +102,8 @@ class Daemon:
             await self.link.connected.wait()
             if self.cache is not None:
                 await asyncio.to_thread(self.cache.stats)  # the one full scan, at start
-            self.notifier.ready(self._status())
-            log.info("ready: %s", self._status())
+            self.notifier.ready(self.report.status())
+            log.info("ready: %s", self.report.status())
             # A part that dies unexpectedly takes the daemon down, so systemd restarts it.
             while True:
                 done, _ = await asyncio.wait(
@@ -165,11 +161,11 @@ class Daemon:
         """Apply a new, already validated config; the queue and the announcement being spoken
         are kept."""
         old, self.config = self.config, config
-        self._note = ""
+        self.report.note = ""
         self.notifier.reloading()
         if config.mqtt != old.mqtt or config.device != old.device:
             log.info("reload: reconnecting to the broker")
-            self.link = self._link()
+            self.link = self.report.link = self._link()
             await self._restart("link", self.link.run())
             await self.link.connected.wait()
         if (
@@ -180,7 +176,7 @@ class Daemon:
             log.info("reload: new cloud connection settings")
             old_cloud = self.cloud
             self._api_key = api_key
-            self.cloud = build_engines(config, api_key, self._stats_changed)
+            self.cloud = build_engines(config, api_key, self.report.stats_changed)
             await self._restart("cloud", self.cloud.run())
             await old_cloud.close()
             _warn_without_key(api_key)
@@ -197,12 +193,12 @@ class Daemon:
         self.speaker = self._speaker()
         if self.cache is not None and self.cache.footprint is None:
             await asyncio.to_thread(self.cache.stats)
-        self.notifier.ready(self._status())
+        self.notifier.ready(self.report.status())
         log.info("configuration reloaded from %s", config.source or "built-in defaults")
 
     def refuse_reload(self, reason: str) -> None:
-        self._note = f"reload refused: {reason}"
-        self.notifier.ready(self._status())
+        self.report.note = f"reload refused: {reason}"
+        self.notifier.ready(self.report.status())
 
     # --- announcements ---------------------------------------------------------------------
 
@@ -299,7 +295,7 @@ class Daemon:
                     Event(a.id, EventKind.FAILED, error=f"internal error: {excerpt(str(exc), 80)}"),
                     a,
                 )
-                self.link.publish_state({"state": "idle", "id": None, "text": None})
+                self.report.idle()
 
     async def _speak_one(self, a: Announcement) -> None:
         """Speak one announcement at the volume its priority and the hour give it."""
@@ -311,66 +307,35 @@ class Daemon:
             return
         a = replace(a, volume=volume)
         self._speaking = a
-        self.link.publish_state({"state": "speaking", "id": a.id, "text": a.text})
-        self.notifier.status(self._status())
+        self.report.speaking(a.id, a.text)
         try:
             await self.speaker.speak(a)
         finally:
             self._speaking = None
             self.queue.done()
-        today, count = self._spoken_today
-        self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
+        self.report.spoke()
         if not len(self.queue):
-            self.link.publish_state({"state": "idle", "id": None, "text": None})
-        self._stats_changed(self.keeper.stats)  # the cache and the queue changed
+            self.report.idle()
+        self.report.stats_changed()  # the cache and the queue changed
 
     # --- what the daemon tells about itself ------------------------------------------------
 
-    def _status(self) -> str:
-        """One line for `systemctl status`."""
-        today, count = self._spoken_today
-        return status_line(
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(
             speaking=self._speaking.id if self._speaking is not None else None,
             connected=self.link.connected.is_set(),
-            warm=self.cloud.warm,
+            cloud_warm=self.cloud.warm,
             cloud_error=self.cloud.last_error,
+            cloud_stats=self.cloud.stats(),
             cache=self.cache,
-            spoken_today=count if today == date.today() else 0,
-            journal_problem=self.journal.problem,
-            note=self._note,
+            queue_length=len(self.queue),
+            journal=self.journal,
         )
-
-    def _stats_changed(self, _: KeeperStats) -> None:
-        # Several changes in one step of the loop go out as one message.
-        if not self._stats_pending:
-            self._stats_pending = True
-            asyncio.get_running_loop().call_soon(self._publish_stats)
-
-    def _publish_stats(self) -> None:
-        self._stats_pending = False
-        self.link.publish_stats(
-            {
-                "since": self._started_at,
-                "cloud": self.cloud.stats(),
-                "cache": cache_stats(self.cache),
-                "queue": queue_stats(len(self.queue), self.journal),
-                "last_announcement": self._last,
-            }
-        )
-        self.notifier.status(self._status())
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
-        self.link.publish_event(event.as_dict())
+        self.report.event(event)
         if event.event in FINAL and announcement is not None:
             self.journal.end(announcement)
-        if event.event == EventKind.STARTED:
-            self._last = {
-                "id": event.id,
-                "source": event.source,
-                "first_audio_ms": event.first_audio_ms,
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-            self._stats_changed(self.keeper.stats)
 
 
 def _warn_without_key(api_key: Secret | None) -> None:

@@ -1,10 +1,108 @@
-"""What the daemon tells about itself, as pure functions of what it holds: the one-line
-status systemd shows, and the cache's and queue's parts of the retained stats."""
+"""What the daemon tells about itself: events, its state and its retained stats on MQTT, and
+the one-line status systemd shows. The Reporter publishes; what it publishes is made by pure
+functions of what the daemon holds (a Snapshot), unit-tested without a broker."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
 from .cache import PhraseCache
+from .events import Event, EventKind
 from .journal import Journal
+from .mqtt import MqttLink
+from .systemd import Notifier
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the daemon holds that its status and stats tell."""
+
+    speaking: str | None  # the id of the announcement being spoken
+    connected: bool  # to the MQTT broker
+    cloud_warm: bool
+    cloud_error: str | None
+    cloud_stats: dict[str, object]
+    cache: PhraseCache | None
+    queue_length: int
+    journal: Journal
+
+
+class Reporter:
+    """Publishes what the daemon says about itself: each event, the state (idle or speaking),
+    the retained stats (several changes in one step of the loop go out as one message), and
+    the systemd status line."""
+
+    def __init__(
+        self, link: MqttLink, notifier: Notifier, snapshot: Callable[[], Snapshot]
+    ) -> None:
+        self.link = link  # replaced when a reload reconnects
+        self._notifier = notifier
+        self._snapshot = snapshot
+        self._since = datetime.now(UTC).isoformat(timespec="seconds")
+        self._pending = False
+        self._last: dict[str, object] | None = None
+        self._spoken_today = (date.today(), 0)
+        self.note = ""  # shown in the status until the next successful reload
+
+    def event(self, event: Event) -> None:
+        self.link.publish_event(event.as_dict())
+        if event.event == EventKind.STARTED:
+            self._last = {
+                "id": event.id,
+                "source": event.source,
+                "first_audio_ms": event.first_audio_ms,
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            self.stats_changed()
+
+    def idle(self) -> None:
+        self.link.publish_state({"state": "idle", "id": None, "text": None})
+
+    def speaking(self, id: str, text: str) -> None:
+        self.link.publish_state({"state": "speaking", "id": id, "text": text})
+        self._notifier.status(self.status())
+
+    def spoke(self) -> None:
+        """One more announcement spoken today."""
+        today, count = self._spoken_today
+        self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
+
+    def stats_changed(self, *_: object) -> None:
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self.publish_stats)
+
+    def publish_stats(self) -> None:
+        self._pending = False
+        now = self._snapshot()
+        self.link.publish_stats(
+            {
+                "since": self._since,
+                "cloud": now.cloud_stats,
+                "cache": cache_stats(now.cache),
+                "queue": queue_stats(now.queue_length, now.journal),
+                "last_announcement": self._last,
+            }
+        )
+        self._notifier.status(self.status(now))
+
+    def status(self, now: Snapshot | None = None) -> str:
+        """One line for `systemctl status`."""
+        now = now or self._snapshot()
+        today, count = self._spoken_today
+        return status_line(
+            speaking=now.speaking,
+            connected=now.connected,
+            warm=now.cloud_warm,
+            cloud_error=now.cloud_error,
+            cache=now.cache,
+            spoken_today=count if today == date.today() else 0,
+            journal_problem=now.journal.problem,
+            note=self.note,
+        )
 
 
 def status_line(

@@ -354,3 +354,50 @@ async def daemon_with(
     for proc in started:
         if proc.running:
             await proc.stop()
+
+
+# --- the command line, run to its end ------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A finished command: its exit code and output."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def all(self) -> str:
+        return self.out + self.err
+
+
+async def edge_tts(
+    *args: str,
+    key: str | None = API_KEY,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Run:
+    """`edge-tts ARGS` as a user runs it (with the fake's API key unless key=None)."""
+    env = dict(os.environ if env is None else env)
+    if key is not None:
+        env["DASHSCOPE_API_KEY"] = key
+    return await command(sys.executable, "-m", "edge_tts", *args, env=env, cwd=cwd)
+
+
+async def command(
+    *argv: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> Run:
+    """Run a command to its end; its exit code and output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())

@@ -2,51 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import sys
 import wave
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from conftest import (
+    API_KEY,
+    Broker,
+    Capture,
+    DaemonProcess,
+    Home,
+    Run,
+    command,
+    edge_tts,
+    split_speech,
+    write_config,
+)
 from fake_dashscope import FakeDashScope, pcm_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def all(self) -> str:
-        return self.out + self.err
-
-
-async def edge_tts(*args: str, key: str | None = API_KEY, cwd: Path | None = None) -> Run:
-    env = dict(os.environ)
-    if key is not None:
-        env["DASHSCOPE_API_KEY"] = key
-    return await command(sys.executable, "-m", "edge_tts", *args, env=env, cwd=cwd)
-
-
-async def command(
-    *argv: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
-) -> Run:
-    """Run a command to its end; its exit code and output."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    async with asyncio.timeout(timeout):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
 
 
 async def test_say_to_a_wav_file_writes_the_clouds_exact_pcm(
@@ -146,8 +123,8 @@ async def test_check_reports_a_missing_audio_device(
 async def test_a_bad_config_is_refused_with_its_key_path_and_no_traceback(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("mqtt:\n  port: 99999\n")
-    for command in (["serve"], ["check"], ["say", "hi"]):
-        run = await edge_tts(command[0], "-c", str(config), *command[1:])
+    for argv in (["serve"], ["check"], ["say", "hi"]):
+        run = await edge_tts(argv[0], "-c", str(config), *argv[1:])
         assert run.code == 2
         assert run.err.strip() == "edge-tts: config error: mqtt.port: must be an integer 1-65535"
 

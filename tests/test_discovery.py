@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,16 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from conftest import (
+    API_KEY,
+    Broker,
+    Capture,
+    DaemonProcess,
+    Home,
+    edge_tts,
+    split_speech,
+    write_config,
+)
 from fake_dashscope import FakeDashScope, pcm_for
 
 
@@ -120,19 +128,9 @@ async def test_discovery_remove_clears_the_entities(
 ) -> None:
     assert len(await retained(broker, "homeassistant/#")) == 4
     await discovering.stop()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_tts",
-        "discovery",
-        "-c",
-        str(discovering.config),
-        "remove",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    assert "removed 4 Home Assistant entities of device 'kitchen'" in out.decode()
+    run = await edge_tts("discovery", "-c", str(discovering.config), "remove")
+    assert run.code == 0, run.all
+    assert "removed 4 Home Assistant entities of device 'kitchen'" in run.out
     assert await retained(broker, "homeassistant/#") == {}
     assert await retained(broker, "edge-tts/#") == {}  # no availability, state or stats left
 

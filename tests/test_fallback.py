@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import math
 import os
-import sys
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +19,16 @@ from edge_tts.engines import SynthesisRequest
 from edge_tts.engines.piper import PiperEngine
 from edge_tts.resample import resample
 
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from conftest import (
+    API_KEY,
+    Broker,
+    Capture,
+    DaemonProcess,
+    Home,
+    edge_tts,
+    split_speech,
+    write_config,
+)
 from fake_dashscope import FakeDashScope, pcm_for, take_voice
 
 RATE = 24000
@@ -160,24 +168,12 @@ async def test_say_works_on_a_fresh_machine_with_no_config_and_no_key(tmp_path: 
     env = {k: v for k, v in os.environ.items() if k not in ("DASHSCOPE_API_KEY", "EDGE_TTS_CONFIG")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     out = tmp_path / "hello.wav"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_tts",
-        "say",
-        "-o",
-        str(out),
-        "Hello.",
-        cwd=tmp_path,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    run = await edge_tts("say", "-o", str(out), "Hello.", cwd=tmp_path, env=env, key=None)
+    assert run.code == 0, run.err
     with wave.open(str(out)) as wav:
         assert wav.getframerate() == RATE
         assert_spoken(wav.readframes(wav.getnframes()), "Hello.")
-    assert b"no DashScope API key" in err  # told once how to get cloud voices
+    assert "no DashScope API key" in run.err  # told once how to get cloud voices
 
 
 # --- the engine itself ---------------------------------------------------------------------
@@ -228,18 +224,8 @@ async def test_check_loads_the_fallback_voice(
     )
     runs = []
     for config in (good, bad):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edge_tts",
-            "check",
-            "-c",
-            str(config),
-            env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await proc.communicate()
-        runs.append((proc.returncode, out.decode()))
+        run = await edge_tts("check", "-c", str(config))
+        runs.append((run.code, run.out))
     assert runs[0][0] == 0 and "ok   fallback voice 'offline' (offline, Piper)" in runs[0][1]
     assert runs[1][0] == 1
     assert (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from conftest import (
     Capture,
     DaemonProcess,
     Home,
+    edge_tts,
     fake_cloud,
     split_speech,
     write_config,
@@ -77,19 +77,9 @@ async def test_announcements_far_apart_never_wait_for_a_handshake(
     cloud = home.log.stats[-1]["cloud"]
     assert cloud["renewals"] >= 5 and cloud["waited"] == 0 and cloud["failures"] == 0
     assert cloud["warm"] is True
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_tts",
-        "check",
-        "-c",
-        str(warm_daemon.config),
-        env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    line = next(x for x in out.decode().splitlines() if x.startswith("info the daemon"))
+    run = await edge_tts("check", "-c", str(warm_daemon.config))
+    assert run.code == 0, run.all
+    line = next(x for x in run.out.splitlines() if x.startswith("info the daemon"))
     assert "online since" in line and "warm connection;" in line
     assert "2 announcements on a warm connection, 0 waited for a handshake, 0 failures" in line
 
@@ -114,17 +104,5 @@ async def test_the_daemon_reports_itself_not_running_after_it_stops(
 ) -> None:
     await warm_daemon.stop()
     await home.log.wait_for(lambda: home.log.availability[-1:] == ["offline"])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_tts",
-        "check",
-        "-c",
-        str(warm_daemon.config),
-        env=dict(os.environ, DASHSCOPE_API_KEY=API_KEY),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    assert (
-        "info the daemon is not running (offline on edge-tts/kitchen/availability)" in out.decode()
-    )
+    run = await edge_tts("check", "-c", str(warm_daemon.config))
+    assert "info the daemon is not running (offline on edge-tts/kitchen/availability)" in run.out

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 import aiomqtt
 
 from .config import CLOUD_INFERENCE, Config, EngineName, Voice
-from .engines import AudioWait, AudioWaitSettings, SynthesisRequest
-from .engines.cosyvoice import drive, run_task
+from .engines import AudioWaitSettings, SynthesisRequest, drive_duplex
+from .engines.cosyvoice import run_task
 from .engines.piper import check_voice
 from .engines.qwen import QwenEngine
 from .errors import CloudUnavailable, SynthesisError, TaskFailed
@@ -150,9 +150,8 @@ async def _check_inference(
         request = SynthesisRequest(text="", voice=voice, sample_rate=config.audio.sample_rate)
         task = Task(request.task_id, run_task(request))
         task.start()
-        task.finish()
-        async with aclosing(drive(ws, task, AudioWait(AudioWaitSettings.of(ds)))) as audio:
-            async for _ in audio:
+        async with aclosing(drive_duplex(ws, task, _no_text(), AudioWaitSettings.of(ds))) as run:
+            async for _ in run:
                 pass
         return None
     except CloudUnavailable as exc:
@@ -163,6 +162,11 @@ async def _check_inference(
         return f"cloud: {exc.reason}"
     finally:
         await ws.close()
+
+
+async def _no_text() -> AsyncGenerator[str, None]:
+    return
+    yield
 
 
 def check_audio(config: Config) -> str | None:

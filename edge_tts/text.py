@@ -50,6 +50,32 @@ def split_sentences(text: str, max_weight: int = 2000) -> list[str]:
     return _merge_blank([p for p in pieces if p])
 
 
+_ENDS_A_SENTENCE = re.compile(r"(?:[.!?;…]\s+|[。！？；]\s*|\n+)$")
+
+
+class SentenceStream:
+    """Text that arrives in pieces (a model still writing), handed on sentence by sentence:
+    `feed` returns the sentences the text so far has completed, `close` the rest. Joined,
+    what comes out is exactly what went in."""
+
+    def __init__(self, max_weight: int = 2000) -> None:
+        self._max_weight = max_weight
+        self._pending = ""
+
+    def feed(self, text: str) -> list[str]:
+        self._pending += text
+        pieces = split_sentences(self._pending, self._max_weight)
+        if pieces and not _ENDS_A_SENTENCE.search(pieces[-1]):
+            self._pending = pieces.pop()  # the sentence still being written
+        else:
+            self._pending = ""
+        return pieces
+
+    def close(self) -> list[str]:
+        rest, self._pending = self._pending, ""
+        return [rest] if rest.strip() else []
+
+
 def _merge_blank(pieces: list[str]) -> list[str]:
     """A piece of only white space joins the next one (or the last), so none is empty to
     the service."""

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+import websockets
 
 from ..config import DashscopeConfig, Voice
 from ..errors import ConnectionLost, SynthesisError
+from ..protocols import Audio
+from ..protocols import Event as ProtocolEvent
+from ..text import split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,138 @@ class Engine(Protocol):
         """16-bit mono little-endian PCM at request.sample_rate, chunk by chunk as it arrives."""
         ...
 
+    def synthesize_stream(
+        self, request: SynthesisRequest, sentences: AsyncIterator[str]
+    ) -> AsyncGenerator[bytes, None]:
+        """The same for text still being written: `sentences` yields it sentence by sentence
+        (request.text is unused), and audio comes back while more text is on its way."""
+        ...
+
+
+async def sentence_by_sentence(
+    engine: Engine, request: SynthesisRequest, sentences: AsyncIterator[str]
+) -> AsyncGenerator[bytes, None]:
+    """synthesize_stream for an engine that takes its text whole (Sambert, Piper): each
+    sentence its own request, spoken as soon as it is complete."""
+    async for sentence in sentences:
+        one = replace(request, text=sentence, task_id=new_task_id(), trace=SynthesisTrace())
+        async with aclosing(engine.synthesize(one)) as audio:
+            async for chunk in audio:
+                yield chunk
+
+
+async def each(pieces: list[str]) -> AsyncGenerator[str, None]:
+    """A list of text, as the async iterator a driver takes."""
+    for piece in pieces:
+        yield piece
+
+
+async def pieces_of(sentences: AsyncIterator[str], max_weight: int) -> AsyncGenerator[str, None]:
+    """Each sentence, cut where it is heavier than one message of the service may be."""
+    async for sentence in sentences:
+        for piece in split_sentences(sentence, max_weight):
+            yield piece
+
+
+class Duplex(Protocol):
+    """What the streaming driver needs of a protocol object (protocols.inference.Task,
+    protocols.realtime.Session): text in, frames out, events back."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    def send_text(self, text: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def data_to_send(self) -> list[str]: ...
+
+    def receive(self, frame: str | bytes) -> ProtocolEvent | None: ...
+
+
+async def drive_duplex(
+    ws: Any, duplex: Duplex, sentences: AsyncIterator[str], settings: AudioWaitSettings
+) -> AsyncGenerator[ProtocolEvent, None]:
+    """Run a protocol object over `ws` while its text is still arriving: each sentence is sent
+    as it comes (a feeder task), and the service's events are handed on as they come.
+
+    The service is held to the audio waits only when it owes audio: the first audio within
+    first_audio_timeout_s of the first text (or of the end, for no text), and, once all the
+    text is in, each next frame within stall_timeout_s. While the writer of the text is
+    thinking, silence is not a stall."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()  # the feeder sent its first text, or finished
+    first_sent: float | None = None
+    input_done = False
+
+    async def flush() -> None:
+        for frame in duplex.data_to_send():
+            await ws.send(frame)
+
+    async def feed() -> None:
+        nonlocal first_sent, input_done
+        async for sentence in sentences:
+            duplex.send_text(sentence)
+            await flush()
+            if first_sent is None:
+                first_sent = loop.time()
+                changed.set()
+        duplex.finish()
+        await flush()
+        if first_sent is None:
+            first_sent = loop.time()
+        input_done = True
+        changed.set()
+
+    feeder = asyncio.ensure_future(feed())
+    receiving: asyncio.Future[str | bytes] | None = None
+    heard_at: float | None = None
+    try:
+        await flush()
+        while not duplex.ended:
+            if receiving is None:
+                receiving = asyncio.ensure_future(ws.recv())
+            if first_sent is None:
+                deadline = None
+            elif heard_at is None:
+                deadline = first_sent + settings.first_audio_timeout_s
+            else:
+                deadline = heard_at + settings.stall_timeout_s if input_done else None
+            changed.clear()
+            waiting = asyncio.ensure_future(changed.wait())
+            watched: set[asyncio.Future[Any]] = {receiving, waiting}
+            if not feeder.done():
+                watched.add(feeder)
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait(watched, timeout=timeout, return_when="FIRST_COMPLETED")
+            waiting.cancel()
+            if feeder in done and feeder.exception() is not None:
+                raise feeder.exception()  # type: ignore[misc]
+            if receiving in done:
+                frame, receiving = receiving.result(), None
+                event = duplex.receive(frame)
+                await flush()
+                if isinstance(event, Audio):
+                    heard_at = loop.time()
+                if event is not None:
+                    yield event
+            elif not done:
+                key = "first_audio_timeout_s" if heard_at is None else "stall_timeout_s"
+                limit = getattr(settings, key)
+                raise SynthesisError(
+                    f"DashScope sent no audio within {limit:g} s (dashscope.{key})"
+                )
+    except websockets.ConnectionClosed as exc:
+        code = exc.rcvd.code if exc.rcvd else 1006
+        raise ConnectionLost(
+            f"connection to DashScope closed during the task (code {code})"
+        ) from None
+    finally:
+        for task in (feeder, receiving):
+            if task is not None and not task.done():
+                task.cancel()
+        await asyncio.gather(feeder, *([receiving] if receiving else []), return_exceptions=True)
+
 
 async def replaced_once(
     run: Callable[[bool], AsyncGenerator[bytes, None]],
@@ -88,33 +224,3 @@ class AudioWaitSettings:
     @classmethod
     def of(cls, ds: DashscopeConfig) -> AudioWaitSettings:
         return cls(ds.first_audio_timeout_s, ds.stall_timeout_s)
-
-
-class AudioWait:
-    """An engine's two waits on the service: the first audio within first_audio_timeout_s of
-    the start, each next frame within stall_timeout_s of the audio before it."""
-
-    def __init__(self, settings: AudioWaitSettings) -> None:
-        self._first_s, self._stall_s = settings.first_audio_timeout_s, settings.stall_timeout_s
-        self._deadline = time.monotonic() + self._first_s
-        self._heard = False
-
-    def heard(self) -> None:
-        """Audio arrived: from now on, silence is a stall."""
-        self._heard = True
-
-    async def recv(self, ws: Any) -> str | bytes:
-        timeout = self._stall_s if self._heard else self._deadline - time.monotonic()
-        try:
-            async with asyncio.timeout(max(timeout, 0)):
-                frame: str | bytes = await ws.recv()
-                return frame
-        except TimeoutError:
-            limit, key = (
-                (self._stall_s, "stall_timeout_s")
-                if self._heard
-                else (self._first_s, "first_audio_timeout_s")
-            )
-            raise SynthesisError(
-                f"DashScope sent no audio within {limit:g} s (dashscope.{key})"
-            ) from None

@@ -4,21 +4,27 @@ finish-task), and the task protocol it shares with Sambert on the same kept conn
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-import websockets
-from websockets.asyncio.client import ClientConnection
-
-from ..errors import ConnectionLost, SynthesisError
+from ..errors import SynthesisError
 from ..keeper import ConnectionKeeper
 from ..models import COSYVOICE_TASK_WEIGHT, COSYVOICE_TEXT_WEIGHT, SSML_MODELS
 from ..protocols import Audio, inference
 from ..protocols.inference import Task, TaskState
 from ..ssml import ssml_text
 from ..text import split_sentences, weight
-from . import AudioWait, AudioWaitSettings, SynthesisRequest, new_task_id, replaced_once
+from . import (
+    AudioWaitSettings,
+    SynthesisRequest,
+    drive_duplex,
+    each,
+    new_task_id,
+    pieces_of,
+    replaced_once,
+    sentence_by_sentence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,56 +100,49 @@ class InferenceEngine:
     def check(self, request: SynthesisRequest) -> None:
         """Raise SynthesisError for a request the service documents it would refuse."""
 
-    def task(self, request: SynthesisRequest, task_id: str) -> Task:
-        """The request's task, started, with all its text said."""
+    def task(self, request: SynthesisRequest, task_id: str) -> tuple[Task, list[str]]:
+        """The request's task, started, and the pieces of text that follow its run-task."""
         raise NotImplementedError
+
+    def synthesize_stream(
+        self, request: SynthesisRequest, sentences: AsyncIterator[str]
+    ) -> AsyncGenerator[bytes, None]:
+        """A task per sentence (Sambert takes its text whole)."""
+        return sentence_by_sentence(self, request, sentences)
 
     def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
         """Stream the request's audio. A connection that dies before any audio is replaced
         once: the task runs again on a new connection."""
-        return replaced_once(
-            lambda replacing: self._run(
-                request, new_task_id() if replacing else request.task_id, replacing=replacing
-            )
-        )
 
-    async def _run(
-        self, request: SynthesisRequest, task_id: str, *, replacing: bool
+        def run(replacing: bool) -> AsyncGenerator[bytes, None]:
+            self.check(request)
+            task, pieces = self.task(request, new_task_id() if replacing else request.task_id)
+            return self._speak(request, task, each(pieces), replacing=replacing)
+
+        return replaced_once(run)
+
+    async def _speak(
+        self,
+        request: SynthesisRequest,
+        task: Task,
+        text: AsyncIterator[str],
+        *,
+        replacing: bool = False,
     ) -> AsyncGenerator[bytes, None]:
-        self.check(request)
+        """Run `task` on a kept connection, its text sent as it comes; yield its audio."""
         async with self._keeper.lease() as lease:
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
-            task = self.task(request, task_id)
             try:
-                async with aclosing(drive(lease.ws, task, AudioWait(self._wait))) as audio:
-                    async for pcm in audio:
-                        yield pcm
+                async with aclosing(drive_duplex(lease.ws, task, text, self._wait)) as events:
+                    async for event in events:
+                        if isinstance(event, Audio):
+                            yield event.pcm
             except SynthesisError as exc:
                 if task.state is TaskState.FAILED:
                     self._keeper.task_failed(exc.reason)
                 raise
             lease.reusable = task.reusable
-            log.debug("task %s finished", task_id)
-
-
-async def drive(ws: ClientConnection, task: Task, wait: AudioWait) -> AsyncGenerator[bytes, None]:
-    """Run a started task over `ws` to its end: send what it says, feed it what comes, yield
-    its audio. A connection that closes under it is ConnectionLost."""
-    try:
-        while True:
-            for frame in task.data_to_send():
-                await ws.send(frame)
-            if task.state is TaskState.FINISHED:
-                return
-            event = task.receive(await wait.recv(ws))
-            if isinstance(event, Audio):
-                wait.heard()
-                yield event.pcm
-    except websockets.ConnectionClosed as exc:
-        code = exc.rcvd.code if exc.rcvd else 1006
-        raise ConnectionLost(
-            f"connection to DashScope closed during the task (code {code})"
-        ) from None
+            log.debug("task %s finished", task.task_id)
 
 
 class CosyVoiceEngine(InferenceEngine):
@@ -152,10 +151,16 @@ class CosyVoiceEngine(InferenceEngine):
     def check(self, request: SynthesisRequest) -> None:
         check_limits(request)
 
-    def task(self, request: SynthesisRequest, task_id: str) -> Task:
+    def synthesize_stream(
+        self, request: SynthesisRequest, sentences: AsyncIterator[str]
+    ) -> AsyncGenerator[bytes, None]:
+        """One duplex task for the whole stream: a continue-task as each sentence completes,
+        finish-task when the text ends; the audio comes back meanwhile."""
+        task = Task(request.task_id, run_task(request))
+        task.start()
+        return self._speak(request, task, pieces_of(sentences, _PIECE_WEIGHT))
+
+    def task(self, request: SynthesisRequest, task_id: str) -> tuple[Task, list[str]]:
         task = Task(task_id, run_task(request, task_id))
         task.start()
-        for piece in text_pieces(request):
-            task.send_text(piece)
-        task.finish()
-        return task
+        return task, text_pieces(request)

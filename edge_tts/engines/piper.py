@@ -16,13 +16,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import SynthesisError
 from ..resample import resample
-from . import SynthesisRequest
+from . import SynthesisRequest, sentence_by_sentence
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,11 @@ class PiperEngine:
             await asyncio.shield(worker)
             self._last_use[model] = time.monotonic()
             self._schedule_release(loop)
+
+    def synthesize_stream(
+        self, request: SynthesisRequest, sentences: AsyncIterator[str]
+    ) -> AsyncGenerator[bytes, None]:
+        return sentence_by_sentence(self, request, sentences)
 
     def _sentences(
         self, voice: Any, text: str, rate: int, cancelled: threading.Event

@@ -21,15 +21,14 @@ import json
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
-import websockets
 from websockets.asyncio.client import ClientConnection
 
 from ..config import Voice
-from ..errors import CloudUnavailable, ConnectionLost, SynthesisError, TaskFailed
+from ..errors import CloudUnavailable, SynthesisError, TaskFailed
 from ..keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
 from ..models import QWEN_INSTRUCT, QWEN_LEGACY, qwen_rate
 from ..protocols import Audio, SentenceDone
@@ -37,7 +36,14 @@ from ..protocols.realtime import Session, SessionRefused, SessionState
 from ..resample import Resampler
 from ..secret import Secret
 from ..text import split_sentences
-from . import AudioWait, AudioWaitSettings, SynthesisRequest, replaced_once
+from . import (
+    AudioWaitSettings,
+    SynthesisRequest,
+    drive_duplex,
+    each,
+    pieces_of,
+    replaced_once,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,26 +184,33 @@ class QwenEngine:
     # --- speaking --------------------------------------------------------------------------
 
     def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
-        return replaced_once(lambda replacing: self._run(request, replacing=replacing))
+        def run(replacing: bool) -> AsyncGenerator[bytes, None]:
+            sentences = each(split_sentences(request.text, _PIECE_WEIGHT))
+            return self._speak(request, sentences, replacing=replacing)
 
-    async def _run(
-        self, request: SynthesisRequest, *, replacing: bool
+        return replaced_once(run)
+
+    def synthesize_stream(
+        self, request: SynthesisRequest, sentences: AsyncIterator[str]
     ) -> AsyncGenerator[bytes, None]:
+        """One session for the whole stream: each sentence appended (and committed, in commit
+        mode) as it completes, session.finish when the text ends; audio comes meanwhile."""
+        return self._speak(request, pieces_of(sentences, _PIECE_WEIGHT))
+
+    async def _speak(
+        self, request: SynthesisRequest, text: AsyncIterator[str], *, replacing: bool = False
+    ) -> AsyncGenerator[bytes, None]:
+        """A ready session takes the text as it comes; its audio is yielded at the output
+        rate, and (commit mode) each sentence done is counted in the request's trace."""
         keeper = self.keeper_for(request)
         async with keeper.lease() as lease:
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
             session = self._sessions.pop(lease.ws)
-            rate = session.config["sample_rate"]
-            resampler = (
-                Resampler(rate, request.sample_rate) if rate != request.sample_rate else None
-            )
+            rate, wanted = session.config["sample_rate"], request.sample_rate
+            resampler = None if rate == wanted else Resampler(rate, wanted)
             request.trace.sentences_done = 0 if session.commit else None
-            for piece in split_sentences(request.text, _PIECE_WEIGHT):
-                session.send_text(piece)
-            session.finish()
-            wait = AudioWait(self._wait)
             try:
-                async with aclosing(drive(lease.ws, session, wait)) as events:
+                async with aclosing(drive_duplex(lease.ws, session, text, self._wait)) as events:
                     async for event in events:
                         if isinstance(event, Audio):
                             if out := resampler.feed(event.pcm) if resampler else event.pcm:
@@ -211,26 +224,3 @@ class QwenEngine:
                 yield tail
             log.debug("Qwen session finished")
             # The server closes this connection; the keeper readies the next.
-
-
-async def drive(
-    ws: ClientConnection, session: Session, wait: AudioWait
-) -> AsyncGenerator[Audio | SentenceDone, None]:
-    """Run a session over `ws` until session.finished: send what it says, feed it what
-    comes, yield its audio and sentence ends. A connection that closes is ConnectionLost."""
-    try:
-        while True:
-            for frame in session.data_to_send():
-                await ws.send(frame)
-            if session.state is SessionState.FINISHED:
-                return
-            event = session.receive(await wait.recv(ws))
-            if isinstance(event, Audio):
-                wait.heard()
-            if isinstance(event, Audio | SentenceDone):
-                yield event
-    except websockets.ConnectionClosed as exc:
-        code = exc.rcvd.code if exc.rcvd else 1006
-        raise ConnectionLost(
-            f"connection to DashScope closed during the session (code {code})"
-        ) from None

@@ -12,7 +12,7 @@ class SambertEngine(InferenceEngine):
     """Sambert: one run-task with streaming "out" and the whole text in its input; the
     service streams the audio and ends with task-finished (no continue- or finish-task)."""
 
-    def task(self, request: SynthesisRequest, task_id: str) -> Task:
+    def task(self, request: SynthesisRequest, task_id: str) -> tuple[Task, list[str]]:
         voice = request.voice
         assert voice.model is not None  # config requires it
         parameters = {
@@ -27,4 +27,4 @@ class SambertEngine(InferenceEngine):
         }
         task = Task(task_id, run_task(task_id, voice.model, parameters, text=request.text))
         task.start()
-        return task
+        return task, []

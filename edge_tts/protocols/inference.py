@@ -114,6 +114,11 @@ class Task:
             raise ProtocolMisuse(f"text in state {self.state.name}")
         (self._outgoing if self.state is TaskState.STARTED else self._held).append(msg)
 
+    @property
+    def ended(self) -> bool:
+        """The service ended it as asked (task-finished, session.finished)."""
+        return self.state is TaskState.FINISHED
+
     def data_to_send(self) -> list[str]:
         """The messages to send now, in order, as text frames."""
         out, self._outgoing = self._outgoing, []

@@ -99,6 +99,11 @@ class Session:
         self._outgoing.append(client_event("session.finish"))
         self.state = SessionState.FINISHING
 
+    @property
+    def ended(self) -> bool:
+        """The service ended it as asked (task-finished, session.finished)."""
+        return self.state is SessionState.FINISHED
+
     def data_to_send(self) -> list[str]:
         out, self._outgoing = self._outgoing, []
         return [json.dumps(m) for m in out]

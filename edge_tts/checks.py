@@ -10,6 +10,8 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 import aiomqtt
+from wyoming.client import AsyncTcpClient
+from wyoming.info import Describe, Info
 
 from .config import CLOUD_INFERENCE, Config, EngineName, Voice
 from .engines import AudioWaitSettings, SynthesisRequest, drive_duplex
@@ -169,6 +171,23 @@ async def _no_text() -> AsyncGenerator[str, None]:
     yield
 
 
+async def check_wyoming(config: Config) -> tuple[bool, str]:
+    """(answered, what): whether the Wyoming server answers `describe` on its port."""
+    w = config.wyoming
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(w.host, w.host)
+    try:
+        async with asyncio.timeout(5):
+            async with AsyncTcpClient(host, w.port) as client:
+                await client.write_event(Describe().event())
+                while (event := await client.read_event()) is not None:
+                    if Info.is_type(event.type):
+                        voices = sum(len(p.voices) for p in Info.from_event(event).tts)
+                        return True, f"wyoming {host}:{w.port} answers ({voices} voices)"
+    except (OSError, TimeoutError) as exc:
+        return False, f"nothing answers on {host}:{w.port} ({type(exc).__name__})"
+    return False, f"{host}:{w.port} answered, but not as a Wyoming server"
+
+
 def check_audio(config: Config) -> str | None:
     problem = check_sounddevice(config.audio)
     return f"audio: {problem}" if problem else None
@@ -205,6 +224,15 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
                 f"fallback voice {fallback.name!r}: {problem}" if problem else None,
             )
         )
+    wyoming = await check_wyoming(config) if config.wyoming.enabled else None
+    if wyoming is not None:
+        answered, what = wyoming
+        if answered:
+            results.append(("wyoming", what.removeprefix("wyoming "), None))
+        elif daemon and "is online" in daemon:  # the daemon runs: its server should answer
+            results.append(("wyoming", "", f"wyoming: {what} (see the daemon's log)"))
+        else:
+            report(f"info wyoming: {what}; the daemon serves it while it runs")
     for warning in model_warnings(config):
         report(f"warn {warning}")
     problems = 0

@@ -135,6 +135,16 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class WyomingConfig:
+    """The Wyoming TTS server for Home Assistant's own voice (Assist, tts.speak)."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"  # every interface: anyone on the network can ask for speech
+    port: int = 10200  # the Wyoming convention
+    zeroconf: bool = True  # advertised as _wyoming._tcp, so Home Assistant finds it
+
+
+@dataclass(frozen=True)
 class AnnouncementsConfig:
     max_chars: int = 2000
     queue_size: int = 20  # when full, the least urgent and oldest are dropped
@@ -163,6 +173,7 @@ class Config:
     quiet_hours: QuietHours = field(default_factory=QuietHours)
     cache: CacheConfig = field(default_factory=CacheConfig)
     announcements: AnnouncementsConfig = field(default_factory=AnnouncementsConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     source: Path | None = None
 
     @property
@@ -539,6 +550,16 @@ def _cache(root: _Section) -> CacheConfig:
     )
 
 
+def _wyoming(root: _Section) -> WyomingConfig:
+    s = root.section("wyoming", ("enabled", "host", "port", "zeroconf"))
+    return WyomingConfig(
+        enabled=s.boolean("enabled", True),
+        host=s.text("host", "0.0.0.0") or "0.0.0.0",
+        port=s.integer("port", 10200, 1, 65535),
+        zeroconf=s.boolean("zeroconf", True),
+    )
+
+
 def parse_config(data: Any, source: Path | None = None) -> Config:
     """Validate a parsed YAML document into a Config, or raise ConfigError naming the key."""
     root = _Section(
@@ -556,6 +577,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
             "quiet_hours",
             "cache",
             "announcements",
+            "wyoming",
         ),
     )
     voices = _voices(root)
@@ -592,6 +614,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
             max_age_s=ann.number("max_age_s", 900, 1, 7 * 86400),
             speak_title=ann.boolean("speak_title", True),
         ),
+        wyoming=_wyoming(root),
         source=source,
     )
 

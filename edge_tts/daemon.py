@@ -22,13 +22,14 @@ from .events import FINAL, Event, EventKind
 from .journal import Journal, Restored, digest
 from .keeper import ConnectionKeeper
 from .mqtt import Incoming, MqttLink
-from .player import AudioSink, Player
+from .player import AudioSink, Discard, Player
 from .policy import interrupts, playback_volume, too_old
 from .queue import AnnouncementQueue
 from .secret import Secret
 from .speaker import Speaker
 from .status import Reporter, Snapshot
 from .systemd import Notifier
+from .wyoming_server import WyomingServer, WyomingStats
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Daemon:
         self.cloud = build_engines(config, api_key, self.report.stats_changed)
         self.cache: PhraseCache | None = open_cache(config.cache)
         self.speaker = self._speaker()
+        self.wyoming = WyomingStats()
         _warn_without_key(api_key)
 
     def _link(self) -> MqttLink:
@@ -98,6 +100,8 @@ class Daemon:
             self._start("cloud", self.cloud.run())
             self._warm_default_voice()
             self._start("speak", self._speak_queue())
+            if self.config.wyoming.enabled:
+                self._start("wyoming", self._serve_wyoming())
             self._start("watchdog", self.notifier.keep_alive())
             await self.link.connected.wait()
             if self.cache is not None:
@@ -127,15 +131,33 @@ class Daemon:
             except SynthesisError as exc:
                 log.error("fallback voice %s cannot be loaded: %s", voice.name, exc.reason)
 
+    async def _serve_wyoming(self) -> None:
+        """Home Assistant's own voice: the Wyoming server, with cloud connections of its own
+        (an announcement keeps the warm one), until cancelled."""
+        config = self.config
+        cloud = build_engines(config, self._api_key, self.report.stats_changed)
+        speaker = Speaker(config, cloud.engines, Discard(), lambda _e, _a: None, self.cache)
+        self.wyoming = WyomingStats()
+        server = WyomingServer(config, speaker, self.wyoming, self.report.stats_changed)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(cloud.run(), name="wyoming cloud")
+                group.create_task(server.run(), name="wyoming server")
+        finally:
+            await cloud.close()
+
     def _start(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks[name] = asyncio.ensure_future(coro)
 
     async def _restart(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        await self._stop_task(name)
+        self._start(name, coro)
+
+    async def _stop_task(self, name: str) -> None:
         old = self._tasks.pop(name, None)
         if old is not None:
             old.cancel()
             await asyncio.gather(old, return_exceptions=True)
-        self._start(name, coro)
 
     async def _shut_down(self) -> None:
         tasks = list(self._tasks.values())
@@ -168,9 +190,10 @@ class Daemon:
             self.link = self.report.link = self._link()
             await self._restart("link", self.link.run())
             await self.link.connected.wait()
+        api_key_changed = api_key != self._api_key
         if (
             config.dashscope != old.dashscope
-            or api_key != self._api_key
+            or api_key_changed
             or uses_inference(config) != uses_inference(old)
         ):
             log.info("reload: new cloud connection settings")
@@ -191,6 +214,13 @@ class Daemon:
         if config.cache != old.cache:
             self.cache = open_cache(config.cache)
         self.speaker = self._speaker()
+        if _wyoming_changed(config, old) or api_key_changed:
+            log.info("reload: the Wyoming server starts again")
+            self.wyoming = WyomingStats()
+            if config.wyoming.enabled:
+                await self._restart("wyoming", self._serve_wyoming())
+            else:
+                await self._stop_task("wyoming")
         if self.cache is not None and self.cache.footprint is None:
             await asyncio.to_thread(self.cache.stats)
         self.notifier.ready(self.report.status())
@@ -330,12 +360,27 @@ class Daemon:
             cache=self.cache,
             queue_length=len(self.queue),
             journal=self.journal,
+            wyoming=self.wyoming.as_dict() if self.config.wyoming.enabled else None,
         )
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
         self.report.event(event)
         if event.event in FINAL and announcement is not None:
             self.journal.end(announcement)
+
+
+def _wyoming_changed(config: Config, old: Config) -> bool:
+    """Whether the Wyoming server must start again: what it serves or how changed."""
+    return (
+        config.wyoming != old.wyoming
+        or config.voices != old.voices
+        or config.default_voice != old.default_voice
+        or config.fallback_voice != old.fallback_voice
+        or config.dashscope != old.dashscope
+        or config.audio.sample_rate != old.audio.sample_rate
+        or config.cache != old.cache
+        or config.announcements.max_chars != old.announcements.max_chars
+    )
 
 
 def _warn_without_key(api_key: Secret | None) -> None:

@@ -67,6 +67,7 @@ class KeeperStats:
     renewals: int = 0  # idle connections replaced before the server's idle timeout
     reused: int = 0  # tasks that started on a warm connection
     waited: int = 0  # tasks that had to wait for a handshake
+    extra: int = 0  # tasks given a connection of their own, the kept one being lent
     retired: int = 0  # connections closed by us (faults, renewals, keep_warm off)
     lost: int = 0  # idle connections the server or network closed under us
     failures: int = 0  # handshakes that failed
@@ -286,9 +287,17 @@ class ConnectionKeeper:
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[Lease]:
-        """A connection ready for a new task; kept for reuse only if the task ended cleanly."""
+        """A connection ready for a new task; kept for reuse only if the task ended cleanly.
+        While the kept connection is lent, another task (a second Wyoming client) gets a
+        connection of its own, closed when it ends."""
         if self._leased:
-            raise RuntimeError("one task at a time per connection keeper")
+            self.stats.extra += 1
+            ws = await self.connect()
+            try:
+                yield Lease(ws, fresh=True)
+            finally:
+                await ws.close()
+            return
         self._leased = True
         try:
             lease = await self._borrow()

@@ -96,3 +96,44 @@ def qwen_rate(model: str, wanted: int) -> int:
 def is_custom_cosyvoice_voice(voice: str) -> bool:
     """Cloned and designed CosyVoice voices are named after their target model."""
     return voice.startswith("cosyvoice-")
+
+
+# The languages each family speaks, as the reference lists them ("Supported languages"), as
+# the codes Home Assistant matches an Assist pipeline's language against.
+COSYVOICE_LANGUAGES = ("zh", "en", "fr", "de", "ja", "ko", "ru")
+COSYVOICE_35_LANGUAGES = (*COSYVOICE_LANGUAGES, "pt", "th", "id", "vi")
+QWEN_LANGUAGE_TYPES = {
+    "Chinese": "zh",
+    "English": "en",
+    "German": "de",
+    "Italian": "it",
+    "Portuguese": "pt",
+    "Spanish": "es",
+    "Japanese": "ja",
+    "Korean": "ko",
+    "French": "fr",
+    "Russian": "ru",
+}
+SAMBERT_LANGUAGES = ("zh", "en")
+
+
+def languages(
+    engine: str, model: str | None, hints: tuple[str, ...], language_type: str | None
+) -> list[str]:
+    """The languages a voice profile speaks: what it is told to (language_hints,
+    language_type), else what its model speaks; a Piper voice's from its file name
+    (en_US-joe-medium.onnx: en_US)."""
+    if hints:
+        return list(hints)
+    if engine == "qwen":
+        if language_type in QWEN_LANGUAGE_TYPES:
+            return [QWEN_LANGUAGE_TYPES[language_type]]
+        return list(QWEN_LANGUAGE_TYPES.values())
+    if engine == "cosyvoice":
+        v35 = model is not None and model.startswith("cosyvoice-v3.5")
+        return list(COSYVOICE_35_LANGUAGES if v35 else COSYVOICE_LANGUAGES)
+    if engine == "sambert":
+        return list(SAMBERT_LANGUAGES)
+    name = (model or "en_US-joe-medium").rsplit("/", 1)[-1]
+    code = name.split("-", 1)[0]
+    return [code] if re.fullmatch(r"[a-z]{2,3}(_[A-Z]{2})?", code) else ["en"]

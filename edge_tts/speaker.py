@@ -95,7 +95,49 @@ class Speaker:
             ssml=a.ssml and not piper,
         )
 
-    async def _settle(self, selecting: asyncio.Future[_Selection], started: _Started) -> None:
+    async def speech(self, a: Announcement) -> Speech:
+        """The speech of `a` as an announcement would have it (the phrase cache, the voice's
+        engine on its kept connection, the fallback voice), for a listener other than the
+        speaker (a Wyoming client); SynthesisError if no voice can say it. The caller plays
+        (or closes) its audio."""
+        voice = self._config.voices.get(a.voice or self._config.default_voice)
+        if voice is None:
+            raise SynthesisError(f"no voice named {a.voice!r}")
+        return await self._select(a, self._request(a, voice))
+
+    def speech_stream(self, voice: Voice, text: TextFeed) -> AsyncGenerator[bytes, None]:
+        """Text still being written, spoken by `voice` as each sentence of it completes. If
+        the voice cannot speak before its first audio, the fallback voice says all of it
+        (what came so far, then the rest as it comes)."""
+        return self._stream(voice, text)
+
+    async def _stream(self, voice: Voice, text: TextFeed) -> AsyncGenerator[bytes, None]:
+        rate = self._config.audio.sample_rate
+        engine = self._engines.get(voice.engine)
+        if engine is None:
+            raise SynthesisError(
+                f"engine {voice.engine!r} of voice {voice.name!r} is not available"
+            )
+        request = SynthesisRequest(text="", voice=voice, sample_rate=rate)
+        heard = False
+        try:
+            async with aclosing(engine.synthesize_stream(request, text.sentences())) as audio:
+                async for chunk in audio:
+                    heard = True
+                    yield chunk
+            return
+        except SynthesisError as exc:
+            fallback = self._fallback_for(voice)
+            if heard or fallback is None:
+                raise
+            log.warning("stream: %s; the fallback voice %s says it", exc.reason, fallback.name)
+        again = SynthesisRequest(text="", voice=fallback, sample_rate=rate)
+        speech = self._engines[fallback.engine].synthesize_stream(again, text.sentences(again=True))
+        async with aclosing(speech) as audio:
+            async for chunk in audio:
+                yield chunk
+
+    async def _settle(self, selecting: asyncio.Future[Speech], started: _Started) -> None:
         """After playing (or failing): the selection finished or cancelled, speech never played
         (stopped during the chime) closed, and the cache's hit or miss counted."""
         if not selecting.done():
@@ -127,7 +169,7 @@ class Speaker:
         self._emit(Event(a.id, EventKind.FINISHED, source=source, reason=reason), a)
         return True
 
-    async def _select(self, a: Announcement, request: SynthesisRequest) -> _Selection:
+    async def _select(self, a: Announcement, request: SynthesisRequest) -> Speech:
         """Where the speech comes from: the cache, the voice's engine (recorded into the
         cache as it plays), or the fallback voice; raises SynthesisError if none can speak."""
         voice, rate = request.voice, request.sample_rate
@@ -141,7 +183,7 @@ class Speaker:
                 key[:12],
                 extra=_fields(a, Source.CACHE),
             )
-            return _Selection(Source.CACHE, replay(cached), cache, hit=True)
+            return Speech(Source.CACHE, replay(cached), cache, hit=True)
         source = Source.OFFLINE if voice.engine == EngineName.PIPER else Source.CLOUD
         try:
             audio = await self._synthesis(a, request)
@@ -156,14 +198,14 @@ class Speaker:
                 fallback.name,
                 extra=_fields(a, Source.FALLBACK),
             )
-            return _Selection(
+            return Speech(
                 Source.FALLBACK, await self._fallback_audio(a, fallback), cache, reason=exc.reason
             )
         if cache:
             audio = cache.record(audio, key, rate)  # kept only if it ends cleanly
         if source == Source.CLOUD:
             audio = self._resumable(a, request, audio)
-        return _Selection(source, audio, cache)
+        return Speech(source, audio, cache)
 
     async def _chime_for(self, a: Announcement) -> bytes | None:
         """The chime's PCM: the message's choice (true, false, builtin or a name from
@@ -195,11 +237,7 @@ class Speaker:
         over to, a cloud voice gets `fallback.first_audio_ms` for that first chunk; a failure
         before it raises SynthesisError (after which nothing has been played)."""
         voice = request.voice
-        engine = self._engines.get(voice.engine)
-        if engine is None:
-            raise SynthesisError(
-                f"engine {voice.engine!r} of voice {voice.name!r} is not available"
-            )
+        engine = self._engine(voice)
         if request.ssml and voice.engine != EngineName.COSYVOICE:
             raise SynthesisError(
                 f"voice {voice.name!r} ({voice.engine}) cannot speak SSML; "
@@ -298,6 +336,14 @@ class Speaker:
         )
         return engine.synthesize(request)
 
+    def _engine(self, voice: Voice) -> Engine:
+        engine = self._engines.get(voice.engine)
+        if engine is None:
+            raise SynthesisError(
+                f"engine {voice.engine!r} of voice {voice.name!r} is not available"
+            )
+        return engine
+
     def _fallback_for(self, voice: Voice) -> Voice | None:
         """The voice that takes over when `voice` cannot speak, if there is one."""
         fallback = self._config.fallback_profile
@@ -316,8 +362,39 @@ class Speaker:
         return False
 
 
+class TextFeed:
+    """The sentences of a text still being written: `put` by the writer as each completes,
+    `close` at its end. `sentences()` reads them as they come; `sentences(again=True)` starts
+    over from the first (a second voice taking over), then goes on with the rest. Nothing is
+    lost when a reader is cancelled."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._taken: list[str] = []
+        self._ended = False
+
+    def put(self, sentence: str) -> None:
+        self._queue.put_nowait(sentence)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def sentences(self, *, again: bool = False) -> AsyncGenerator[str, None]:
+        for taken in list(self._taken) if again else []:
+            yield taken
+        while not self._ended:
+            sentence = await self._queue.get()
+            if sentence is None:
+                self._ended = True
+                return
+            self._taken.append(sentence)
+            yield sentence
+
+
 @dataclass
-class _Selection:
+class Speech:
+    """Where an announcement's speech comes from, and its audio (not yet played)."""
+
     source: Source
     audio: AsyncGenerator[bytes, None]
     cache: PhraseCache | None
@@ -337,7 +414,7 @@ class _Started:
         self._emit, self._a, self.request = emit, a, request
         self._began = began  # when speaking began (time.monotonic(), the player's clock)
         self._at: float | None = None
-        self.selection: _Selection | None = None
+        self.selection: Speech | None = None
         self._emitted = False
 
     @property
@@ -361,7 +438,7 @@ class _Started:
             self._at = at
         self._maybe_emit()
 
-    def selected(self, selection: _Selection) -> None:
+    def selected(self, selection: Speech) -> None:
         self.selection = selection
         self._maybe_emit()
 
@@ -396,14 +473,14 @@ class _Started:
         )
 
 
-def _done(selecting: asyncio.Future[_Selection]) -> _Selection | None:
+def _done(selecting: asyncio.Future[Speech]) -> Speech | None:
     if selecting.done() and not selecting.cancelled() and not selecting.exception():
         return selecting.result()
     return None
 
 
 async def _after_chime(
-    chime: bytes, selecting: asyncio.Future[_Selection], started: _Started
+    chime: bytes, selecting: asyncio.Future[Speech], started: _Started
 ) -> AsyncGenerator[bytes, None]:
     async for chunk in replay(chime):
         yield chunk

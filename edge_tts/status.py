@@ -28,6 +28,7 @@ class Snapshot:
     cache: PhraseCache | None
     queue_length: int
     journal: Journal
+    wyoming: dict[str, object] | None = None  # the Wyoming server's figures, when it is on
 
 
 class Reporter:
@@ -85,6 +86,7 @@ class Reporter:
                 "cache": cache_stats(now.cache),
                 "queue": queue_stats(now.queue_length, now.journal),
                 "last_announcement": self._last,
+                **({"wyoming": now.wyoming} if now.wyoming is not None else {}),
             }
         )
         self._notifier.status(self.status(now))

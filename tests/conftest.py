@@ -136,6 +136,9 @@ def write_config(path: Path, broker: Broker, dashscope: FakeDashScope, **overrid
         },
         "announcements": {"max_chars": 200},
         "cache": {"dir": str(path.parent / "cache"), "max_mb": 50},
+        # Off unless a test serves Home Assistant's voice (tests/test_wyoming.py): then on a
+        # free port, never the machine's 10200.
+        "wyoming": {"enabled": False},
     }
     for dotted, value in overrides.items():  # section__key=value, or key=value at the top
         if "__" not in dotted:

@@ -14,6 +14,7 @@ from edge_tts.config import (
     REGION_URLS,
     ConfigError,
     Secret,
+    WyomingConfig,
     find_config,
     load_api_key,
     load_config,
@@ -34,6 +35,7 @@ def test_shipped_config_loads_with_every_contract_key() -> None:
     assert {v.engine for v in config.voices.values()} == {"cosyvoice", "qwen", "piper"}
     assert config.default_voice == "default" and config.fallback_voice == "offline"
     assert config.audio.sample_rate == 24000 and config.cache.max_mb == 200
+    assert config.wyoming == WyomingConfig(enabled=True, host="0.0.0.0", port=10200, zeroconf=True)
 
 
 def test_no_file_anywhere_gives_builtin_defaults(tmp_path: Path) -> None:
@@ -74,6 +76,10 @@ def test_search_order(tmp_path: Path) -> None:
         ({"dashscope": {"region": "eu"}}, "dashscope.region: must be one of intl, cn"),
         ({"dashscope": {"inference_url": "http://x"}}, "dashscope.inference_url: must be a ws://"),
         ({"dashscope": {"keep_warm": "yes"}}, "dashscope.keep_warm: must be true or false"),
+        ({"wyoming": {"port": 0}}, "wyoming.port: must be an integer 1-65535"),
+        ({"wyoming": {"port": 65536}}, "wyoming.port: must be an integer 1-65535"),
+        ({"wyoming": {"enabled": "no"}}, "wyoming.enabled: must be true or false"),
+        ({"wyoming": {"zerconf": False}}, "wyoming.zerconf: unknown key (did you mean zeroconf?)"),
         (
             {"voices": {"a": {"engine": "espeak"}}, "default_voice": "a"},
             "voices.a.engine: must be one of",

@@ -47,11 +47,12 @@ LEVELS: dict[str, int] = {
     "edge_tts.engines.qwen": 4,
     "edge_tts.engines.piper": 4,
     "edge_tts.engines.cloud": 6,
-    # 6–8: one announcement, then the service, then the command line
+    # 6–9: one announcement (and Home Assistant's voice), the service, the command line
     "edge_tts.speaker": 6,
-    "edge_tts.checks": 7,
-    "edge_tts.daemon": 7,
-    "edge_tts.__main__": 8,
+    "edge_tts.wyoming_server": 7,
+    "edge_tts.checks": 8,
+    "edge_tts.daemon": 8,
+    "edge_tts.__main__": 9,
 }
 
 

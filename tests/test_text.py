@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_tts.resample import Resampler, resample
-from edge_tts.text import split_sentences, weight
+from edge_tts.text import SentenceStream, split_sentences, weight
 
 
 def test_sentences_keep_their_spaces_and_full_width_marks_need_none() -> None:
@@ -48,3 +48,25 @@ def test_a_stream_resamples_to_the_same_bytes_however_it_is_cut(
     out += stream.feed(pcm[at:]) + stream.flush()
     assert out == resample(pcm, *rates)
     assert len(out) // 2 == -(-1000 * rates[1] // rates[0])
+
+
+def test_streamed_text_comes_out_sentence_by_sentence_as_each_completes() -> None:
+    stream = SentenceStream()
+    said = [stream.feed(c) for c in ["Hello", " world", ".", " How are", " you? I", " am."]]
+    assert said == [[], [], [], ["Hello world. "], ["How are you? "], []]
+    assert stream.close() == ["I am."]  # the end of the text ends its last sentence
+    assert stream.close() == []
+    cjk = SentenceStream()
+    assert cjk.feed("你好。今天") == ["你好。"]  # a full-width end needs no space
+
+
+@given(
+    st.lists(st.text(alphabet="ab .!?中。\n", max_size=12), max_size=12),
+    st.integers(min_value=3, max_value=20),
+)
+def test_streamed_pieces_join_back_to_the_text(chunks: list[str], limit: int) -> None:
+    stream = SentenceStream(limit)
+    out = [piece for chunk in chunks for piece in stream.feed(chunk)] + stream.close()
+    text, joined = "".join(chunks), "".join(out)
+    assert text.startswith(joined) and not text[len(joined) :].strip()  # only blanks left out
+    assert all(piece.strip() for piece in out)

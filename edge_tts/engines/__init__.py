@@ -112,11 +112,13 @@ async def drive_duplex(
 
     The service is held to the audio waits only when it owes audio: the first audio within
     first_audio_timeout_s of the first text (or of the end, for no text), and, once all the
-    text is in, each next frame within stall_timeout_s. While the writer of the text is
-    thinking, silence is not a stall."""
+    text is in, each next frame within stall_timeout_s (of the last audio, or of the last
+    text if that came later). While the writer of the text is thinking, silence is not a
+    stall."""
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()  # the feeder sent its first text, or finished
     first_sent: float | None = None
+    last_sent = 0.0  # text sent after the audio went quiet is owed audio from then on
     input_done = False
 
     async def flush() -> None:
@@ -124,10 +126,11 @@ async def drive_duplex(
             await ws.send(frame)
 
     async def feed() -> None:
-        nonlocal first_sent, input_done
+        nonlocal first_sent, last_sent, input_done
         async for sentence in sentences:
             duplex.send_text(sentence)
             await flush()
+            last_sent = loop.time()
             if first_sent is None:
                 first_sent = loop.time()
                 changed.set()
@@ -151,7 +154,8 @@ async def drive_duplex(
             elif heard_at is None:
                 deadline = first_sent + settings.first_audio_timeout_s
             else:
-                deadline = heard_at + settings.stall_timeout_s if input_done else None
+                since = max(heard_at, last_sent)
+                deadline = since + settings.stall_timeout_s if input_done else None
             changed.clear()
             waiting = asyncio.ensure_future(changed.wait())
             watched: set[asyncio.Future[Any]] = {receiving, waiting}

@@ -1,0 +1,479 @@
+"""Home Assistant's own voice: a Wyoming TTS server over the same speech path as an
+announcement, minus the speaker.
+
+Home Assistant adds an outside TTS engine through its "Wyoming Protocol" integration (host
+and port, or found by zeroconf as `_wyoming._tcp`). It asks `describe` and gets `info`: one
+TTS program whose voices are the configured voice profiles. Then, per request:
+
+- one-shot: `synthesize` → `audio-start`, `audio-chunk`s as the cloud sends them, `audio-stop`.
+  The phrase cache first, the voice's engine on its kept connection, the fallback voice.
+- streaming (Assist's LLM replies, while the model still writes): `synthesize-start`,
+  `synthesize-chunk`s, the compatibility `synthesize` (ignored inside a stream),
+  `synthesize-stop` → the audio of each sentence as soon as it is complete (CosyVoice: one
+  task with a continue-task per sentence; Qwen: one session), then `synthesize-stopped`.
+
+The events, their framing and the info are the `wyoming` package's (the protocol's reference
+implementation); the advertisement is `zeroconf`'s. Requests use their own cloud
+connections (a Cloud of their own), so Assist never takes the warm connection an
+announcement is about to use.
+
+Whatever a client sends, the worst it gets is an `error` event and the end of its own
+connection: an unknown voice, empty or too long text, events out of order, garbage bytes, an
+event larger than _MAX_EVENT_BYTES, a disconnect mid-stream (its task and connection are
+closed, never left open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+)
+
+from . import __version__
+from .announcement import Announcement, excerpt
+from .config import Config, EngineName, Voice
+from .errors import SynthesisError
+from .models import languages
+from .speaker import Speaker, TextFeed
+from .text import SentenceStream
+
+log = logging.getLogger(__name__)
+
+_MAX_EVENT_BYTES = 1 << 20  # a text event is a few kB; nothing a client sends may be larger
+_LINE_LIMIT = 1 << 16  # the JSON header line of one event
+_WIDTH, _CHANNELS = 2, 1
+
+ALIBABA = Attribution(name="Alibaba Cloud Model Studio", url="https://www.alibabacloud.com/")
+PIPER = Attribution(name="Piper (rhasspy)", url="https://github.com/rhasspy/piper")
+EDGE_TTS = Attribution(name="edge-tts", url="https://github.com/edge-tts/edge-tts")
+
+
+class Refused(Exception):
+    """A request this server will not do; the text goes to the client as an `error`."""
+
+    def __init__(self, text: str, code: str) -> None:
+        super().__init__(text)
+        self.text, self.code = text, code
+
+
+def info(config: Config) -> Info:
+    """The answer to `describe`: one TTS program, each voice profile a voice."""
+    voices = [
+        TtsVoice(
+            name=v.name,
+            attribution=PIPER if v.engine == EngineName.PIPER else ALIBABA,
+            installed=True,
+            description=_describe(v),
+            version=None,
+            languages=languages(v.engine, v.model, v.language_hints, v.language_type),
+        )
+        for v in config.voices.values()
+    ]
+    program = TtsProgram(
+        name="edge-tts",
+        attribution=EDGE_TTS,
+        installed=True,
+        description=f"edge-tts on {config.device.name}: Alibaba Cloud voices, warm and cached",
+        version=__version__,
+        voices=voices,
+        supports_synthesize_streaming=True,
+    )
+    return Info(tts=[program])
+
+
+def _describe(v: Voice) -> str:
+    if v.engine == EngineName.PIPER:
+        return f"{v.name} (offline, Piper)"
+    return f"{v.name} ({v.model}, {v.voice or 'default'})"
+
+
+@dataclass
+class WyomingStats:
+    """What the Wyoming server did since start: published in the daemon's stats."""
+
+    requests: int = 0  # one-shot synthesize
+    streams: int = 0  # synthesize-start … synthesize-stopped
+    characters: int = 0  # text asked for, in all
+    errors: int = 0  # error events sent
+    clients: int = 0  # connected now
+    speaking: int = 0  # requests and streams being spoken now
+    listening: bool = False
+    problem: str | None = None  # why it is not listening
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+class _CappedReader(asyncio.StreamReader):
+    """A StreamReader that holds at most `cap` unread bytes: wyoming's reader would otherwise
+    wait for (and buffer) whatever length a header claims."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(limit=_LINE_LIMIT)
+        self._cap = cap
+
+    def feed_data(self, data: Any) -> None:
+        buffered: bytearray = getattr(self, "_buffer")  # noqa: B009 (asyncio's own buffer)
+        if len(buffered) + len(data) > self._cap:
+            self.set_exception(ValueError(f"an event larger than {self._cap} bytes"))
+            transport = getattr(self, "_transport", None)
+            if transport is not None:
+                transport.close()
+            return
+        super().feed_data(data)
+
+
+class WyomingServer:
+    """Listens on wyoming.host:port (and advertises itself) until cancelled; every client is
+    a named task this server owns, cancelled and awaited when it stops."""
+
+    def __init__(
+        self,
+        config: Config,
+        speaker: Speaker,
+        stats: WyomingStats,
+        changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._config = config
+        self._speaker = speaker
+        self.stats = stats
+        self._changed = changed
+        self._clients: set[asyncio.Task[None]] = set()
+        self._count = 0
+
+    async def run(self) -> None:
+        w = self._config.wyoming
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                lambda: asyncio.StreamReaderProtocol(
+                    _CappedReader(_MAX_EVENT_BYTES), self._connected
+                ),
+                host=w.host,
+                port=w.port,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            # Another Wyoming server (wyoming-piper takes 10200 too) must not stop the
+            # announcements: say why, and go on without this one.
+            self.stats.problem = f"cannot listen on {w.host}:{w.port}: {exc.strerror or exc}"
+            log.error(
+                "wyoming: %s (set wyoming.port, or wyoming.enabled: false)", self.stats.problem
+            )
+            self._changed()
+            await asyncio.Future()  # the daemon runs on without Wyoming
+            return
+        self.stats.listening = True
+        self._changed()
+        log.info("wyoming: serving Home Assistant on %s:%d", w.host, w.port)
+        advert = await _advertise(self._config) if w.zeroconf else None
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            self.stats.listening = False
+            server.close()
+            for client in self._clients:
+                client.cancel()
+            await asyncio.gather(*self._clients, return_exceptions=True)
+            if advert is not None:
+                await advert.close()
+
+    def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._count += 1
+        client = _Client(self, reader, writer, self._count)
+        task = asyncio.get_running_loop().create_task(
+            client.run(), name=f"wyoming client {self._count}"
+        )
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+
+
+class _Client:
+    """One connection: its events in order, its one request or stream at a time."""
+
+    def __init__(
+        self,
+        server: WyomingServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        number: int,
+    ) -> None:
+        self._server = server
+        self._config = server._config
+        self._speaker = server._speaker
+        self._stats = server.stats
+        self._reader, self._writer = reader, writer
+        self._name = f"wyoming client {number}"
+        self._stream: _Stream | None = None
+
+    async def run(self) -> None:
+        self._stats.clients += 1
+        peer = self._writer.get_extra_info("peername")
+        log.info("%s: connected from %s", self._name, peer)
+        try:
+            while True:
+                try:
+                    event = await async_read_event(self._reader)
+                except (
+                    ValueError,
+                    TypeError,
+                    KeyError,
+                    AttributeError,
+                    asyncio.IncompleteReadError,
+                ) as exc:
+                    await self._error(f"not a Wyoming event: {excerpt(str(exc), 60)}", "bad-event")
+                    return
+                if event is None:  # closed, or a line that is not JSON
+                    return
+                try:
+                    if not await self._handle(event):
+                        return
+                except Refused as exc:
+                    await self._error(exc.text, exc.code)
+                    if self._stream is not None:
+                        await self._stream.cancel()
+                        self._stream = None
+        except (ConnectionError, OSError) as exc:
+            log.info("%s: gone (%s)", self._name, exc)
+        except Exception as exc:  # the last line of defence: this client ends, nothing else
+            log.exception("%s: could not be served", self._name)
+            await self._error(f"internal error: {excerpt(str(exc), 80)}", "internal")
+        finally:
+            if self._stream is not None:
+                await self._stream.cancel()
+            self._stats.clients -= 1
+            self._server._changed()
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+            log.info("%s: disconnected", self._name)
+
+    async def _handle(self, event: Event) -> bool:
+        if Describe.is_type(event.type):
+            await self._write(info(self._config).event())
+        elif SynthesizeStart.is_type(event.type):
+            if self._stream is not None:
+                raise Refused(
+                    "synthesize-start inside a stream (send synthesize-stop first)", "out-of-order"
+                )
+            start = SynthesizeStart.from_event(event)
+            voice = self._voice(start.voice.name if start.voice else None)
+            self._stream = _Stream(self, voice)
+            self._stats.streams += 1
+        elif SynthesizeChunk.is_type(event.type):
+            if self._stream is None:
+                raise Refused(
+                    "synthesize-chunk outside a stream (send synthesize-start first)",
+                    "out-of-order",
+                )
+            self._stream.feed(_text_of(event))
+        elif SynthesizeStop.is_type(event.type):
+            if self._stream is None:
+                raise Refused("synthesize-stop outside a stream", "out-of-order")
+            stream, self._stream = self._stream, None
+            await stream.finish()
+            await self._write(SynthesizeStopped().event())
+        elif Synthesize.is_type(event.type):
+            if self._stream is not None:
+                return True  # the compatibility copy of the streamed text: already spoken
+            await self._synthesize(event)
+        return True  # anything else (ping, select-program, …) is not ours: dropped
+
+    def _voice(self, name: str | None) -> Voice:
+        voices = self._config.voices
+        voice = voices.get(name or self._config.default_voice)
+        if voice is None or not isinstance(name, str | None):
+            raise Refused(
+                f"no voice named {excerpt(name, 40)} (voices: {', '.join(voices)})", "unknown-voice"
+            )
+        return voice
+
+    def _check_text(self, text: str, total: int) -> None:
+        limit = self._config.announcements.max_chars
+        if total > limit:
+            raise Refused(
+                f"text is {total} characters, over the limit of {limit} (announcements.max_chars)",
+                "text-too-long",
+            )
+        self._stats.characters += len(text)
+
+    async def _synthesize(self, event: Event) -> None:
+        text = _text_of(event)
+        synthesize = Synthesize.from_event(event)
+        voice = self._voice(synthesize.voice.name if synthesize.voice else None)
+        if not text.strip():
+            raise Refused("text is empty", "empty-text")
+        self._check_text(text, len(text))
+        self._stats.requests += 1
+        a = Announcement(
+            text=text.strip(), voice=voice.name, id=f"{self._name} request {self._stats.requests}"
+        )
+        self._stats.speaking += 1
+        self._server._changed()
+        try:
+            try:
+                speech = await self._speaker.speech(a)
+            except SynthesisError as exc:
+                raise Refused(f"cannot speak: {exc.reason}", "synthesis-failed") from None
+            log.info(
+                "%s: speaking %d characters with %s (%s)",
+                self._name,
+                len(text),
+                voice.name,
+                speech.source,
+            )
+            await self._play(speech.audio)
+        finally:
+            self._stats.speaking -= 1
+            self._server._changed()
+
+    async def _play(self, audio: AsyncGenerator[bytes, None]) -> None:
+        """audio-start, a chunk per piece of audio as it comes, audio-stop."""
+        rate = self._config.audio.sample_rate
+        await self._write(AudioStart(rate=rate, width=_WIDTH, channels=_CHANNELS).event())
+        try:
+            async with aclosing(audio) as chunks:
+                async for pcm in chunks:
+                    await self._write(
+                        AudioChunk(rate=rate, width=_WIDTH, channels=_CHANNELS, audio=pcm).event()
+                    )
+        except SynthesisError as exc:
+            raise Refused(f"the speech broke off: {exc.reason}", "synthesis-failed") from None
+        await self._write(AudioStop().event())
+
+    async def _write(self, event: Event) -> None:
+        await async_write_event(event, self._writer)
+
+    async def _error(self, text: str, code: str) -> None:
+        log.warning("%s: %s", self._name, text)
+        self._stats.errors += 1
+        self._server._changed()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._write(Error(text=text, code=code).event())
+
+
+class _Stream:
+    """One streamed request: its text cut into sentences as it comes, spoken meanwhile by a
+    task of its own that writes the audio (so events go on being read)."""
+
+    def __init__(self, client: _Client, voice: Voice) -> None:
+        self._client = client
+        self._voice = voice
+        self._sentences = SentenceStream()
+        self._feed = TextFeed()
+        self._chars = 0
+        client._stats.speaking += 1
+        self._task = asyncio.get_running_loop().create_task(
+            self._speak(), name=f"{client._name} stream"
+        )
+
+    def feed(self, text: str) -> None:
+        self._chars += len(text)
+        self._client._check_text(text, self._chars)
+        for sentence in self._sentences.feed(text):
+            self._feed.put(sentence)
+
+    async def finish(self) -> None:
+        """The text is complete: speak the rest, and wait for the last audio."""
+        for sentence in self._sentences.close():
+            self._feed.put(sentence)
+        self._feed.close()
+        try:
+            await self._task
+        except Refused as exc:
+            await self._client._error(exc.text, exc.code)
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _speak(self) -> None:
+        try:
+            speech = self._client._speaker.speech_stream(self._voice, self._feed)
+            await self._client._play(_started(speech))
+        finally:
+            self._client._stats.speaking -= 1
+            self._client._server._changed()
+
+
+async def _started(audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    async with aclosing(audio) as chunks:
+        async for chunk in chunks:
+            yield chunk
+
+
+def _text_of(event: Event) -> str:
+    text = event.data.get("text")
+    if not isinstance(text, str):
+        raise Refused("the event has no text", "bad-event")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise Refused("the text has an unpaired surrogate", "bad-event")
+    return text
+
+
+class _Advertisement:
+    def __init__(self, zeroconf: Any, service: Any) -> None:
+        self._zeroconf, self._service = zeroconf, service
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._zeroconf.async_unregister_service(self._service)
+        await self._zeroconf.async_close()
+
+
+async def _advertise(config: Config) -> _Advertisement | None:
+    """Say on the local network (mDNS, `_wyoming._tcp`) where this server is, so Home
+    Assistant offers to add it by itself. A network without multicast only loses that."""
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    w = config.wyoming
+    addresses = [w.host] if w.host not in ("0.0.0.0", "::", "") else _local_addresses()
+    name = f"edge-tts-{config.device.name}"
+    service = AsyncServiceInfo(
+        "_wyoming._tcp.local.",
+        f"{name}._wyoming._tcp.local.",
+        addresses=[socket.inet_aton(a) for a in addresses],
+        port=w.port,
+        server=f"{name}.local.",
+    )
+    zeroconf = AsyncZeroconf(ip_version=IPVersion.V4Only)
+    try:
+        await zeroconf.async_register_service(service)
+    except Exception as exc:  # no multicast route, a name clash: discovery only is lost
+        log.warning("wyoming: not advertised by zeroconf: %s", exc)
+        await zeroconf.async_close()
+        return None
+    log.info("wyoming: advertised as %s on %s", name, ", ".join(addresses))
+    return _Advertisement(zeroconf, service)
+
+
+def _local_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback."""
+    import ifaddr
+
+    found = [
+        str(ip.ip)
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+    ]
+    return found or ["127.0.0.1"]

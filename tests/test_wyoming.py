@@ -1,0 +1,450 @@
+"""Home Assistant's own voice: the daemon's Wyoming server, driven by the `wyoming` client
+library as Home Assistant drives it, speaking the fake cloud's exact PCM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from wyoming.audio import AudioChunk, AudioStart
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeVoice,
+)
+
+from edge_tts.text import split_sentences
+
+from conftest import Capture, DaemonProcess, Home, edge_tts, free_port, split_speech
+from fake_dashscope import FakeDashScope, pcm_for
+
+QWEN = {"engine": "qwen", "model": "qwen3-tts-flash-realtime", "voice": "Cherry"}
+SAMBERT = {"engine": "sambert", "model": "sambert-zhichu-v1"}
+
+
+@dataclass
+class Heard:
+    """What a client got back: the events in order and the audio they carried."""
+
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
+
+    @property
+    def audio(self) -> bytes:
+        return b"".join(
+            AudioChunk.from_event(e).audio for e in self.events if AudioChunk.is_type(e.type)
+        )
+
+    @property
+    def errors(self) -> list[Error]:
+        return [Error.from_event(e) for e in self.events if Error.is_type(e.type)]
+
+
+@dataclass
+class Served:
+    daemon: DaemonProcess
+    port: int
+
+    def client(self) -> AsyncTcpClient:
+        return AsyncTcpClient("127.0.0.1", self.port)
+
+
+@pytest.fixture
+async def serve(
+    daemon_with: Callable[..., Awaitable[DaemonProcess]], dashscope: FakeDashScope, home: Home
+) -> Callable[..., Awaitable[Served]]:
+    """Start the daemon with its Wyoming server on a free port; returns once it listens."""
+
+    async def start(**overrides: Any) -> Served:
+        port = free_port()
+        daemon = await daemon_with(
+            dashscope__realtime_url=dashscope.realtime_url,
+            wyoming={"enabled": True, "host": "127.0.0.1", "port": port, "zeroconf": False}
+            | overrides.pop("wyoming", {}),
+            **overrides,
+        )
+        await home.log.wait_for(
+            lambda: any((s.get("wyoming") or {}).get("listening") for s in home.log.stats)
+        )
+        return Served(daemon, port)
+
+    return start
+
+
+async def read_until(client: AsyncTcpClient, *ends: str, timeout: float = 10) -> Heard:
+    """Every event until one of the `ends` types (or an error, or the end of the connection)."""
+    heard = Heard()
+    async with asyncio.timeout(timeout):
+        while (event := await client.read_event()) is not None:
+            heard.events.append(event)
+            if event.type in ends or Error.is_type(event.type):
+                break
+    return heard
+
+
+async def one_shot(served: Served, text: str, voice: str | None = None) -> Heard:
+    async with served.client() as client:
+        wanted = SynthesizeVoice(name=voice) if voice else None
+        await client.write_event(Synthesize(text=text, voice=wanted).event())
+        return await read_until(client, "audio-stop")
+
+
+def expected(text: str, voice: str = "longanyang") -> bytes:
+    """The fake's audio for a text sent sentence by sentence."""
+    return b"".join(pcm_for(piece, voice) for piece in split_sentences(text))
+
+
+# --- describe ----------------------------------------------------------------------------------
+
+
+async def test_describe_lists_every_voice_profile_with_streaming(
+    serve: Callable[..., Awaitable[Served]],
+) -> None:
+    served = await serve(voices__butler=QWEN)
+    async with served.client() as client:
+        await client.write_event(Describe().event())
+        heard = await read_until(client, "info")
+    info = Info.from_event(heard.events[-1])
+    (program,) = info.tts
+    assert program.supports_synthesize_streaming is True
+    voices = {v.name: v for v in program.voices}
+    assert set(voices) == {"default", "bright", "butler"}
+    assert voices["default"].attribution.name == "Alibaba Cloud Model Studio"
+    assert "en" in voices["default"].languages and "zh" in voices["butler"].languages
+    assert voices["butler"].description == "butler (qwen3-tts-flash-realtime, Cherry)"
+
+
+# --- one-shot -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("voice", "profile", "speaker"),
+    [
+        ("default", None, "longanyang"),
+        ("butler", QWEN, "Cherry"),
+        ("zhichu", SAMBERT, "sambert-zhichu-v1"),
+    ],
+)
+async def test_synthesize_streams_the_clouds_exact_pcm_for_each_engine(
+    serve: Callable[..., Awaitable[Served]],
+    dashscope: FakeDashScope,
+    voice: str,
+    profile: dict[str, str] | None,
+    speaker: str,
+) -> None:
+    served = await serve(**({f"voices__{voice}": profile} if profile else {}))
+    text = "The washing machine has finished. Please empty it."
+    heard = await one_shot(served, text, voice)
+    assert heard.types[0] == "audio-start" and heard.types[-1] == "audio-stop", heard.types
+    start = AudioStart.from_event(heard.events[0])
+    assert (start.rate, start.width, start.channels) == (24000, 2, 1)
+    whole = speaker == "sambert-zhichu-v1"  # Sambert takes its text whole
+    assert heard.audio == (pcm_for(text, speaker) if whole else expected(text, speaker))
+    assert heard.types.count("audio-chunk") > 2  # handed on as the cloud sends it
+
+
+async def test_a_phrase_asked_twice_comes_from_the_cache_the_second_time(
+    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope
+) -> None:
+    served = await serve()
+    first = await one_shot(served, "Good morning.")
+    tasks = len(dashscope.tasks)
+    second = await one_shot(served, "Good morning.")
+    assert first.audio == second.audio == pcm_for("Good morning.")
+    assert len(dashscope.tasks) == tasks  # not asked of the cloud again
+
+
+async def test_the_fallback_voice_speaks_when_the_cloud_cannot(
+    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope
+) -> None:
+    served = await serve(
+        voices__offline={"engine": "piper"},
+        fallback_voice="offline",
+    )
+    heard = await one_shot(served, "This one [fail] breaks.")
+    assert heard.errors == []
+    assert heard.types[-1] == "audio-stop" and len(heard.audio) > 24000  # Piper said it
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("voice", "profile", "speaker"), [("default", None, "longanyang"), ("butler", QWEN, "Cherry")]
+)
+async def test_streamed_text_is_spoken_while_it_is_still_arriving(
+    serve: Callable[..., Awaitable[Served]],
+    dashscope: FakeDashScope,
+    voice: str,
+    profile: dict[str, str] | None,
+    speaker: str,
+) -> None:
+    served = await serve(**({f"voices__{voice}": profile} if profile else {}))
+    async with served.client() as client:
+        await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name=voice)).event())
+        for piece in ["The front", " door is", " open. ", "It has been"]:
+            await client.write_event(SynthesizeChunk(text=piece).event())
+        # The first sentence is complete: its audio comes before the text ends.
+        first = await read_until(client, "audio-chunk")
+        assert first.types == ["audio-start", "audio-chunk"], first.types
+        await client.write_event(SynthesizeChunk(text=" open for ten minutes.").event())
+        # Home Assistant also sends the whole text once, for servers that do not stream.
+        whole = "The front door is open. It has been open for ten minutes."
+        await client.write_event(Synthesize(text=whole).event())
+        await client.write_event(SynthesizeStop().event())
+        rest = await read_until(client, "synthesize-stopped")
+    assert rest.types[-2:] == ["audio-stop", "synthesize-stopped"], rest.types
+    assert first.audio + rest.audio == expected(whole, speaker)
+    if profile is None:  # one CosyVoice task, a continue-task per sentence
+        (task,) = [t for t in dashscope.tasks if t.texts]
+        assert task.texts == ["The front door is open. ", "It has been open for ten minutes."]
+
+
+async def test_a_writer_thinking_longer_than_the_stall_timeout_is_not_a_stall(
+    serve: Callable[..., Awaitable[Served]],
+) -> None:
+    """An LLM may pause between sentences for longer than dashscope.stall_timeout_s (1 s
+    here): the service owes no audio then, so the stream goes on."""
+    served = await serve()
+    first_pcm = pcm_for("First. ")
+    async with served.client() as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="First. ").event())
+        heard = Heard()
+        async with asyncio.timeout(10):
+            while len(heard.audio) < len(first_pcm):
+                event = await client.read_event()
+                assert event is not None
+                heard.events.append(event)
+        await asyncio.sleep(1.5)  # the model thinking: the time passing is what is tested
+        await client.write_event(SynthesizeChunk(text="Second.").event())
+        await client.write_event(SynthesizeStop().event())
+        rest = await read_until(client, "synthesize-stopped")
+    assert heard.errors == rest.errors == []
+    assert heard.audio + rest.audio == first_pcm + pcm_for("Second.")
+
+
+async def test_streaming_events_need_no_describe_first(
+    serve: Callable[..., Awaitable[Served]],
+) -> None:
+    served = await serve()
+    async with served.client() as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="Hello there.").event())
+        await client.write_event(SynthesizeStop().event())
+        heard = await read_until(client, "synthesize-stopped")
+    assert heard.errors == [] and heard.audio == pcm_for("Hello there.")
+
+
+# --- several clients ------------------------------------------------------------------------------
+
+
+async def test_clients_at_once_each_get_their_own_speech(
+    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope
+) -> None:
+    served = await serve()
+    texts = [f"Client number {n} is here." for n in range(4)]
+    heard = await asyncio.gather(*(one_shot(served, t) for t in texts))
+    assert [h.errors for h in heard] == [[]] * 4, [h.types for h in heard]
+    assert [h.audio for h in heard] == [pcm_for(t) for t in texts]
+
+
+async def test_an_announcement_keeps_its_warm_connection_while_assist_is_speaking(
+    serve: Callable[..., Awaitable[Served]], home: Home, capture: Capture
+) -> None:
+    """Assist's reply is mid-stream (the model still writing) when an announcement comes:
+    the announcement speaks at once on the warm connection, and the reply goes on."""
+    served = await serve()
+    async with served.client() as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="Let me think about that. ").event())
+        first = await read_until(client, "audio-chunk")
+        await home.say({"text": "The doorbell is ringing.", "id": "bell"})
+        assert (await home.log.outcome("bell"))["event"] == "finished"
+        assert (await home.log.event("bell", "started"))["connection"] == "warm"
+        assert split_speech(capture.read())[1] == pcm_for("The doorbell is ringing.")
+        await client.write_event(SynthesizeChunk(text="It is sunny.").event())
+        await client.write_event(SynthesizeStop().event())
+        rest = await read_until(client, "synthesize-stopped")
+    assert first.audio + rest.audio == expected("Let me think about that. It is sunny.")
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("events", "code", "says"),
+    [
+        (
+            [Synthesize(text="Hi.", voice=SynthesizeVoice(name="ghost")).event()],
+            "unknown-voice",
+            "no voice named 'ghost'",
+        ),
+        ([Synthesize(text="   ").event()], "empty-text", "text is empty"),
+        ([Synthesize(text="x" * 201).event()], "text-too-long", "announcements.max_chars"),
+        (
+            [SynthesizeChunk(text="Hi.").event()],
+            "out-of-order",
+            "synthesize-chunk outside a stream",
+        ),
+        ([SynthesizeStop().event()], "out-of-order", "synthesize-stop outside a stream"),
+        (
+            [SynthesizeStart().event(), SynthesizeStart().event()],
+            "out-of-order",
+            "synthesize-start inside a stream",
+        ),
+        (
+            [SynthesizeStart().event()] + [SynthesizeChunk(text="y" * 60).event()] * 4,
+            "text-too-long",
+            "announcements.max_chars",
+        ),
+        ([Event(type="synthesize", data={"text": 5})], "bad-event", "no text"),
+    ],
+)
+async def test_bad_requests_get_an_error_and_the_server_goes_on(
+    serve: Callable[..., Awaitable[Served]],
+    dashscope: FakeDashScope,
+    events: list[Event],
+    code: str,
+    says: str,
+) -> None:
+    served = await serve()
+    async with served.client() as client:
+        for event in events:
+            await client.write_event(event)
+        heard = await read_until(client, "error")
+    (error,) = heard.errors
+    assert error.code == code and says in error.text, error
+    # The server (and the daemon) speak the next good request.
+    assert (await one_shot(served, "Still here.")).audio == pcm_for("Still here.")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\xff garbage\n",
+        b'{"type": "synthesize", "data_length": "ten"}\n',
+        b'{"type": "synthesize", "payload_length": 99}\nshort',
+        b'{"type": "audio-chunk", "data_length": 5000000}\n' + b"x" * (2 << 20),
+        b"x" * 200_000,  # a header line with no end
+    ],
+)
+async def test_garbage_on_the_socket_ends_that_client_only(
+    serve: Callable[..., Awaitable[Served]], garbage: bytes
+) -> None:
+    served = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(garbage)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            writer.write_eof()
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionError):  # a reset, with our bytes unread
+                await reader.read()  # the server ends this connection
+    finally:
+        writer.close()
+    assert (await one_shot(served, "Still here.")).audio == pcm_for("Still here.")
+    assert served.daemon.running
+
+
+async def test_a_client_gone_mid_stream_leaves_no_task_or_connection_open(
+    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope, home: Home
+) -> None:
+    served = await serve()
+    dashscope.hold = asyncio.Event()  # after its first chunk, the cloud waits for the test
+    client = served.client()
+    await client.connect()
+    await client.write_event(SynthesizeStart().event())
+    await client.write_event(SynthesizeChunk(text="A long story begins. ").event())
+    assert (await read_until(client, "audio-chunk")).types == ["audio-start", "audio-chunk"]
+    await client.disconnect()
+    dashscope.hold.set()
+    await home.log.wait_for(
+        lambda: (
+            (home.log.stats[-1].get("wyoming") or {}).get("clients") == 0
+            and home.log.stats[-1]["wyoming"]["speaking"] == 0
+        )
+    )
+    (task,) = [t for t in dashscope.tasks if t.texts]
+    await dashscope.wait_for(lambda: task.outcome != "running")
+    assert task.outcome == "dropped"
+    assert (await one_shot(served, "Next one.")).audio == pcm_for("Next one.")
+
+
+async def test_the_server_is_advertised_for_home_assistant_to_find(
+    serve: Callable[..., Awaitable[Served]],
+) -> None:
+    """What Home Assistant's zeroconf discovery sees: `_wyoming._tcp` with our port."""
+    from zeroconf import IPVersion, ServiceStateChange
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+    served = await serve(wyoming={"zeroconf": True})
+    found: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_change(
+        zeroconf: object, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if state_change is ServiceStateChange.Added:
+            found.put_nowait(name)
+
+    browser_zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
+    browser = AsyncServiceBrowser(browser_zc.zeroconf, "_wyoming._tcp.local.", handlers=[on_change])
+    try:
+        async with asyncio.timeout(10):
+            while (name := await found.get()) != "edge-tts-kitchen._wyoming._tcp.local.":
+                pass
+        info = AsyncServiceInfo("_wyoming._tcp.local.", name)
+        assert await info.async_request(browser_zc.zeroconf, 3000)
+        assert info.port == served.port
+        assert "127.0.0.1" in info.parsed_addresses()
+    finally:
+        await browser.async_cancel()
+        await browser_zc.async_close()
+
+
+async def test_check_shows_whether_the_wyoming_port_answers(
+    serve: Callable[..., Awaitable[Served]], home: Home
+) -> None:
+    served = await serve()
+    run = await edge_tts("check", "-c", str(served.daemon.config))
+    assert f"ok   wyoming 127.0.0.1:{served.port} answers (2 voices)" in run.out, run.all
+    await served.daemon.stop()
+    await home.log.wait_for(lambda: home.log.availability[-1:] == ["offline"])
+    run = await edge_tts("check", "-c", str(served.daemon.config))
+    assert f"info wyoming: nothing answers on 127.0.0.1:{served.port}" in run.out, run.all
+
+
+async def test_a_port_taken_by_another_server_leaves_announcements_working(
+    daemon_with: Callable[..., Awaitable[DaemonProcess]], home: Home, capture: Capture
+) -> None:
+    """wyoming-piper also listens on 10200: edge-tts says why it cannot, and speaks on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        await daemon_with(
+            wyoming={"enabled": True, "host": "127.0.0.1", "port": port, "zeroconf": False}
+        )
+        await home.log.wait_for(
+            lambda: any((s.get("wyoming") or {}).get("problem") for s in home.log.stats)
+        )
+        problem = home.log.stats[-1]["wyoming"]["problem"]
+        assert f"cannot listen on 127.0.0.1:{port}" in problem
+        await home.say({"text": "Still speaking.", "id": "on"})
+        assert (await home.log.outcome("on"))["event"] == "finished"
+        assert split_speech(capture.read())[1] == pcm_for("Still speaking.")

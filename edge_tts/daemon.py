@@ -16,7 +16,7 @@ from .announcement import Announcement, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
 from .config import Config, EngineName
 from .discovery import discovery_messages
-from .engines.cloud import build_engines, uses_inference
+from .engines.cloud import Cloud, build_engines, uses_inference
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
 from .journal import Journal, Restored, digest
@@ -64,6 +64,7 @@ class Daemon:
         self.cache: PhraseCache | None = open_cache(config.cache)
         self.speaker = self._speaker()
         self.wyoming = WyomingStats()
+        self._wyoming_cloud: Cloud | None = None
         _warn_without_key(api_key)
 
     def _link(self) -> MqttLink:
@@ -136,6 +137,7 @@ class Daemon:
         (an announcement keeps the warm one), until cancelled."""
         config = self.config
         cloud = build_engines(config, self._api_key, self.report.stats_changed)
+        self._wyoming_cloud = cloud
         speaker = Speaker(config, cloud.engines, Discard(), lambda _e, _a: None, self.cache)
         self.wyoming = WyomingStats()
         server = WyomingServer(config, speaker, self.wyoming, self.report.stats_changed)
@@ -360,8 +362,16 @@ class Daemon:
             cache=self.cache,
             queue_length=len(self.queue),
             journal=self.journal,
-            wyoming=self.wyoming.as_dict() if self.config.wyoming.enabled else None,
+            wyoming=self._wyoming_stats(),
         )
+
+    def _wyoming_stats(self) -> dict[str, object] | None:
+        """The Wyoming server's figures, and its own cloud connections' (every task and
+        connection a client started is over when `speaking` is 0 and `cloud.warm` holds)."""
+        if not self.config.wyoming.enabled:
+            return None
+        cloud = self._wyoming_cloud
+        return self.wyoming.as_dict() | ({"cloud": cloud.stats()} if cloud else {})
 
     def _emit(self, event: Event, announcement: Announcement | None) -> None:
         self.report.event(event)

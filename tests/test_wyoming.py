@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.tts import (
     Synthesize,
@@ -184,7 +186,12 @@ async def test_the_fallback_voice_speaks_when_the_cloud_cannot(
 
 
 @pytest.mark.parametrize(
-    ("voice", "profile", "speaker"), [("default", None, "longanyang"), ("butler", QWEN, "Cherry")]
+    ("voice", "profile", "speaker"),
+    [
+        ("default", None, "longanyang"),
+        ("butler", QWEN, "Cherry"),
+        ("zhichu", SAMBERT, "sambert-zhichu-v1"),  # a task per sentence
+    ],
 )
 async def test_streamed_text_is_spoken_while_it_is_still_arriving(
     serve: Callable[..., Awaitable[Served]],
@@ -254,13 +261,15 @@ async def test_streaming_events_need_no_describe_first(
 
 
 async def test_clients_at_once_each_get_their_own_speech(
-    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope
+    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope, home: Home
 ) -> None:
     served = await serve()
     texts = [f"Client number {n} is here." for n in range(4)]
     heard = await asyncio.gather(*(one_shot(served, t) for t in texts))
     assert [h.errors for h in heard] == [[]] * 4, [h.types for h in heard]
     assert [h.audio for h in heard] == [pcm_for(t) for t in texts]
+    # The kept connection served one; the others had connections of their own.
+    await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["cloud"]["extra"] >= 1)
 
 
 async def test_an_announcement_keeps_its_warm_connection_while_assist_is_speaking(
@@ -448,3 +457,79 @@ async def test_a_port_taken_by_another_server_leaves_announcements_working(
         await home.say({"text": "Still speaking.", "id": "on"})
         assert (await home.log.outcome("on"))["event"] == "finished"
         assert split_speech(capture.read())[1] == pcm_for("Still speaking.")
+
+
+# --- fuzz ------------------------------------------------------------------------------------
+
+FUZZ_CONNECTIONS = 150
+
+wyoming_events = st.one_of(
+    st.builds(lambda: Describe().event()),
+    st.builds(
+        lambda text, voice: Synthesize(text=text, voice=voice).event(),
+        st.text(max_size=80),
+        st.none() | st.builds(SynthesizeVoice, name=st.sampled_from(["default", "ghost", ""])),
+    ),
+    st.builds(
+        lambda voice: SynthesizeStart(voice=voice).event(),
+        st.none() | st.builds(SynthesizeVoice, name=st.sampled_from(["default", "x"])),
+    ),
+    st.builds(lambda text: SynthesizeChunk(text=text).event(), st.text(max_size=40)),
+    st.builds(lambda: SynthesizeStop().event()),
+    st.builds(
+        Event,
+        type=st.sampled_from(["synthesize", "synthesize-chunk", "audio-chunk", "ping", "??"]),
+        data=st.dictionaries(
+            st.sampled_from(["text", "voice", "rate", "x"]),
+            st.none() | st.integers() | st.text(max_size=10) | st.lists(st.integers(), max_size=3),
+            max_size=3,
+        ),
+        payload=st.none() | st.binary(max_size=20),
+    ),
+)
+
+
+def conversations() -> list[list[Event] | bytes]:
+    """FUZZ_CONNECTIONS conversations (generated reproducibly): lists of events of every kind
+    in any order with any data, and raw bytes."""
+    found: list[list[Event] | bytes] = []
+
+    @settings(
+        max_examples=FUZZ_CONNECTIONS,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
+    @given(st.lists(wyoming_events, max_size=8) | st.binary(max_size=300))
+    def collect(conversation: list[Event] | bytes) -> None:
+        found.append(conversation)
+
+    collect()
+    return found[:FUZZ_CONNECTIONS]
+
+
+async def test_generated_conversations_never_end_the_server(
+    serve: Callable[..., Awaitable[Served]], home: Home
+) -> None:
+    served = await serve()
+    for conversation in conversations():
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        try:
+            if isinstance(conversation, bytes):
+                writer.write(conversation)
+            else:
+                for event in conversation:
+                    await async_write_event(event, writer)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+                writer.write_eof()  # nothing more: the server finishes, then ends the connection
+            async with asyncio.timeout(20):
+                with contextlib.suppress(ConnectionError):
+                    await reader.read()
+        finally:
+            writer.close()
+    await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 0)
+    assert served.daemon.running and b"Traceback" not in served.daemon.stderr
+    assert (await one_shot(served, "Still here.")).audio == pcm_for("Still here.")

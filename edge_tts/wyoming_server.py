@@ -274,8 +274,7 @@ class _Client:
                 raise Refused(
                     "synthesize-start inside a stream (send synthesize-stop first)", "out-of-order"
                 )
-            start = SynthesizeStart.from_event(event)
-            voice = self._voice(start.voice.name if start.voice else None)
+            voice = self._voice(_voice_name(event))
             self._stream = _Stream(self, voice)
             self._stats.streams += 1
         elif SynthesizeChunk.is_type(event.type):
@@ -317,8 +316,7 @@ class _Client:
 
     async def _synthesize(self, event: Event) -> None:
         text = _text_of(event)
-        synthesize = Synthesize.from_event(event)
-        voice = self._voice(synthesize.voice.name if synthesize.voice else None)
+        voice = self._voice(_voice_name(event))
         if not text.strip():
             raise Refused("text is empty", "empty-text")
         self._check_text(text, len(text))
@@ -420,6 +418,17 @@ async def _started(audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, 
             yield chunk
 
 
+def _voice_name(event: Event) -> str | None:
+    """The voice a synthesize or synthesize-start asks for, by name (None: the default)."""
+    voice = event.data.get("voice")
+    if voice is None or (isinstance(voice, dict) and voice.get("name") is None):
+        return None  # none asked for, or only a language: the default voice
+    name = voice.get("name") if isinstance(voice, dict) else None
+    if not isinstance(name, str):
+        raise Refused('the voice must be given as {"name": ...}', "bad-event")
+    return name
+
+
 def _text_of(event: Event) -> str:
     text = event.data.get("text")
     if not isinstance(text, str):
@@ -467,13 +476,11 @@ async def _advertise(config: Config) -> _Advertisement | None:
 
 
 def _local_addresses() -> list[str]:
-    """This machine's IPv4 addresses other than loopback."""
-    import ifaddr
-
-    found = [
-        str(ip.ip)
-        for adapter in ifaddr.get_adapters()
-        for ip in adapter.ips
-        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
-    ]
-    return found or ["127.0.0.1"]
+    """The address this machine reaches the local network from (the interface multicast
+    goes out on), found without sending anything; loopback when there is none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("224.0.0.251", 5353))  # mDNS: UDP connect only picks a route
+            return [str(probe.getsockname()[0])]
+        except OSError:
+            return ["127.0.0.1"]

@@ -481,7 +481,14 @@ wyoming_events = st.one_of(
         type=st.sampled_from(["synthesize", "synthesize-chunk", "audio-chunk", "ping", "??"]),
         data=st.dictionaries(
             st.sampled_from(["text", "voice", "rate", "x"]),
-            st.none() | st.integers() | st.text(max_size=10) | st.lists(st.integers(), max_size=3),
+            st.none()
+            | st.integers()
+            | st.text(max_size=10)
+            | st.lists(st.integers(), max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["name", "language", "speaker"]),
+                st.none() | st.integers() | st.sampled_from(["default", "name", "en"]),
+            ),
             max_size=3,
         ),
         payload=st.none() | st.binary(max_size=20),

@@ -534,6 +534,8 @@ def _quiet_hours(root: _Section) -> QuietHours:
         if not m:
             raise s.fail("windows", f'{text!r} is not a "HH:MM-HH:MM" window such as "22:00-07:00"')
         h1, m1, h2, m2 = map(int, m.groups())
+        if (h1, m1) == (h2, m2):
+            raise s.fail("windows", f'{text!r} ends where it starts (all day: "00:00-23:59")')
         windows.append((h1 * 60 + m1, h2 * 60 + m2))
     return QuietHours(
         windows=tuple(windows),

@@ -76,6 +76,10 @@ def test_search_order(tmp_path: Path) -> None:
         ({"dashscope": {"region": "eu"}}, "dashscope.region: must be one of intl, cn"),
         ({"dashscope": {"inference_url": "http://x"}}, "dashscope.inference_url: must be a ws://"),
         ({"dashscope": {"keep_warm": "yes"}}, "dashscope.keep_warm: must be true or false"),
+        (
+            {"quiet_hours": {"windows": ["22:00-22:00"]}},
+            "quiet_hours.windows: '22:00-22:00' ends where it starts",
+        ),
         ({"wyoming": {"port": 0}}, "wyoming.port: must be an integer 1-65535"),
         ({"wyoming": {"port": 65536}}, "wyoming.port: must be an integer 1-65535"),
         ({"wyoming": {"enabled": "no"}}, "wyoming.enabled: must be true or false"),

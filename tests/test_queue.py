@@ -279,3 +279,16 @@ def test_only_a_critical_announcement_cuts_in_and_never_on_another_critical() ->
     assert not interrupts(ann("Door.", "high"), playing)
     assert not interrupts(ann("Smoke!", "critical"), ann("Fire!", "critical"))
     assert not interrupts(ann("Smoke!", "critical"), None)
+
+
+def test_the_same_text_in_two_named_voices_is_two_announcements() -> None:
+    q = AnnouncementQueue(max_size=5, dedupe_s=60)
+    assert q.put(ann("Dinner is ready.", voice="default")) == []
+    assert q.put(Announcement(text="Dinner is ready.", id="b", voice="bright")) == []
+    assert len(q) == 2
+
+
+def test_a_short_dedupe_window_still_collapses_an_immediate_repeat() -> None:
+    q = AnnouncementQueue(max_size=5, dedupe_s=0.5)
+    assert q.put(ann("Door open.")) == []
+    assert q.put(Announcement(text="Door open.", id="again"))[0].reason == "duplicate of Door open."

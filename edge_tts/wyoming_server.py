@@ -154,7 +154,7 @@ class WyomingServer:
         self._config = config
         self._speaker = speaker
         self.stats = stats
-        self._changed = changed
+        self.changed = changed  # the stats changed: publish them
         self._clients: set[asyncio.Task[None]] = set()
         self._count = 0
 
@@ -177,11 +177,11 @@ class WyomingServer:
             log.error(
                 "wyoming: %s (set wyoming.port, or wyoming.enabled: false)", self.stats.problem
             )
-            self._changed()
+            self.changed()
             await asyncio.Future()  # the daemon runs on without Wyoming
             return
         self.stats.listening = True
-        self._changed()
+        self.changed()
         log.info("wyoming: serving Home Assistant on %s:%d", w.host, w.port)
         advert = await _advertise(self._config) if w.zeroconf else None
         try:
@@ -260,7 +260,7 @@ class _Client:
             if self._stream is not None:
                 await self._stream.cancel()
             self._stats.clients -= 1
-            self._server._changed()
+            self._server.changed()
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
@@ -325,7 +325,7 @@ class _Client:
             text=text.strip(), voice=voice.name, id=f"{self._name} request {self._stats.requests}"
         )
         self._stats.speaking += 1
-        self._server._changed()
+        self._server.changed()
         try:
             try:
                 speech = await self._speaker.speech(a)
@@ -341,7 +341,7 @@ class _Client:
             await self._play(speech.audio)
         finally:
             self._stats.speaking -= 1
-            self._server._changed()
+            self._server.changed()
 
     async def _play(self, audio: AsyncGenerator[bytes, None]) -> None:
         """audio-start, a chunk per piece of audio as it comes, audio-stop."""
@@ -363,7 +363,7 @@ class _Client:
     async def _error(self, text: str, code: str) -> None:
         log.warning("%s: %s", self._name, text)
         self._stats.errors += 1
-        self._server._changed()
+        self._server.changed()
         with contextlib.suppress(ConnectionError, OSError):
             await self._write(Error(text=text, code=code).event())
 
@@ -409,7 +409,7 @@ class _Stream:
             await self._client._play(_started(speech))
         finally:
             self._client._stats.speaking -= 1
-            self._client._server._changed()
+            self._client._server.changed()
 
 
 async def _started(audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

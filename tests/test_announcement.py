@@ -255,3 +255,8 @@ def test_text_of_exactly_max_chars_is_spoken_one_more_is_not() -> None:
 def test_ssml_must_be_one_speak_element(document: str) -> None:
     with pytest.raises(BadAnnouncement, match="must be one <speak> element"):
         parse(json.dumps({"ssml": document}))
+
+
+def test_json_after_leading_blank_lines_is_still_json() -> None:
+    a = parse('\n  \t{"text": "Hi there", "id": "ws1", "priority": "high"}\n')
+    assert (a.text, a.id, a.priority) == ("Hi there", "ws1", "high")

@@ -402,3 +402,20 @@ def test_each_range_holds_at_both_ends(
     for bad in (lo - step, hi + step):
         with pytest.raises(ConfigError, match=rf"^{section}\.{key}: must be"):
             parse_config({section: {key: bad}})
+
+
+def test_named_chimes_are_wav_files_a_message_may_choose(tmp_path: Path) -> None:
+    bell = tmp_path / "bell.wav"
+    bell.write_bytes(b"RIFF")
+    config = parse_config({"audio": {"chimes": {"bell": str(bell)}, "chime": "bell"}})
+    assert config.audio.chimes == (("bell", str(bell)),) and config.audio.chime == "bell"
+    for chimes, says in [
+        (["bell"], "audio.chimes: must be a mapping of chime names to WAV files"),
+        ({"builtin": str(bell)}, "audio.chimes.builtin: a chime name must be a non-empty string"),
+        ({" ": str(bell)}, "audio.chimes. : a chime name must be a non-empty string"),
+        ({"gone": str(tmp_path / "gone.wav")}, "audio.chimes.gone: no such WAV file"),
+        ({"dir": str(tmp_path)}, "audio.chimes.dir: no such WAV file"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            parse_config({"audio": {"chimes": chimes}})
+        assert str(refused.value).startswith(says), refused.value

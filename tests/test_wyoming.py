@@ -540,3 +540,19 @@ async def test_generated_conversations_never_end_the_server(
     await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 0)
     assert served.daemon.running and b"Traceback" not in served.daemon.stderr
     assert (await one_shot(served, "Still here.")).audio == pcm_for("Still here.")
+
+
+async def test_a_sigterm_mid_stream_stops_the_daemon_cleanly_and_in_time(
+    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope, home: Home
+) -> None:
+    served = await serve()
+    dashscope.hold = asyncio.Event()  # the reply's audio is still coming when systemd stops us
+    async with served.client() as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="A long reply begins. ").event())
+        assert (await read_until(client, "audio-chunk")).types == ["audio-start", "audio-chunk"]
+        code = await served.daemon.stop(stop_timeout=5)  # the unit's TimeoutStopSec
+        assert code == 0, served.daemon.stderr[-3000:]
+        assert await client.read_event() is None  # the client's connection was ended
+    assert home.log.availability[-1] == "offline"
+    dashscope.hold.set()

@@ -363,7 +363,7 @@ async def test_garbage_on_the_socket_ends_that_client_only(
             await writer.drain()
             writer.write_eof()
         async with asyncio.timeout(10):
-            with contextlib.suppress(OSError):  # a reset, with our bytes unread (ECONNRESET, ENOTCONN)
+            with contextlib.suppress(OSError):  # reset (ECONNRESET, ENOTCONN): bytes unread
                 await reader.read()  # the server ends this connection
     finally:
         writer.close()

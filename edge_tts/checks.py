@@ -109,16 +109,17 @@ def _disk_problems(stats: dict[str, object]) -> str:
 async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
     """Prove each endpoint the voices use without synthesizing (or paying for) anything: the
     inference endpoint with an empty CosyVoice task for its first CosyVoice voice, and a Qwen
-    session set up (and dropped) for each Qwen voice."""
+    session set up (and dropped) for each Qwen voice. Each problem names the endpoint and the
+    voices it concerns, once however many voices share it."""
     ds = config.dashscope
     voices = list(config.voices.values())
-    problems: list[str] = []
+    found: dict[tuple[str, str], list[str]] = {}  # (endpoint, problem) -> voices
     inference = [v for v in voices if v.engine in CLOUD_INFERENCE]
     if inference:
         cosy = next((v for v in inference if v.engine == EngineName.COSYVOICE), None)
         problem = await _check_inference(config, api_key, cosy)
         if problem:
-            problems.append(problem)
+            found[(ds.inference_url, problem)] = [v.name for v in inference]
     for voice in (v for v in voices if v.engine == EngineName.QWEN):
         qwen = QwenEngine(ds.realtime_url, api_key, ConnectionSettings.of(ds, keep_warm=False))
         keeper = qwen.keeper_for_voice(voice, config.audio.sample_rate)
@@ -126,13 +127,16 @@ async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
             ws = await keeper.connect()  # connects and configures the session
             await ws.close()
         except CloudUnavailable as exc:
-            problems.append(_unavailable(exc))
-    return problems
+            found.setdefault((ds.realtime_url, _unavailable(exc)), []).append(voice.name)
+    return [
+        f"cloud {url} (voice{'s' if len(names) > 1 else ''} {', '.join(names)}): {problem}"
+        for (url, problem), names in found.items()
+    ]
 
 
 def _unavailable(exc: CloudUnavailable) -> str:
     """The cloud's refusal, with what to do about it when it is ours to fix."""
-    return f"cloud: {exc.reason}" + (f" ({exc.hint})" if exc.refused else "")
+    return exc.reason + (f" ({exc.hint})" if exc.refused else "")
 
 
 async def _check_inference(
@@ -159,9 +163,9 @@ async def _check_inference(
     except CloudUnavailable as exc:
         return _unavailable(exc)
     except TaskFailed as exc:
-        return f"cloud: voice {voice.name!r} was refused: {exc.reason}"
+        return f"voice {voice.name!r} was refused: {exc.reason} (check voices.{voice.name})"
     except SynthesisError as exc:  # no answer in time, a message no protocol has
-        return f"cloud: {exc.reason}"
+        return exc.reason
     finally:
         await ws.close()
 

@@ -91,9 +91,10 @@ async def test_check_reports_a_refused_key_without_showing_it(
     run = await edge_tts("check", "-c", str(config), key=wrong)
     assert run.code == 1
     assert (
-        "FAIL cloud: DashScope refused the API key (HTTP 401) "
-        "(check dashscope.api_key_file or $DASHSCOPE_API_KEY)"
+        f"FAIL cloud {dashscope.url} (voices bright, default): DashScope refused the API key "
+        "(HTTP 401) (check dashscope.api_key_file or $DASHSCOPE_API_KEY)"
     ) in run.out
+    assert run.out.count("FAIL cloud") == 1  # one endpoint, one line
     assert wrong not in run.all and API_KEY not in run.all
     assert "ok   broker" in run.out  # the other checks still ran
 
@@ -107,7 +108,7 @@ async def test_check_reports_an_unreachable_broker_and_cloud(
     run = await edge_tts("check", "-c", str(config))
     assert run.code == 1
     assert f"FAIL broker 127.0.0.1:{broker.port}:" in run.out
-    assert "FAIL cloud: cannot reach DashScope at 127.0.0.1" in run.out
+    assert f"FAIL cloud {dashscope.url} (voices bright, default): cannot reach DashScope" in run.out
     assert "2 problem(s) found" in run.err
 
 
@@ -171,7 +172,8 @@ async def test_check_sets_up_each_qwen_voice_and_warns_about_impossible_profiles
     run = await edge_tts("check", "-c", str(config))
     assert run.code == 1, run.all
     assert (
-        "FAIL cloud: DashScope refused voice 'ghost' (qwen3-tts-flash-realtime, "
+        f"FAIL cloud {dashscope.realtime_url} (voice ghost): DashScope refused voice 'ghost' "
+        "(qwen3-tts-flash-realtime, "
         "no-such-voice): invalid_value"
     ) in run.out
     assert "(check voices.ghost)" in run.out

@@ -190,6 +190,14 @@ def test_a_service_that_opens_no_session_is_told_apart_from_a_refusal() -> None:
     assert not isinstance(raised.value, SessionRefused)
 
 
+def test_an_error_before_the_session_opens_says_the_service_refused_it() -> None:
+    session = Session(CONFIG)
+    error = {"type": "x", "code": "InvalidApiKey", "message": "bad key"}
+    with pytest.raises(TaskFailed, match="refused the session: InvalidApiKey: bad key") as raised:
+        session.receive(qwen("error", error=error))
+    assert not isinstance(raised.value, SessionRefused)  # not the voice profile's fault
+
+
 @pytest.mark.parametrize(("kind", "recoverable"), [("invalid_request_error", True), ("x", False)])
 def test_a_refused_configuration_says_whether_it_was_ours(kind: str, recoverable: bool) -> None:
     session = Session(CONFIG)

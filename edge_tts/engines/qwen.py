@@ -158,8 +158,8 @@ class QwenEngine:
                 refused=exc.recoverable,
                 hint=f"check voices.{voice.name}",
             ) from None
-        except SynthesisError as exc:
-            raise CloudUnavailable(exc.reason) from None
+        except SynthesisError as exc:  # refused before any session: the key or the model
+            raise CloudUnavailable(exc.reason, refused=isinstance(exc, TaskFailed)) from None
         self._sessions[ws] = session
 
     def stats(self) -> list[dict[str, object]]:

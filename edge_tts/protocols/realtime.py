@@ -122,6 +122,8 @@ class Session:
     def _receive(self, event: dict[str, Any]) -> Event | None:
         kind = event["type"]
         if self.state is SessionState.OPENING:
+            if kind == "error":  # a key refused, a model unknown: before any session
+                raise TaskFailed(f"DashScope refused the session: {error_of(event)[1]}")
             if kind != "session.created":
                 raise SynthesisError(f"DashScope opened no Qwen session (got {kind})")
             self._outgoing.append(client_event("session.update", session=self.config))

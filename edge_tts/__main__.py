@@ -116,13 +116,15 @@ async def _say(
         if event.event == EventKind.FAILED and event.error:
             failures.append(event.error)
 
-    speaker = Speaker(config, cloud.engines, sink, report, open_cache(config.cache))
+    cache = open_cache(config.cache)
+    speaker = Speaker(config, cloud.engines, sink, report, cache)
     try:
         await speaker.speak(Announcement(text=text, voice=voice))
     finally:
         await cloud.close()
-        if isinstance(sink, Player):
-            await sink.close()
+        await sink.close()
+        if cache is not None:
+            cache.flush_counts()
     for reason in failures:
         print(f"edge-tts: {reason}", file=sys.stderr)
     return 1 if failures else 0
@@ -198,6 +200,7 @@ async def _warm(
             await speaker.speak(Announcement(text=phrase, voice=voice))
     finally:
         await cloud.close()
+        cache.flush_counts()
     after = cache.stats()
     new = after.misses - counted.misses - failed
     print(

@@ -11,7 +11,8 @@ eviction removes the least recently used first and survives restarts. Several pr
 daemon, `edge-tts say`, `edge-tts cache`) share a cache safely: renames are atomic, readers of
 an evicted file keep their open copy, a writer holds a lock on its temporary file (so a
 process that opens the cache sweeps exactly the ones whose writer died), and the hit/miss
-counters are updated under a file lock.
+counters are updated under a file lock (at most once a minute, and at exit: an SD card is not
+rewritten on every announcement).
 
 The cache never costs an announcement: a disk that is full, read-only or gone makes it stop
 writing (the announcement plays all the same) and say why in `problem`, until the disk has
@@ -46,6 +47,7 @@ _HEADER = struct.Struct("<8sIQ32s32s")
 _CHUNK_BYTES = 4800  # 100 ms at 24 kHz: what a hit hands the player at a time
 _RETRY_S = 60.0  # a cache that could not write tries again after this, or once there is room
 _ROOM_BYTES = 4 * 2**20  # free space that counts as room again
+_COUNT_EVERY_S = 60.0  # hits and misses reach the SD card at most this often (and at exit)
 
 
 def cache_key(request: SynthesisRequest) -> str:
@@ -122,6 +124,11 @@ class PhraseCache:
         self.footprint: tuple[int, int] | None = None
         self.problem: str | None = None  # why the cache is not writing now, if it is not
         self._retry_at = 0.0
+        # Hits and misses not yet written: the counters file is rewritten at most once every
+        # count_every_s (and by flush_counts at exit), not on every announcement.
+        self.count_every_s = _COUNT_EVERY_S
+        self._pending = {"hits": 0, "misses": 0}
+        self._counted_at = time.monotonic()
 
     @classmethod
     def open(cls, root: Path, max_bytes: int) -> PhraseCache:
@@ -250,6 +257,17 @@ class PhraseCache:
             if entry is not None:
                 entry.discard()
 
+    def added(self, size: int) -> None:
+        """An entry of `size` bytes was kept: the directory is listed (to evict) only when the
+        cache may be over its size, not on every write."""
+        if self.footprint is None:
+            self.evict()
+            return
+        entries, total = self.footprint
+        self.footprint = (entries + 1, total + size)
+        if total + size > self.max_bytes:
+            self.evict()
+
     def evict(self) -> int:
         """Remove least recently used entries until the cache fits; returns how many."""
         entries = list(self._entries())
@@ -276,13 +294,36 @@ class PhraseCache:
     # --- counting ----------------------------------------------------------------------
 
     def count(self, *, hits: int = 0, misses: int = 0) -> None:
-        """Add to the shared hit and miss counters (a file, updated under a lock)."""
+        """Add to the hit and miss counters; they reach the shared file (updated under a
+        lock) once count_every_s has passed since they last did, or at flush_counts()."""
+        self._pending["hits"] += hits
+        self._pending["misses"] += misses
+        if time.monotonic() - self._counted_at >= self.count_every_s:
+            self.flush_counts()
+
+    def flush_counts(self) -> None:
+        """Write the counts not yet written (at exit, and from the daemon's minute timer)."""
+        self._counted_at = time.monotonic()
+        if not any(self._pending.values()):
+            return
         try:
             with self._locked_counters() as counters:
-                counters["hits"] += hits
-                counters["misses"] += misses
+                counters["hits"] += self._pending["hits"]
+                counters["misses"] += self._pending["misses"]
         except OSError as exc:
             log.warning("cache: cannot update %s (%s)", self._counters, exc)
+            return
+        self._pending = {"hits": 0, "misses": 0}
+
+    def _written_counts(self) -> dict[str, int]:
+        """The counters file as it is (read without writing)."""
+        try:
+            counters = json.loads(self._counters.read_text() or "{}")
+        except FileNotFoundError:
+            return {"hits": 0, "misses": 0}
+        except ValueError:
+            counters = {}
+        return {"hits": int(counters.get("hits", 0)), "misses": int(counters.get("misses", 0))}
 
     @contextlib.contextmanager
     def _locked_counters(self) -> Iterator[dict[str, int]]:
@@ -308,16 +349,16 @@ class PhraseCache:
         times = [mtime for _, _, mtime in entries]
         hits = misses = 0
         try:
-            with self._locked_counters() as counters:
-                hits, misses = counters["hits"], counters["misses"]
+            counters = self._written_counts()
+            hits, misses = counters["hits"], counters["misses"]
         except OSError as exc:
             log.warning("cache: cannot read %s (%s)", self._counters, exc.strerror or exc)
         return CacheStats(
             len(entries),
             sum(size for _, size, _ in entries),
             self.max_bytes,
-            hits,
-            misses,
+            hits + self._pending["hits"],  # this process's counts not yet written, too
+            misses + self._pending["misses"],
             min(times, default=None),
             max(times, default=None),
         )
@@ -331,6 +372,7 @@ class PhraseCache:
                 removed += 1
         with self._locked_counters() as counters:
             counters["hits"] = counters["misses"] = 0
+        self._pending = {"hits": 0, "misses": 0}
         return removed
 
 
@@ -385,7 +427,7 @@ class EntryWriter:
         target.parent.mkdir(exist_ok=True)
         os.replace(self._part, target)
         _fsync_dir(target.parent)
-        self._cache.evict()
+        self._cache.added(_HEADER.size + self._length)
 
     def discard(self) -> None:
         """Drop the unfinished entry; quietly, for it may be the disk that failed (a full

@@ -34,6 +34,7 @@ from .wyoming_server import WyomingServer, WyomingStats
 log = logging.getLogger(__name__)
 
 _SHUTDOWN_S = 1.5  # what closing connections may take after a SIGTERM, in all
+_COUNT_EVERY_S = 60.0  # the phrase cache's counters reach the disk at most this often
 
 
 class Daemon:
@@ -104,6 +105,7 @@ class Daemon:
             if self.config.wyoming.enabled:
                 self._start("wyoming", self._serve_wyoming())
             self._start("watchdog", self.notifier.keep_alive())
+            self._start("counters", self._write_counts())
             await self.link.connected.wait()
             if self.cache is not None:
                 await asyncio.to_thread(self.cache.stats)  # the one full scan, at start
@@ -131,6 +133,14 @@ class Daemon:
                 await self.cloud.piper.preload(Path(voice.model) if voice.model else None)
             except SynthesisError as exc:
                 log.error("fallback voice %s cannot be loaded: %s", voice.name, exc.reason)
+
+    async def _write_counts(self) -> None:
+        """The phrase cache's hits and misses, written once a minute when there are new ones
+        (a power cut loses at most a minute of them)."""
+        while True:
+            await asyncio.sleep(_COUNT_EVERY_S)
+            if self.cache is not None:
+                await asyncio.to_thread(self.cache.flush_counts)
 
     async def _serve_wyoming(self) -> None:
         """Home Assistant's own voice: the Wyoming server, with cloud connections of its own
@@ -178,6 +188,8 @@ class Daemon:
             )
         if self._own_player:
             await self.player.close()
+        if self.cache is not None:
+            self.cache.flush_counts()  # nothing counted is lost on a clean stop
         self.journal.close()
         self.notifier.close()
 
@@ -214,6 +226,8 @@ class Daemon:
         self.queue.max_size = config.announcements.queue_size
         self.queue.dedupe_s = config.announcements.dedupe_s
         if config.cache != old.cache:
+            if self.cache is not None:
+                self.cache.flush_counts()
             self.cache = open_cache(config.cache)
         self.speaker = self._speaker()
         if _wyoming_changed(config, old) or api_key_changed:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ from fake_dashscope import pcm_for
 
 async def main():
     cache = PhraseCache.open(Path({root!r}), 10**9)
+    cache.count_every_s = 0  # every count to the shared file, under its lock
     for n in range(40):
         key = f"{{n % 10:02d}}" * 32
         pcm = pcm_for(f"phrase {{n % 10}}")
@@ -222,6 +224,55 @@ async def test_two_processes_share_the_cache_safely(tmp_path: Path) -> None:
     assert stats.entries == 10
     for n in range(10):
         assert cache.load(f"{n:02d}" * 32, RATE) == pcm_for(f"phrase {n}")
+
+
+def test_counts_reach_the_disk_once_a_minute_and_at_exit(tmp_path: Path) -> None:
+    cache = PhraseCache.open(tmp_path, 10**9)
+    counters = tmp_path / "counters.json"
+    cache.count(misses=1)
+    cache.count(hits=2)
+    assert not counters.exists()  # an SD card is not rewritten on every announcement
+    assert (cache.stats().hits, cache.stats().misses) == (2, 1)  # this process sees them
+    assert not counters.exists()  # and reading them writes nothing
+    cache._counted_at -= 61  # a minute later
+    cache.count(hits=1)
+    assert json.loads(counters.read_text()) == {"hits": 3, "misses": 1}
+    cache.count(misses=1)
+    cache.flush_counts()  # at exit
+    assert json.loads(counters.read_text()) == {"hits": 3, "misses": 2}
+    assert (cache.stats().hits, cache.stats().misses) == (3, 2)  # nothing counted twice
+
+
+async def test_keeping_an_entry_lists_the_directory_only_when_the_cache_may_be_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pcm = pcm_for("an entry")
+    size = len(pcm) + 84  # the PCM and its header (magic, rate, length, key, digest)
+    cache = PhraseCache.open(tmp_path, max_bytes=5 * size)
+    cache.stats()  # the daemon's one scan, at start
+    listings = 0
+    entries = PhraseCache._entries
+
+    def counted(self: PhraseCache) -> Iterator[tuple[Path, int, float]]:
+        nonlocal listings
+        listings += 1
+        return entries(self)
+
+    monkeypatch.setattr(PhraseCache, "_entries", counted)
+
+    async def keep(n: int) -> None:
+        async def once() -> AsyncIterator[bytes]:
+            yield pcm
+
+        async for _ in cache.record(once(), f"{n:02d}" * 32, RATE):  # type: ignore[arg-type]
+            pass
+
+    for n in range(5):
+        await keep(n)
+    assert listings == 0 and cache.footprint == (5, 5 * size)
+    await keep(5)  # over the limit: now it looks, and evicts the least recently used
+    assert listings == 1 and cache.footprint == (5, 5 * size)
+    assert not cache.path("00" * 32).exists()
 
 
 # --- through the daemon ----------------------------------------------------------------------
@@ -400,6 +451,8 @@ async def test_cache_warm_stats_and_clear(
     await home.say({"text": "Goodnight.", "id": "night"})
     assert (await home.log.event("night", "started"))["source"] == "cache"
     await home.log.outcome("night")
+    # Its hit reaches the counters file within a minute, and at its clean stop at the latest.
+    assert await daemon.stop() == 0
 
     stats = (await asyncio.to_thread(edge_tts, daemon.config, "stats")).stdout
     lines = dict(line.split(None, 1) for line in stats.splitlines() if " " in line)

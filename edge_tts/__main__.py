@@ -19,6 +19,7 @@ from .announcement import Announcement, check_text
 from .cache import PhraseCache, open_cache
 from .checks import run_checks
 from .config import Config, load_api_key, load_config
+from .costs import Usage
 from .daemon import Daemon
 from .discovery import removal_messages
 from .engines.cloud import build_engines
@@ -108,7 +109,8 @@ def cmd_serve(
 async def _say(
     config: Config, api_key: Secret | None, text: str, voice: str | None, out: Path | None
 ) -> int:
-    cloud = build_engines(config, api_key, serving=False)
+    usage = Usage.for_device(config.device.name, config.dashscope.monthly_characters)
+    cloud = build_engines(config, api_key, serving=False, meter=usage.add)
     sink = WavWriter(out, config.audio.sample_rate) if out else Player(config.audio)
     failures: list[str] = []
 
@@ -117,7 +119,7 @@ async def _say(
             failures.append(event.error)
 
     cache = open_cache(config.cache)
-    speaker = Speaker(config, cloud.engines, sink, report, cache)
+    speaker = Speaker(config, cloud.engines, sink, report, cache, budget=usage.exhausted)
     try:
         await speaker.speak(Announcement(text=text, voice=voice))
     finally:
@@ -125,6 +127,7 @@ async def _say(
         await sink.close()
         if cache is not None:
             cache.flush_counts()
+        usage.flush()
     for reason in failures:
         print(f"edge-tts: {reason}", file=sys.stderr)
     return 1 if failures else 0
@@ -184,7 +187,8 @@ async def _warm(
     phrases: list[str],
     voice: str | None,
 ) -> int:
-    cloud = build_engines(config, api_key, serving=False)
+    usage = Usage.for_device(config.device.name, config.dashscope.monthly_characters)
+    cloud = build_engines(config, api_key, serving=False, meter=usage.add)
     failed = 0
 
     def report(event: Event, a: Announcement | None) -> None:
@@ -194,13 +198,14 @@ async def _warm(
             print(f"  failed: {a.text if a else ''!r}: {event.error}", file=sys.stderr)
 
     counted = cache.stats()
-    speaker = Speaker(config, cloud.engines, Discard(), report, cache)
+    speaker = Speaker(config, cloud.engines, Discard(), report, cache, budget=usage.exhausted)
     try:
         for phrase in phrases:
             await speaker.speak(Announcement(text=phrase, voice=voice))
     finally:
         await cloud.close()
         cache.flush_counts()
+        usage.flush()
     after = cache.stats()
     new = after.misses - counted.misses - failed
     print(

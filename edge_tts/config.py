@@ -84,6 +84,7 @@ class DashscopeConfig:
     connect_timeout_s: float = 5.0
     first_audio_timeout_s: float = 10.0
     stall_timeout_s: float = 5.0
+    monthly_characters: int = 0  # past this many this month, the fallback voice speaks; 0: no cap
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,7 @@ def _dashscope(root: _Section) -> DashscopeConfig:
             "connect_timeout_s",
             "first_audio_timeout_s",
             "stall_timeout_s",
+            "monthly_characters",
         ),
     )
     region = s.text("region", "intl", choices=tuple(REGION_URLS)) or "intl"
@@ -353,6 +355,7 @@ def _dashscope(root: _Section) -> DashscopeConfig:
         connect_timeout_s=s.number("connect_timeout_s", 5, 0.1, 60),
         first_audio_timeout_s=s.number("first_audio_timeout_s", 10, 0.1, 120),
         stall_timeout_s=s.number("stall_timeout_s", 5, 0.1, 120),
+        monthly_characters=s.integer("monthly_characters", 0, 0, 10**12),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from .announcement import Announcement, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
 from .config import Config, EngineName
+from .costs import Usage
 from .discovery import discovery_messages
 from .engines.cloud import Cloud, build_engines, uses_inference
 from .errors import BadAnnouncement, SynthesisError
@@ -57,11 +58,12 @@ class Daemon:
             config.announcements.queue_size, config.announcements.dedupe_s
         )
         self.journal = Journal.for_device(config.device.name)
+        self.usage = Usage.for_device(config.device.name, config.dashscope.monthly_characters)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._speaking: Announcement | None = None
         self.link = self._link()
         self.report = Reporter(self.link, self.notifier, self._snapshot)
-        self.cloud = build_engines(config, api_key, self.report.stats_changed)
+        self.cloud = self._build_cloud(config, api_key)
         self.cache: PhraseCache | None = open_cache(config.cache)
         self.speaker = self._speaker()
         self.wyoming = WyomingStats()
@@ -77,8 +79,23 @@ class Daemon:
     def keeper(self) -> ConnectionKeeper:
         return self.cloud.keeper
 
+    def _build_cloud(self, config: Config, api_key: Secret | None) -> Cloud:
+        return build_engines(config, api_key, self.report.stats_changed, meter=self._sent)
+
+    def _sent(self, model: str, characters: int) -> None:
+        """Characters went to the cloud: counted, and the stats say so."""
+        self.usage.add(model, characters)
+        self.report.stats_changed()
+
     def _speaker(self) -> Speaker:
-        return Speaker(self.config, self.cloud.engines, self.player, self._emit, self.cache)
+        return Speaker(
+            self.config,
+            self.cloud.engines,
+            self.player,
+            self._emit,
+            self.cache,
+            budget=self.usage.exhausted,
+        )
 
     def _warm_default_voice(self) -> None:
         voice = self.config.voices[self.config.default_voice]
@@ -135,20 +152,28 @@ class Daemon:
                 log.error("fallback voice %s cannot be loaded: %s", voice.name, exc.reason)
 
     async def _write_counts(self) -> None:
-        """The phrase cache's hits and misses, written once a minute when there are new ones
-        (a power cut loses at most a minute of them)."""
+        """The phrase cache's hits and misses and the cloud's characters, written once a
+        minute when there are new ones (a power cut loses at most a minute of them)."""
         while True:
             await asyncio.sleep(_COUNT_EVERY_S)
             if self.cache is not None:
                 await asyncio.to_thread(self.cache.flush_counts)
+            await asyncio.to_thread(self.usage.flush)
 
     async def _serve_wyoming(self) -> None:
         """Home Assistant's own voice: the Wyoming server, with cloud connections of its own
         (an announcement keeps the warm one), until cancelled."""
         config = self.config
-        cloud = build_engines(config, self._api_key, self.report.stats_changed)
+        cloud = self._build_cloud(config, self._api_key)
         self._wyoming_cloud = cloud
-        speaker = Speaker(config, cloud.engines, Discard(), lambda _e, _a: None, self.cache)
+        speaker = Speaker(
+            config,
+            cloud.engines,
+            Discard(),
+            lambda _e, _a: None,
+            self.cache,
+            budget=self.usage.exhausted,
+        )
         self.wyoming = WyomingStats()
         server = WyomingServer(config, speaker, self.wyoming, self.report.stats_changed)
         try:
@@ -190,6 +215,7 @@ class Daemon:
             await self.player.close()
         if self.cache is not None:
             self.cache.flush_counts()  # nothing counted is lost on a clean stop
+        self.usage.flush()
         self.journal.close()
         self.notifier.close()
 
@@ -213,7 +239,7 @@ class Daemon:
             log.info("reload: new cloud connection settings")
             old_cloud = self.cloud
             self._api_key = api_key
-            self.cloud = build_engines(config, api_key, self.report.stats_changed)
+            self.cloud = self._build_cloud(config, api_key)
             await self._restart("cloud", self.cloud.run())
             await old_cloud.close()
             _warn_without_key(api_key)
@@ -223,6 +249,7 @@ class Daemon:
             old_player, self.player = self.player, Player(config.audio)
             await self.player.prepare()
             await old_player.close()
+        self.usage.cap = config.dashscope.monthly_characters or None
         self.queue.max_size = config.announcements.queue_size
         self.queue.dedupe_s = config.announcements.dedupe_s
         if config.cache != old.cache:
@@ -377,6 +404,7 @@ class Daemon:
             queue_length=len(self.queue),
             journal=self.journal,
             wyoming=self._wyoming_stats(),
+            usage=self.usage.as_dict(),
         )
 
     def _wyoming_stats(self) -> dict[str, object] | None:

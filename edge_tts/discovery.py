@@ -119,6 +119,39 @@ def discovery_messages(config: Config) -> list[tuple[str, bytes]]:
                 **available,
             },
         ),
+        (
+            "sensor",
+            "cloud_characters",
+            {
+                # Characters billed this month, as the service counts them (a new month: 0).
+                "name": "Cloud characters this month",
+                "state_topic": topics.stats,
+                "value_template": "{{ value_json.usage.characters_month "
+                "if value_json.usage else None }}",
+                "json_attributes_topic": topics.stats,
+                "json_attributes_template": "{{ (value_json.usage or {}) | tojson }}",
+                "unit_of_measurement": "characters",
+                "state_class": "total_increasing",
+                "icon": "mdi:counter",
+                **available,
+            },
+        ),
+        (
+            "sensor",
+            "cloud_cost",
+            {
+                # At the documented prices; unknown for a model without a listed price.
+                "name": "Estimated cost this month",
+                "state_topic": topics.stats,
+                "value_template": "{{ value_json.usage.estimated_cost_month_usd "
+                "if value_json.usage else None }}",
+                "unit_of_measurement": "USD",
+                "device_class": "monetary",
+                "state_class": "total",
+                "icon": "mdi:cash",
+                **available,
+            },
+        ),
     ]
     messages = []
     for component, object_id, fields in entities:

@@ -137,3 +137,13 @@ def languages(
     name = (model or "en_US-joe-medium").rsplit("/", 1)[-1]
     code = name.split("-", 1)[0]
     return [code] if re.fullmatch(r"[a-z]{2,3}(_[A-Z]{2})?", code) else ["en"]
+
+
+# US dollars per 10,000 billed characters, international deployment, as the CosyVoice
+# documentation lists them ("Models and prices", alibabacloud.com/help/model-studio/
+# cosyvoice-python-sdk, 2026-01). A model not listed here has no estimate.
+PRICES_PER_10K = {
+    "cosyvoice-v3-plus": 0.286706,
+    "cosyvoice-v3-flash": 0.14335,
+    "cosyvoice-v2": 0.286706,
+}

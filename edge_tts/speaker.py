@@ -43,8 +43,10 @@ class Speaker:
         sink: AudioSink,
         emit: EventSink,
         cache: PhraseCache | None = None,
+        budget: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._config = config
+        self._budget = budget  # why the cloud may not be asked now (the month's cap), if so
         self._engines = engines
         self._sink = sink
         self._emit = emit
@@ -113,14 +115,11 @@ class Speaker:
 
     async def _stream(self, voice: Voice, text: TextFeed) -> AsyncGenerator[bytes, None]:
         rate = self._config.audio.sample_rate
-        engine = self._engines.get(voice.engine)
-        if engine is None:
-            raise SynthesisError(
-                f"engine {voice.engine!r} of voice {voice.name!r} is not available"
-            )
+        engine = self._engine(voice)
         request = SynthesisRequest(text="", voice=voice, sample_rate=rate)
         heard = False
         try:
+            self._check_budget(voice)
             async with aclosing(engine.synthesize_stream(request, text.sentences())) as audio:
                 async for chunk in audio:
                     heard = True
@@ -238,6 +237,7 @@ class Speaker:
         before it raises SynthesisError (after which nothing has been played)."""
         voice = request.voice
         engine = self._engine(voice)
+        self._check_budget(voice)
         if request.ssml and voice.engine != EngineName.COSYVOICE:
             raise SynthesisError(
                 f"voice {voice.name!r} ({voice.engine}) cannot speak SSML; "
@@ -335,6 +335,11 @@ class Speaker:
             sample_rate=self._config.audio.sample_rate,
         )
         return engine.synthesize(request)
+
+    def _check_budget(self, voice: Voice) -> None:
+        """A cloud voice past the month's cap gives way (to the fallback voice, if any)."""
+        if voice.engine != EngineName.PIPER and (why := self._budget()):
+            raise SynthesisError(why)
 
     def _engine(self, voice: Voice) -> Engine:
         engine = self._engines.get(voice.engine)

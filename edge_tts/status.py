@@ -29,6 +29,7 @@ class Snapshot:
     queue_length: int
     journal: Journal
     wyoming: dict[str, object] | None = None  # the Wyoming server's figures, when it is on
+    usage: dict[str, object] | None = None  # characters sent to the cloud, and their cost
 
 
 class Reporter:
@@ -86,6 +87,7 @@ class Reporter:
                 "cache": cache_stats(now.cache),
                 "queue": queue_stats(now.queue_length, now.journal),
                 "last_announcement": self._last,
+                **({"usage": now.usage} if now.usage is not None else {}),
                 **({"wyoming": now.wyoming} if now.wyoming is not None else {}),
             }
         )

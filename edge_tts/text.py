@@ -12,6 +12,15 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;…])\s+|(?<=[。！？；])\s*|\n+")
 _SOFT_BREAK = re.compile(r"(?<=[,:，、：])\s*|\s+")
 
 
+def billed(text: str, *, ssml: bool = False) -> int:
+    """The characters the service bills for `text`: its weight, SSML tags not counted."""
+    if ssml:
+        from .ssml import ssml_text  # the markup parser, only for SSML
+
+        text = ssml_text(text)
+    return weight(text)
+
+
 def normalize_text(text: str) -> str:
     """Whitespace differences do not change speech; nothing else is touched."""
     return re.sub(r"\s+", " ", text).strip()

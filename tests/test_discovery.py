@@ -68,6 +68,8 @@ async def test_the_device_and_its_entities_are_announced(
             ("button", "stop"),
             ("sensor", "state"),
             ("sensor", "first_audio"),
+            ("sensor", "cloud_characters"),
+            ("sensor", "cloud_cost"),
         ]
     }
     notify = configs[f"homeassistant/notify/{node}/say/config"]
@@ -88,7 +90,7 @@ async def test_the_device_and_its_entities_are_announced(
         assert entity["device"]["identifiers"] == [node]
         assert entity["device"]["sw_version"]
         assert entity["origin"]["name"] == "edge-tts" and entity["origin"]["sw_version"]
-    assert len({e["unique_id"] for e in configs.values()}) == 4
+    assert len({e["unique_id"] for e in configs.values()}) == 6
     # Entity ids as Home Assistant derives them from the names, so that releases that do not
     # know default_entity_id give the same ones.
     assert {e["default_entity_id"] for e in configs.values()} == {
@@ -96,7 +98,11 @@ async def test_the_device_and_its_entities_are_announced(
         "button.edge_tts_kitchen_stop_speaking",
         "sensor.edge_tts_kitchen_state",
         "sensor.edge_tts_kitchen_time_to_first_audio",
+        "sensor.edge_tts_kitchen_cloud_characters_this_month",
+        "sensor.edge_tts_kitchen_estimated_cost_this_month",
     }
+    cost = configs[f"homeassistant/sensor/{node}/cloud_cost/config"]
+    assert cost["device_class"] == "monetary" and cost["state_class"] == "total"
 
 
 async def test_the_entities_command_topics_speak_and_stop(
@@ -126,11 +132,11 @@ async def test_the_entities_command_topics_speak_and_stop(
 async def test_discovery_remove_clears_the_entities(
     discovering: DaemonProcess, broker: Broker
 ) -> None:
-    assert len(await retained(broker, "homeassistant/#")) == 4
+    assert len(await retained(broker, "homeassistant/#")) == 6
     await discovering.stop()
     run = await edge_tts("discovery", "-c", str(discovering.config), "remove")
     assert run.code == 0, run.all
-    assert "removed 4 Home Assistant entities of device 'kitchen'" in run.out
+    assert "removed 6 Home Assistant entities of device 'kitchen'" in run.out
     assert await retained(broker, "homeassistant/#") == {}
     assert await retained(broker, "edge-tts/#") == {}  # no availability, state or stats left
 

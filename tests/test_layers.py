@@ -38,6 +38,7 @@ LEVELS: dict[str, int] = {
     "edge_tts.keeper": 3,
     "edge_tts.player": 3,
     "edge_tts.mqtt": 3,
+    "edge_tts.costs": 3,
     "edge_tts.discovery": 4,
     "edge_tts.cache": 4,
     "edge_tts.status": 5,

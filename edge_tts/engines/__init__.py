@@ -16,7 +16,7 @@ from ..config import DashscopeConfig, Voice
 from ..errors import ConnectionLost, SynthesisError
 from ..protocols import Audio
 from ..protocols import Event as ProtocolEvent
-from ..text import split_sentences
+from ..text import billed, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,20 @@ async def sentence_by_sentence(
         async with aclosing(engine.synthesize(one)) as audio:
             async for chunk in audio:
                 yield chunk
+
+
+# Counts what is sent to the cloud: (model, billed characters). See costs.Usage.
+Meter = Callable[[str, int], None]
+
+
+async def metered(
+    pieces: AsyncIterator[str], meter: Meter | None, model: str, *, ssml: bool = False
+) -> AsyncGenerator[str, None]:
+    """The pieces of text, each counted as billed as it goes to the service."""
+    async for piece in pieces:
+        if meter is not None:
+            meter(model, billed(piece, ssml=ssml))
+        yield piece
 
 
 async def each(pieces: list[str]) -> AsyncGenerator[str, None]:

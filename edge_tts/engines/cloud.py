@@ -9,7 +9,7 @@ from collections.abc import Callable
 from ..config import CLOUD_INFERENCE, Config, EngineName
 from ..keeper import ConnectionKeeper, ConnectionSettings, KeeperStats
 from ..secret import Secret
-from . import AudioWaitSettings, Engine
+from . import AudioWaitSettings, Engine, Meter
 from .cosyvoice import CosyVoiceEngine
 from .piper import PiperEngine
 from .qwen import QwenEngine
@@ -79,6 +79,7 @@ def build_engines(
     on_change: Callable[[KeeperStats], None] | None = None,
     *,
     serving: bool = True,
+    meter: Meter | None = None,
 ) -> Cloud:
     """Every engine, the inference ones sharing one kept connection. Connections are kept
     warm only when `serving` (not for a one-off `say`) and only for endpoints a voice uses;
@@ -89,12 +90,18 @@ def build_engines(
     keeper = ConnectionKeeper(ds.inference_url, api_key, connection, on_change=on_change)
     cloud = Cloud(keeper, keep_inference=connection.keep_warm and uses_inference(config))
     cloud.qwen = QwenEngine(
-        ds.realtime_url, api_key, connection, wait, on_change=on_change, run_keeper=cloud.run_keeper
+        ds.realtime_url,
+        api_key,
+        connection,
+        wait,
+        on_change=on_change,
+        run_keeper=cloud.run_keeper,
+        meter=meter,
     )
     cloud.piper = PiperEngine(release_after_s=config.fallback.release_after_s)
     cloud.engines = {
-        EngineName.COSYVOICE: CosyVoiceEngine(keeper, wait),
-        EngineName.SAMBERT: SambertEngine(keeper, wait),
+        EngineName.COSYVOICE: CosyVoiceEngine(keeper, wait, meter),
+        EngineName.SAMBERT: SambertEngine(keeper, wait, meter),
         EngineName.QWEN: cloud.qwen,
         EngineName.PIPER: cloud.piper,
     }

@@ -17,9 +17,11 @@ from ..ssml import ssml_text
 from ..text import split_sentences, weight
 from . import (
     AudioWaitSettings,
+    Meter,
     SynthesisRequest,
     drive_duplex,
     each,
+    metered,
     new_task_id,
     pieces_of,
     replaced_once,
@@ -93,9 +95,15 @@ class InferenceEngine:
     """A task protocol on the inference endpoint (CosyVoice, Sambert): one task at a time on
     a kept connection, driven by protocols.inference.Task."""
 
-    def __init__(self, keeper: ConnectionKeeper, wait: AudioWaitSettings | None = None) -> None:
+    def __init__(
+        self,
+        keeper: ConnectionKeeper,
+        wait: AudioWaitSettings | None = None,
+        meter: Meter | None = None,
+    ) -> None:
         self._keeper = keeper
         self._wait = wait or AudioWaitSettings()
+        self._meter = meter
 
     def check(self, request: SynthesisRequest) -> None:
         """Raise SynthesisError for a request the service documents it would refuse."""
@@ -129,7 +137,10 @@ class InferenceEngine:
         *,
         replacing: bool = False,
     ) -> AsyncGenerator[bytes, None]:
-        """Run `task` on a kept connection, its text sent as it comes; yield its audio."""
+        """Run `task` on a kept connection, its text sent (and counted) as it comes; yield
+        its audio."""
+        model = str(request.voice.model)
+        text = metered(text, self._meter, model, ssml=request.ssml)
         async with self._keeper.lease() as lease:
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
             try:

@@ -38,9 +38,11 @@ from ..secret import Secret
 from ..text import split_sentences
 from . import (
     AudioWaitSettings,
+    Meter,
     SynthesisRequest,
     drive_duplex,
     each,
+    metered,
     pieces_of,
     replaced_once,
 )
@@ -92,7 +94,9 @@ class QwenEngine:
         *,
         on_change: Callable[[KeeperStats], None] | None = None,
         run_keeper: KeeperRunner | None = None,
+        meter: Meter | None = None,
     ) -> None:
+        self._meter = meter
         self._url = realtime_url
         self._api_key = api_key
         self._connection = connection or ConnectionSettings()
@@ -203,6 +207,7 @@ class QwenEngine:
         """A ready session takes the text as it comes; its audio is yielded at the output
         rate, and (commit mode) each sentence done is counted in the request's trace."""
         keeper = self.keeper_for(request)
+        text = metered(text, self._meter, str(request.voice.model))
         async with keeper.lease() as lease:
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
             session = self._sessions.pop(lease.ws)

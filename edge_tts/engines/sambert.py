@@ -4,6 +4,7 @@ as CosyVoice, but one run-task carries the whole text."""
 from __future__ import annotations
 
 from ..protocols.inference import Task, run_task
+from ..text import billed
 from . import SynthesisRequest
 from .cosyvoice import InferenceEngine
 
@@ -26,5 +27,7 @@ class SambertEngine(InferenceEngine):
             "phoneme_timestamp_enabled": False,
         }
         task = Task(task_id, run_task(task_id, voice.model, parameters, text=request.text))
+        if self._meter is not None:  # the whole text goes in the run-task
+            self._meter(voice.model, billed(request.text))
         task.start()
         return task, []

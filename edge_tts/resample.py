@@ -7,13 +7,21 @@ exactly the bytes the whole would.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+# numpy is imported when a resampler is first made, not at start: most set-ups never resample
+# (the cloud speaks at the output rate), and it is the largest part of an idle daemon's memory.
 
 
 class Resampler:
     """Feed chunks as they arrive; each call returns the output they complete."""
 
     def __init__(self, from_rate: int, to_rate: int) -> None:
+        import numpy as np
+
         self.from_rate, self.to_rate = from_rate, to_rate
         self._held = np.zeros(0, dtype=np.float64)  # input not yet fully used
         self._held_start = 0  # input index of _held[0]
@@ -29,6 +37,8 @@ class Resampler:
         return self._run(b"", final=True)
 
     def _run(self, pcm: bytes, *, final: bool) -> bytes:
+        import numpy as np
+
         if self.from_rate == self.to_rate:
             return pcm
         pcm, self._odd = self._odd + pcm, b""

@@ -73,6 +73,8 @@ class SentenceStream:
 
     def feed(self, text: str) -> list[str]:
         self._pending += text
+        if not self._pending.strip():
+            return []  # nothing to say yet: blanks go with the next words
         pieces = split_sentences(self._pending, self._max_weight)
         if pieces and not _ENDS_A_SENTENCE.search(pieces[-1]):
             self._pending = pieces.pop()  # the sentence still being written

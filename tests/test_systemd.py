@@ -351,6 +351,32 @@ def test_install_into_a_root_then_upgrade_then_uninstall(tmp_path: Path) -> None
     assert not (root / "etc/edge-tts").exists()  # ...unless purged
 
 
+def test_install_says_what_to_do_where_it_cannot_install_a_service(tmp_path: Path) -> None:
+    """No systemd running the machine (a container, WSL): nothing is installed, and the
+    message says how to run edge-tts instead. Without root: how to run it as root."""
+    env = dict(os.environ, EDGE_TTS_SYSTEMD_RUN=str(tmp_path / "no-systemd"))
+    run = subprocess.run(
+        [str(ROOT / "scripts" / "install")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1
+    if os.getuid() == 0:
+        assert "systemd is not running here" in run.stderr
+        assert "scripts/run" in run.stderr and "--no-start" in run.stderr
+    else:
+        assert "run as root" in run.stderr
+    assert not Path("/opt/edge-tts/venv/bin/edge-tts").exists() or run.stdout == ""
+
+
+def test_uninstall_with_nothing_installed_says_so_and_succeeds(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [str(ROOT / "scripts" / "uninstall"), "--root", str(tmp_path), "--purge"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "edge-tts is not installed" in run.stdout
+
+
 async def test_a_supervisor_that_never_reads_notifications_does_not_block_the_daemon(
     tmp_path: Path,
     broker: Broker,

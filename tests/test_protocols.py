@@ -309,3 +309,40 @@ def test_whatever_the_service_sends_a_session_answers_with_an_event_or_a_synthes
             session.receive(frame)
         except SynthesisError:
             assert session.state is SessionState.FAILED
+
+
+def test_every_task_message_carries_the_header_the_reference_documents() -> None:
+    task = duplex()
+    task.receive(event("task-started"))
+    task.send_text("Hi.")
+    task.finish()
+    for m in sent(task):
+        assert m["header"]["streaming"] == "duplex" and m["header"]["task_id"] == TASK
+        assert set(m["header"]) == {"action", "task_id", "streaming"}
+
+
+@pytest.mark.parametrize("error", ["a string", 5, None, ["x"]])
+def test_an_error_event_of_any_shape_is_a_clear_failure_in_every_state(error: object) -> None:
+    opening = Session(CONFIG)
+    with pytest.raises(TaskFailed, match="unknown: no message"):
+        opening.receive(qwen("error", error=error))
+    configuring = Session(CONFIG)
+    configuring.receive(qwen("session.created"))
+    with pytest.raises(SessionRefused, match="unknown: no message"):
+        configuring.receive(qwen("error", error=error))
+    with pytest.raises(TaskFailed, match="unknown: no message"):
+        ready().receive(qwen("error", error=error))
+
+
+def test_a_delta_without_audio_is_no_audio() -> None:
+    assert ready().receive(qwen("response.audio.delta")) == Audio(b"")
+
+
+def test_audio_with_stray_characters_is_refused_not_cleaned_up() -> None:
+    with pytest.raises(SynthesisError, match="not base64"):
+        ready().receive(qwen("response.audio.delta", delta="AAAA*"))  # "AAAA" would decode
+
+
+@pytest.mark.parametrize("response", [{"id": "r1"}, "done", None])
+def test_a_response_done_that_says_no_status_is_a_completed_one(response: object) -> None:
+    assert ready().receive(qwen("response.done", response=response)) == SentenceDone()

@@ -1,0 +1,135 @@
+"""What `edge-tts serve` costs a Pi while it waits and while it speaks: resident memory, CPU
+time, and the time from start to `online` — for this tree and, in the same run, for another
+(an earlier commit checked out with `git worktree add`), as a before/after table.
+
+    .venv/bin/python bench/footprint.py [-n 5] [--idle-s 30] [--before DIR]
+
+Each run starts the daemon as a user does (`python -m edge_tts serve`, its own process, the
+shipped defaults but for the broker, the fake cloud and the cache), measures from outside
+(/proc), then stops it:
+  - start → `online` retained on its availability topic (ms),
+  - resident memory idle once online (MiB),
+  - CPU (user + system) over --idle-s seconds of idling (% of one core),
+  - CPU per second of speech while speaking 10 warm cloud announcements (ms CPU / s audio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiomqtt
+import yaml
+
+from harness import API_KEY, ROOT, Row, broker, fake_cloud, table
+
+TICK = os.sysconf("SC_CLK_TCK")
+TEXT = "The washing machine has finished. Please empty it before the evening."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+    return kib / 1024
+
+
+async def one_run(
+    tree: Path, url: str, b_host: str, b_port: int, idle_s: float
+) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config: dict[str, object] = {
+            "device": {"name": "bench"},
+            "mqtt": {"host": b_host, "port": b_port, "discovery_prefix": None},
+            "dashscope": {"inference_url": url},
+            "cache": {"dir": f"{tmp}/cache", "max_mb": 0},  # every announcement to the cloud
+        }
+        if "wyoming" in (tree / "edge_tts" / "config.py").read_text():  # a tree that has it
+            config["wyoming"] = {"host": "127.0.0.1", "port": free_port(), "zeroconf": False}
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = dict(
+            os.environ,
+            DASHSCOPE_API_KEY=API_KEY,
+            XDG_STATE_HOME=f"{tmp}/state",
+            PYTHONPATH=str(tree),
+        )
+        async with aiomqtt.Client(b_host, b_port) as client:
+            await client.subscribe("edge-tts/bench/#", qos=1)
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edge_tts", "serve", "-c", str(path),
+                env=env, cwd=tree, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                async with asyncio.timeout(60):
+                    async for m in client.messages:
+                        if str(m.topic).endswith("/availability") and m.payload == b"online":
+                            break
+                online_ms = (time.monotonic() - started) * 1000
+                await asyncio.sleep(2)  # settle: the warm connection opened, start-up done
+                idle_rss = rss_mib(proc.pid)
+                before = cpu_s(proc.pid)
+                await asyncio.sleep(idle_s)  # the idling is what is measured
+                idle_pct = (cpu_s(proc.pid) - before) / idle_s * 100
+                before, speech_s = cpu_s(proc.pid), 0.0
+                for n in range(10):
+                    await client.publish("edge-tts/bench/say", f"{TEXT} ({n})".encode(), qos=1)
+                    async for m in client.messages:
+                        if str(m.topic).endswith("/event") and b'"finished"' in bytes(m.payload):  # type: ignore[arg-type]
+                            break
+                    speech_s += 0.06 * len(f"{TEXT} ({n})")  # the fake: 60 ms a character
+                speaking = (cpu_s(proc.pid) - before) * 1000 / speech_s
+            finally:
+                proc.terminate()
+                await proc.wait()
+    return {"online": online_ms, "rss": idle_rss, "idle": idle_pct, "speaking": speaking}
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-n", type=int, default=5)
+    p.add_argument("--idle-s", type=float, default=30)
+    p.add_argument("--before", type=Path, help="another tree (git worktree) to measure too")
+    args = p.parse_args()
+    trees = [("now", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
+    rows: dict[str, list[Row]] = {}
+    with broker() as b, fake_cloud(300) as url:
+        for label, tree in trees:
+            runs = []
+            for _ in range(args.n):
+                print(f"{label}: run {len(runs) + 1} of {args.n}", file=sys.stderr)
+                runs.append(await one_run(tree, url, b.host, b.port, args.idle_s))
+            rows[label] = [
+                Row(f"{label}: start → online (ms)", [r["online"] for r in runs]),
+                Row(f"{label}: resident memory idle (MiB)", [r["rss"] for r in runs]),
+                Row(f"{label}: CPU idle (% of a core)", [r["idle"] for r in runs]),
+                Row(f"{label}: CPU speaking (ms per s of speech)", [r["speaking"] for r in runs]),
+            ]
+    # One table, each measure of both trees side by side.
+    ordered = [row for i in range(4) for label, _ in trees for row in [rows[label][i]]]
+    print(table("Footprint of `edge-tts serve` (median of runs; values, not ms, where so named)",
+                ordered))  # fmt: skip
+    print(f"medians: { {r.name: round(statistics.median(r.values), 2) for r in ordered} }",
+          file=sys.stderr)  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

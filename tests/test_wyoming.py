@@ -33,6 +33,11 @@ from fake_dashscope import FakeDashScope, pcm_for
 
 QWEN = {"engine": "qwen", "model": "qwen3-tts-flash-realtime", "voice": "Cherry"}
 SAMBERT = {"engine": "sambert", "model": "sambert-zhichu-v1"}
+EVERY_ENGINE = [  # (voice, its profile over the test config's, the fake's speaker for it)
+    ("default", None, "longanyang"),  # CosyVoice: one task, a continue-task per sentence
+    ("butler", QWEN, "Cherry"),  # Qwen: one session
+    ("zhichu", SAMBERT, "sambert-zhichu-v1"),  # Sambert: a task per sentence
+]
 
 
 @dataclass
@@ -133,14 +138,7 @@ async def test_describe_lists_every_voice_profile_with_streaming(
 # --- one-shot -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("voice", "profile", "speaker"),
-    [
-        ("default", None, "longanyang"),
-        ("butler", QWEN, "Cherry"),
-        ("zhichu", SAMBERT, "sambert-zhichu-v1"),
-    ],
-)
+@pytest.mark.parametrize(("voice", "profile", "speaker"), EVERY_ENGINE)
 async def test_synthesize_streams_the_clouds_exact_pcm_for_each_engine(
     serve: Callable[..., Awaitable[Served]],
     dashscope: FakeDashScope,
@@ -185,14 +183,7 @@ async def test_the_fallback_voice_speaks_when_the_cloud_cannot(
 # --- streaming -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("voice", "profile", "speaker"),
-    [
-        ("default", None, "longanyang"),
-        ("butler", QWEN, "Cherry"),
-        ("zhichu", SAMBERT, "sambert-zhichu-v1"),  # a task per sentence
-    ],
-)
+@pytest.mark.parametrize(("voice", "profile", "speaker"), EVERY_ENGINE)
 async def test_streamed_text_is_spoken_while_it_is_still_arriving(
     serve: Callable[..., Awaitable[Served]],
     dashscope: FakeDashScope,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -419,3 +420,14 @@ def test_named_chimes_are_wav_files_a_message_may_choose(tmp_path: Path) -> None
         with pytest.raises(ConfigError) as refused:
             parse_config({"audio": {"chimes": chimes}})
         assert str(refused.value).startswith(says), refused.value
+
+
+def test_the_shipped_config_states_every_default_truly() -> None:
+    """config/edge-tts.yaml is the documentation of every key "with its default": apart from
+    the device's name and the example voices, it must say exactly what the code defaults to."""
+    defaults = parse_config({})
+    shipped = load_config(str(ROOT / "config" / "edge-tts.yaml"), {})
+    for field in dataclasses.fields(defaults):
+        if field.name not in ("device", "voices", "source"):
+            assert getattr(defaults, field.name) == getattr(shipped, field.name), field.name
+    assert defaults.voices["default"] == shipped.voices["default"]

@@ -85,6 +85,8 @@ def bench_config(workdir: Path, b: Broker, url: str, **sections: dict[str, Any])
             "default": {"engine": "cosyvoice", "model": "cosyvoice-v3-flash", "voice": "longanyang"}
         },
         "cache": {"dir": str(workdir / "cache")},
+        # Home Assistant's voice is measured by bench/wyoming_first_audio.py, which turns it on.
+        "wyoming": {"enabled": False},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

@@ -83,7 +83,7 @@ async def ours(url: str, n: int) -> list[Row]:
             b,
             url,
             cache={"max_mb": 0},
-            wyoming={"host": "127.0.0.1", "port": port, "zeroconf": False},
+            wyoming={"enabled": True, "host": "127.0.0.1", "port": port, "zeroconf": False},
         )
         async with running_daemon(config) as d:
             while not d.daemon.wyoming.listening:  # noqa: ASYNC110 (a bench, not a test)

@@ -346,3 +346,16 @@ def test_audio_with_stray_characters_is_refused_not_cleaned_up() -> None:
 @pytest.mark.parametrize("response", [{"id": "r1"}, "done", None])
 def test_a_response_done_that_says_no_status_is_a_completed_one(response: object) -> None:
     assert ready().receive(qwen("response.done", response=response)) == SentenceDone()
+
+
+def test_only_task_started_releases_the_text_held_for_it() -> None:
+    task = duplex()
+    task.send_text("Held.")
+    sent(task)
+    assert task.receive(event("result-generated")) is None  # anything else: still waiting
+    assert sent(task) == [] and task.state is TaskState.STARTING
+
+
+def test_a_duplex_run_task_has_an_empty_input_as_documented() -> None:
+    (run,) = sent(duplex())
+    assert run["payload"]["input"] == {} and run["header"]["streaming"] == "duplex"

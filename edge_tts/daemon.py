@@ -80,12 +80,9 @@ class Daemon:
         return self.cloud.keeper
 
     def _build_cloud(self, config: Config, api_key: Secret | None) -> Cloud:
-        return build_engines(config, api_key, self.report.stats_changed, meter=self._sent)
-
-    def _sent(self, model: str, characters: int) -> None:
-        """Characters went to the cloud: counted, and the stats say so."""
-        self.usage.add(model, characters)
-        self.report.stats_changed()
+        # What is sent is counted; the stats published at the end of each announcement or
+        # request say so (not one publish per sentence).
+        return build_engines(config, api_key, self.report.stats_changed, meter=self.usage.add)
 
     def _speaker(self) -> Speaker:
         return Speaker(

@@ -89,6 +89,12 @@ async def metered(
         yield piece
 
 
+def _no_audio(settings: AudioWaitSettings, *, heard: bool) -> SynthesisError:
+    key = "stall_timeout_s" if heard else "first_audio_timeout_s"
+    limit = getattr(settings, key)
+    return SynthesisError(f"DashScope sent no audio within {limit:g} s (dashscope.{key})")
+
+
 async def each(pieces: list[str]) -> AsyncGenerator[str, None]:
     """A list of text, as the async iterator a driver takes."""
     for piece in pieces:
@@ -161,8 +167,6 @@ async def drive_duplex(
     try:
         await flush()
         while not duplex.ended:
-            if receiving is None:
-                receiving = asyncio.ensure_future(ws.recv())
             if first_sent is None:
                 deadline = None
             elif heard_at is None:
@@ -170,30 +174,42 @@ async def drive_duplex(
             else:
                 since = max(heard_at, last_sent)
                 deadline = since + settings.stall_timeout_s if input_done else None
-            changed.clear()
-            waiting = asyncio.ensure_future(changed.wait())
-            watched: set[asyncio.Future[Any]] = {receiving, waiting}
-            if not feeder.done():
-                watched.add(feeder)
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            done, _ = await asyncio.wait(watched, timeout=timeout, return_when="FIRST_COMPLETED")
-            waiting.cancel()
-            if feeder in done and feeder.exception() is not None:
-                raise feeder.exception()  # type: ignore[misc]
-            if receiving in done:
-                frame, receiving = receiving.result(), None
-                event = duplex.receive(frame)
-                await flush()
-                if isinstance(event, Audio):
-                    heard_at = loop.time()
-                if event is not None:
-                    yield event
-            elif not done:
-                key = "first_audio_timeout_s" if heard_at is None else "stall_timeout_s"
-                limit = getattr(settings, key)
-                raise SynthesisError(
-                    f"DashScope sent no audio within {limit:g} s (dashscope.{key})"
+            if feeder.done() and receiving is None:
+                # All the text is sent: only the service changes anything now (the common
+                # case, and the cheap one: one read with a deadline, no futures to watch).
+                if (failed := feeder.exception()) is not None:
+                    raise failed
+                try:
+                    async with asyncio.timeout(timeout):
+                        frame = await ws.recv()
+                except TimeoutError:
+                    raise _no_audio(settings, heard=heard_at is not None) from None
+            else:
+                if receiving is None:
+                    receiving = asyncio.ensure_future(ws.recv())
+                changed.clear()
+                waiting = asyncio.ensure_future(changed.wait())
+                watched: set[asyncio.Future[Any]] = {receiving, waiting}
+                if not feeder.done():
+                    watched.add(feeder)
+                done, _ = await asyncio.wait(
+                    watched, timeout=timeout, return_when="FIRST_COMPLETED"
                 )
+                waiting.cancel()
+                if feeder in done and (failed := feeder.exception()) is not None:
+                    raise failed
+                if receiving not in done:
+                    if not done:
+                        raise _no_audio(settings, heard=heard_at is not None)
+                    continue  # the text's state changed: the deadline is another
+                frame, receiving = receiving.result(), None
+            event = duplex.receive(frame)
+            await flush()
+            if isinstance(event, Audio):
+                heard_at = loop.time()
+            if event is not None:
+                yield event
     except websockets.ConnectionClosed as exc:
         code = exc.rcvd.code if exc.rcvd else 1006
         raise ConnectionLost(

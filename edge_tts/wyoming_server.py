@@ -464,7 +464,13 @@ async def _advertise(config: Config) -> _Advertisement | None:
         port=w.port,
         server=f"{name}.local.",
     )
-    zeroconf = AsyncZeroconf(ip_version=IPVersion.V4Only)
+    try:
+        # On the addresses advertised only: zeroconf then needs no list of the machine's
+        # interfaces (a netlink socket, which a sandboxed service may not open).
+        zeroconf = AsyncZeroconf(interfaces=addresses, ip_version=IPVersion.V4Only)
+    except Exception as exc:  # no multicast here, a sandbox: discovery only is lost
+        log.warning("wyoming: not advertised by zeroconf: %s", exc)
+        return None
     try:
         await zeroconf.async_register_service(service)
     except Exception as exc:  # no multicast route, a name clash: discovery only is lost

@@ -547,3 +547,21 @@ async def test_a_sigterm_mid_stream_stops_the_daemon_cleanly_and_in_time(
         assert await client.read_event() is None  # the client's connection was ended
     assert home.log.availability[-1] == "offline"
     dashscope.hold.set()
+
+
+async def test_a_network_that_refuses_multicast_loses_only_the_advertisement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service's sandbox (or a network without multicast) refuses zeroconf's sockets:
+    the server must serve on, unadvertised. The refusal is simulated: no sandbox runs here."""
+    import zeroconf.asyncio
+
+    from edge_tts.config import parse_config
+    from edge_tts.wyoming_server import _advertise
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError(97, "Address family not supported by protocol")
+
+    monkeypatch.setattr(zeroconf.asyncio, "AsyncZeroconf", refused)
+    config = parse_config({"wyoming": {"host": "127.0.0.1", "port": free_port()}})
+    assert await _advertise(config) is None

@@ -52,19 +52,20 @@ COSYVOICE_INSTRUCTION_WEIGHT = 100  # CJK ideographs count two
 # Qwen-TTS Realtime (the first generation) speaks only at 24 kHz and has no rate, pitch or
 # volume; the Qwen3 models offer these PCM rates.
 QWEN_RATES = (8000, 16000, 24000, 48000)
-QWEN_LANGUAGES = (
-    "Auto",
-    "Chinese",
-    "English",
-    "German",
-    "Italian",
-    "Portuguese",
-    "Spanish",
-    "Japanese",
-    "Korean",
-    "French",
-    "Russian",
-)
+# language_type's values, and the language code Home Assistant matches each against.
+QWEN_LANGUAGE_CODES = {
+    "Chinese": "zh",
+    "English": "en",
+    "German": "de",
+    "Italian": "it",
+    "Portuguese": "pt",
+    "Spanish": "es",
+    "Japanese": "ja",
+    "Korean": "ko",
+    "French": "fr",
+    "Russian": "ru",
+}
+QWEN_LANGUAGES = ("Auto", *QWEN_LANGUAGE_CODES)
 QWEN_MODES = ("commit", "server_commit")
 # CosyVoice: text limits per continue-task and per task (service characters).
 COSYVOICE_TEXT_WEIGHT = 20_000
@@ -102,18 +103,6 @@ def is_custom_cosyvoice_voice(voice: str) -> bool:
 # the codes Home Assistant matches an Assist pipeline's language against.
 COSYVOICE_LANGUAGES = ("zh", "en", "fr", "de", "ja", "ko", "ru")
 COSYVOICE_35_LANGUAGES = (*COSYVOICE_LANGUAGES, "pt", "th", "id", "vi")
-QWEN_LANGUAGE_TYPES = {
-    "Chinese": "zh",
-    "English": "en",
-    "German": "de",
-    "Italian": "it",
-    "Portuguese": "pt",
-    "Spanish": "es",
-    "Japanese": "ja",
-    "Korean": "ko",
-    "French": "fr",
-    "Russian": "ru",
-}
 SAMBERT_LANGUAGES = ("zh", "en")
 
 
@@ -126,9 +115,9 @@ def languages(
     if hints:
         return list(hints)
     if engine == "qwen":
-        if language_type in QWEN_LANGUAGE_TYPES:
-            return [QWEN_LANGUAGE_TYPES[language_type]]
-        return list(QWEN_LANGUAGE_TYPES.values())
+        if language_type in QWEN_LANGUAGE_CODES:
+            return [QWEN_LANGUAGE_CODES[language_type]]
+        return list(QWEN_LANGUAGE_CODES.values())
     if engine == "cosyvoice":
         v35 = model is not None and model.startswith("cosyvoice-v3.5")
         return list(COSYVOICE_35_LANGUAGES if v35 else COSYVOICE_LANGUAGES)

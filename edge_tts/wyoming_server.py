@@ -378,7 +378,6 @@ class _Stream:
         self._sentences = SentenceStream()
         self._feed = TextFeed()
         self._chars = 0
-        client._stats.speaking += 1
         self._task = asyncio.get_running_loop().create_task(
             self._speak(), name=f"{client._name} stream"
         )
@@ -404,18 +403,14 @@ class _Stream:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _speak(self) -> None:
+        # Counted here, not at creation: a stream cancelled before its task ran (a refusal
+        # right after synthesize-start) would otherwise stay "speaking" for ever.
+        self._client._stats.speaking += 1
         try:
-            speech = self._client._speaker.speech_stream(self._voice, self._feed)
-            await self._client._play(_started(speech))
+            await self._client._play(self._client._speaker.speech_stream(self._voice, self._feed))
         finally:
             self._client._stats.speaking -= 1
             self._client._server.changed()
-
-
-async def _started(audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-    async with aclosing(audio) as chunks:
-        async for chunk in chunks:
-            yield chunk
 
 
 def _voice_name(event: Event) -> str | None:

@@ -236,6 +236,23 @@ async def test_a_writer_thinking_longer_than_the_stall_timeout_is_not_a_stall(
     assert heard.audio + rest.audio == first_pcm + pcm_for("Second.")
 
 
+async def test_a_stream_the_cloud_fails_before_any_audio_is_said_by_the_fallback_voice(
+    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope
+) -> None:
+    served = await serve(voices__offline={"engine": "piper"}, fallback_voice="offline")
+    async with served.client() as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="This one [fail] breaks. ").event())
+        await client.write_event(SynthesizeChunk(text="And this goes on.").event())
+        await client.write_event(SynthesizeStop().event())
+        heard = await read_until(client, "synthesize-stopped", timeout=60)
+    assert heard.errors == [] and heard.types[-1] == "synthesize-stopped"
+    # Piper said all of it, the sentence the cloud failed on included (~1 s of speech each).
+    assert len(heard.audio) > 2 * 24000
+    assert pcm_for("And this goes on.") not in heard.audio
+    assert [t.outcome for t in dashscope.tasks if t.texts] == ["failed"]
+
+
 async def test_streaming_events_need_no_describe_first(
     serve: Callable[..., Awaitable[Served]],
 ) -> None:
@@ -318,6 +335,7 @@ async def test_an_announcement_keeps_its_warm_connection_while_assist_is_speakin
 async def test_bad_requests_get_an_error_and_the_server_goes_on(
     serve: Callable[..., Awaitable[Served]],
     dashscope: FakeDashScope,
+    home: Home,
     events: list[Event],
     code: str,
     says: str,
@@ -329,8 +347,15 @@ async def test_bad_requests_get_an_error_and_the_server_goes_on(
         heard = await read_until(client, "error")
     (error,) = heard.errors
     assert error.code == code and says in error.text, error
-    # The server (and the daemon) speak the next good request.
+    # The server (and the daemon) speak the next good request...
     assert (await one_shot(served, "Still here.")).audio == pcm_for("Still here.")
+    # ...and nothing refused is left counted as being spoken.
+    await home.log.wait_for(
+        lambda: (
+            (home.log.stats[-1].get("wyoming") or {}).get("clients") == 0
+            and home.log.stats[-1]["wyoming"]["speaking"] == 0
+        )
+    )
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 _MAX_EVENT_BYTES = 1 << 20  # a text event is a few kB; nothing a client sends may be larger
 _LINE_LIMIT = 1 << 16  # the JSON header line of one event
+# Home Assistant opens a connection per request and closes it: a client silent this long, or
+# one past this many at once, is someone holding sockets, not asking for speech.
+_IDLE_S = 120.0
+_MAX_CLIENTS = 16
 _WIDTH, _CHANNELS = 2, 1
 
 ALIBABA = Attribution(name="Alibaba Cloud Model Studio", url="https://www.alibabacloud.com/")
@@ -198,6 +202,13 @@ class WyomingServer:
 
     def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count += 1
+        if len(self._clients) >= _MAX_CLIENTS:
+            log.warning("wyoming: %d clients already; one more refused", _MAX_CLIENTS)
+            refused = Error(text=f"busy: {_MAX_CLIENTS} clients already", code="busy").event()
+            task = asyncio.get_running_loop().create_task(_refuse(writer, refused))
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+            return
         client = _Client(self, reader, writer, self._count)
         task = asyncio.get_running_loop().create_task(
             client.run(), name=f"wyoming client {self._count}"
@@ -226,12 +237,17 @@ class _Client:
 
     async def run(self) -> None:
         self._stats.clients += 1
+        self._server.changed()
         peer = self._writer.get_extra_info("peername")
         log.info("%s: connected from %s", self._name, peer)
         try:
             while True:
                 try:
-                    event = await async_read_event(self._reader)
+                    async with asyncio.timeout(_IDLE_S):
+                        event = await async_read_event(self._reader)
+                except TimeoutError:
+                    log.info("%s: silent for %g s; closed", self._name, _IDLE_S)
+                    return
                 except (
                     ValueError,
                     TypeError,
@@ -411,6 +427,15 @@ class _Stream:
         finally:
             self._client._stats.speaking -= 1
             self._client._server.changed()
+
+
+async def _refuse(writer: asyncio.StreamWriter, error: Event) -> None:
+    """Say why, and hang up (a client past the limit)."""
+    with contextlib.suppress(ConnectionError, OSError):
+        await async_write_event(error, writer)
+    writer.close()
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.wait_closed()
 
 
 def _voice_name(event: Event) -> str | None:

@@ -590,3 +590,21 @@ async def test_a_network_that_refuses_multicast_loses_only_the_advertisement(
     monkeypatch.setattr(zeroconf.asyncio, "AsyncZeroconf", refused)
     config = parse_config({"wyoming": {"host": "127.0.0.1", "port": free_port()}})
     assert await _advertise(config) is None
+
+
+async def test_a_flood_of_idle_connections_is_turned_away_and_then_served_again(
+    serve: Callable[..., Awaitable[Served]], home: Home
+) -> None:
+    """Someone holding sockets open: past 16 at once, a newcomer is told it is busy, and the
+    server serves again once they go. (Silent ones are also closed after two minutes.)"""
+    served = await serve()
+    held = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(16)]
+    await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 16)
+    async with served.client() as client:
+        await client.write_event(Describe().event())
+        heard = await read_until(client, "info")
+    assert [(e.code, e.text) for e in heard.errors] == [("busy", "busy: 16 clients already")]
+    for _, writer in held:
+        writer.close()
+    await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 0)
+    assert (await one_shot(served, "Served again.")).audio == pcm_for("Served again.")

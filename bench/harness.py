@@ -30,7 +30,7 @@ os.environ.setdefault("EDGE_TTS_ALSA_CAPTURE", "/dev/null")
 
 from edge_tts.config import Config, load_config
 from edge_tts.daemon import Daemon
-from edge_tts.player import FirstAudio, Player
+from edge_tts.player import FirstAudio, Player, Start
 from edge_tts.secret import Secret
 
 from mosquitto import Broker
@@ -110,13 +110,14 @@ class TimedPlayer(Player):
         *,
         volume: int = 100,
         on_first_audio: FirstAudio | None = None,
+        start: Start | None = None,
     ) -> bool:
         def first(at: float) -> None:
             self.first_audio.put_nowait(at)
             if on_first_audio is not None:
                 on_first_audio(at)
 
-        complete = await super().play(audio, volume=volume, on_first_audio=first)
+        complete = await super().play(audio, volume=volume, on_first_audio=first, start=start)
         self.done.put_nowait(complete)
         return complete
 

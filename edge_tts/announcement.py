@@ -42,6 +42,7 @@ _KNOWN_KEYS = {
     "instructions",
     "cache",
     "sent_at",
+    "play_at",
 }
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}
 
@@ -51,6 +52,7 @@ _MAX_INT_DIGITS = 20
 _MAX_INSTRUCTIONS = 2000  # characters; the services' own limits are lower
 _MAX_TITLE = 200
 _FUTURE_SLACK_S = 300.0  # a sent_at this far ahead of our clock is a clock out of step
+MAX_PLAY_AHEAD_S = 3600.0  # a play_at further ahead is refused: a mistake, not a schedule
 _EXCERPT = 40  # characters of the input quoted back in a reason
 
 
@@ -72,6 +74,8 @@ class Announcement:
     cache: bool = True  # false: neither read nor write the phrase cache
     sent_at: float | None = None  # when the sender published it (epoch seconds), if it said
     ssml: bool = False  # text is an SSML document (<speak>...</speak>)
+    play_at: float | None = None  # when its first sample is to be heard (epoch seconds)
+    group: str | None = None  # the group it was sent to (`<prefix>/group/<group>/say`)
     received_at: float = field(default_factory=time.monotonic, compare=False)
     seq: int | None = field(default=None, compare=False)  # its entry in the durable queue
 
@@ -306,6 +310,7 @@ def _from_json(obj: dict[str, Any], rules: _Rules, announcement_id: str) -> Anno
         )
     cache = _field(obj, "cache", bool, "true or false")
     sent_at = _sent_at(obj.get("sent_at"))
+    play_at = _play_at(obj.get("play_at"))
     return Announcement(
         text=text,
         id=announcement_id,
@@ -317,6 +322,7 @@ def _from_json(obj: dict[str, Any], rules: _Rules, announcement_id: str) -> Anno
         cache=cache is not False,
         sent_at=sent_at,
         ssml=ssml,
+        play_at=play_at,
     )
 
 
@@ -330,24 +336,54 @@ def _chime(obj: dict[str, Any], chimes: Collection[str]) -> bool | str | None:
     return chime
 
 
+def _moment(value: Any, *, local: bool) -> float | None:
+    """Epoch seconds from an ISO 8601 time or a number of epoch seconds; None if it is
+    neither. A time without its offset is local time if `local`, else not a moment."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            if not local:
+                return None
+            moment = moment.astimezone()
+        when = moment.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+    return when if math.isfinite(when) else None
+
+
+def _play_at(value: Any) -> float | None:
+    """`play_at`: when the first sample is to be heard, an ISO 8601 time with its offset (the
+    rooms of a group may not share a time zone) or epoch seconds; at most an hour ahead. One
+    in the past is the daemon's to judge (late, or too old: announcements.max_age_s)."""
+    if value is None:
+        return None
+    when = _moment(value, local=False)
+    if when is None:
+        raise BadAnnouncement(
+            "'play_at' must be an ISO 8601 time with its offset (2026-11-26T08:00:00+01:00) "
+            f"or epoch seconds (got {excerpt(value)})"
+        )
+    ahead = when - time.time()
+    if ahead > MAX_PLAY_AHEAD_S:
+        raise BadAnnouncement(
+            f"'play_at' is {min(ahead, 1e12):.0f} s ahead, more than an hour: is the "
+            "sender's clock or this one wrong?"
+        )
+    return when
+
+
 def _sent_at(value: Any) -> float | None:
     """`sent_at`: an ISO 8601 time (with its offset, as Home Assistant's now() gives) or epoch
     seconds; a time that is not finite, cannot be represented, or lies ahead of our clock by
     more than a clock's usual error is refused."""
     if value is None:
         return None
-    when: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        when = float(value)
-    elif isinstance(value, str) and len(value) <= 64:
-        try:
-            moment = datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.astimezone()  # local time
-            when = moment.timestamp()
-        except (ValueError, OverflowError, OSError):
-            when = None
-    if when is None or not math.isfinite(when):
+    when = _moment(value, local=True)
+    if when is None:
         raise BadAnnouncement(
             f"'sent_at' must be an ISO 8601 time or epoch seconds (got {excerpt(value)})"
         )

@@ -13,6 +13,7 @@ import aiomqtt
 from wyoming.client import AsyncTcpClient
 from wyoming.info import Describe, Info
 
+from .clock import clock_state, describe
 from .config import CLOUD_INFERENCE, Config, EngineName, Voice
 from .engines import AudioWaitSettings, SynthesisRequest, drive_duplex
 from .engines.cosyvoice import run_task
@@ -239,6 +240,9 @@ async def run_checks(config: Config, api_key: Secret | None, report: Report) -> 
             report(f"info wyoming: {what}; the daemon serves it while it runs")
     for warning in model_warnings(config):
         report(f"warn {warning}")
+    # Groups (`all` is everyone's) start together only as well as the clocks agree.
+    fine, clock = describe(await asyncio.to_thread(clock_state))
+    report(f"ok   {clock}" if fine else f"warn {clock}")
     problems = 0
     for name, what, problem in results:
         if problem:

@@ -51,6 +51,13 @@ API_KEY_CREDENTIAL = "dashscope-api-key"
 @dataclass(frozen=True)
 class DeviceConfig:
     name: str
+    # The groups this speaker belongs to (`<prefix>/group/<group>/say`); `all` is every
+    # device's group and is not listed.
+    groups: tuple[str, ...] = ()
+
+    @property
+    def all_groups(self) -> tuple[str, ...]:
+        return ("all", *self.groups)
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,9 @@ class AnnouncementsConfig:
     dedupe_s: float = 10.0  # the same text again within this while queued or playing: once
     max_age_s: float = 900.0  # an announcement with "sent_at" older than this is not spoken
     speak_title: bool = True  # a message's "title" (a notify title) is said before its text
+    # A group notify entity stamps `play_at` this far ahead of the moment Home Assistant sends
+    # the message: time for a warm cloud's first audio to reach every member.
+    sync_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -255,12 +265,28 @@ class _Section:
             raise self.fail(key, f"cannot read {name}: {reason}") from None
 
 
+_MAX_GROUPS = 32
+
+
 def _device(root: _Section) -> DeviceConfig:
-    s = root.section("device", ("name",))
+    s = root.section("device", ("name", "groups"))
     name = s.text("name", None) or socket.gethostname().split(".")[0] or "edge-tts"
     if any(c in name for c in "/#+") or not name.isprintable():
         raise s.fail("name", "must not contain '/', '#', '+' or control characters")
-    return DeviceConfig(name=name)
+    raw = s.data.get("groups") or []
+    if not isinstance(raw, list) or len(raw) > _MAX_GROUPS:
+        raise s.fail("groups", f"must be a list of at most {_MAX_GROUPS} group names")
+    groups: list[str] = []
+    for group in raw:
+        if not isinstance(group, str) or not re.fullmatch(r"[a-z0-9_-]{1,40}", group):
+            raise s.fail(
+                "groups",
+                f"{group!r} is not a group name: 1-40 of a-z, 0-9, '_' and '-' "
+                "(it names MQTT topics and a Home Assistant entity)",
+            )
+        if group != "all" and group not in groups:  # `all` is every device's group anyway
+            groups.append(group)
+    return DeviceConfig(name=name, groups=tuple(groups))
 
 
 def _mqtt(root: _Section) -> MqttConfig:
@@ -595,7 +621,8 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         raise root.fail("fallback_voice", f"names no voice in voices (known: {', '.join(voices)})")
     fb = root.section("fallback", ("first_audio_ms", "preload", "release_after_s"))
     ann = root.section(
-        "announcements", ("max_chars", "queue_size", "dedupe_s", "max_age_s", "speak_title")
+        "announcements",
+        ("max_chars", "queue_size", "dedupe_s", "max_age_s", "speak_title", "sync_ms"),
     )
     return Config(
         device=_device(root),
@@ -618,6 +645,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
             dedupe_s=ann.number("dedupe_s", 10, 0, 3600),
             max_age_s=ann.number("max_age_s", 900, 1, 7 * 86400),
             speak_title=ann.boolean("speak_title", True),
+            sync_ms=ann.integer("sync_ms", 1000, 0, 60_000),
         ),
         wyoming=_wyoming(root),
         source=source,

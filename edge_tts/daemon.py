@@ -20,11 +20,12 @@ from .discovery import discovery_messages
 from .engines.cloud import Cloud, build_engines, uses_inference
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
+from .group import Groups
 from .journal import Journal, Restored, digest
 from .keeper import ConnectionKeeper
-from .mqtt import Incoming, MqttLink
+from .mqtt import Incoming, Kind, MqttLink
 from .player import AudioSink, Discard, Player
-from .policy import interrupts, playback_volume, too_old
+from .policy import interrupts, playback_volume, too_late, too_old
 from .queue import AnnouncementQueue
 from .secret import Secret
 from .speaker import Speaker
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 _SHUTDOWN_S = 1.5  # what closing connections may take after a SIGTERM, in all
 _COUNT_EVERY_S = 60.0  # the phrase cache's counters reach the disk at most this often
+# An announcement to be heard later than this waits outside the queue (not holding it up)
+# until this long before its play_at: time to get its audio ready.
+_HOLD_S = 10.0
 
 
 class Daemon:
@@ -61,7 +65,9 @@ class Daemon:
         self.usage = Usage.for_device(config.device.name, config.dashscope.monthly_characters)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._speaking: Announcement | None = None
+        self._held: dict[Announcement, asyncio.TimerHandle] = {}  # waiting for their play_at
         self.link = self._link()
+        self.groups = self._groups()
         self.report = Reporter(self.link, self.notifier, self._snapshot)
         self.cloud = self._build_cloud(config, api_key)
         self.cache: PhraseCache | None = open_cache(config.cache)
@@ -71,9 +77,12 @@ class Daemon:
         _warn_without_key(api_key)
 
     def _link(self) -> MqttLink:
-        link = MqttLink(self.config.mqtt, self.config.device.name, self._on_message)
+        link = MqttLink(self.config.mqtt, self.config.device, self._on_message)
         link.retained_on_connect = discovery_messages(self.config)
         return link
+
+    def _groups(self) -> Groups:
+        return Groups(self.config.device.name, self.link.topics, self.link.publish_speech)
 
     @property
     def keeper(self) -> ConnectionKeeper:
@@ -92,6 +101,7 @@ class Daemon:
             self._emit,
             self.cache,
             budget=self.usage.exhausted,
+            groups=self.groups,
         )
 
     def _warm_default_voice(self) -> None:
@@ -225,6 +235,7 @@ class Daemon:
         if config.mqtt != old.mqtt or config.device != old.device:
             log.info("reload: reconnecting to the broker")
             self.link = self.report.link = self._link()
+            self.groups = self._groups()
             await self._restart("link", self.link.run())
             await self.link.connected.wait()
         api_key_changed = api_key != self._api_key
@@ -284,8 +295,19 @@ class Daemon:
             )
 
     async def _take(self, message: Incoming) -> None:
-        if message.topic == self.link.topics.stop:
-            self._stop()
+        route = self.link.topics.route(message.topic)
+        if route is None:
+            return
+        if route.kind == Kind.STOP:
+            self._stop(route.group)
+            return
+        if route.kind == Kind.SPEECH:
+            assert route.group is not None and route.key is not None
+            self.groups.receive(route.group, route.key, message.payload)
+            return
+        if route.kind == Kind.AVAILABILITY:
+            assert route.member is not None
+            self.groups.availability(route.member, message.payload == b"online")
             return
         payload_digest = digest(message.payload)
         if message.mid and self.journal.redelivered(message.mid, payload_digest):
@@ -298,6 +320,9 @@ class Daemon:
         try:
             a = parse_payload(
                 message.payload,
+                # Every member of a group gives the announcement the same id (its events
+                # agree, and so does its speech topic), unless the message names one.
+                msg_id=None if route.group is None else payload_digest[:12],
                 voices=self.config.voices.keys(),
                 max_chars=self.config.announcements.max_chars,
                 chimes=dict(self.config.audio.chimes).keys(),
@@ -307,6 +332,8 @@ class Daemon:
             log.warning("announcement %s on %s refused: %s", exc.id, message.topic, exc.reason)
             self._emit(Event(exc.id or "", EventKind.FAILED, error=exc.reason), None)
             return
+        if route.group is not None:
+            a = replace(a, group=route.group)
         if self._too_old(a, a.sent_at):
             return
         a = self.journal.add(a, mid=message.mid, payload_digest=payload_digest)
@@ -322,8 +349,10 @@ class Daemon:
                 self._enqueue(a)
 
     def _too_old(self, a: Announcement, since: float | None) -> bool:
-        """Drop `a`, with an event, if it was sent longer than max_age_s ago."""
-        reason = too_old(since, time.time(), self.config.announcements.max_age_s)
+        """Drop `a`, with an event, if it was sent (or was to be heard) longer than max_age_s
+        ago."""
+        now, max_age_s = time.time(), self.config.announcements.max_age_s
+        reason = too_late(a.play_at, now, max_age_s) or too_old(since, now, max_age_s)
         if reason is None:
             return False
         log.info("announcement %s dropped: %s", a.id, reason)
@@ -331,6 +360,21 @@ class Daemon:
         return True
 
     def _enqueue(self, a: Announcement) -> None:
+        wait = 0.0 if a.play_at is None else a.play_at - _HOLD_S - time.time()
+        if wait <= 0:
+            self._put(a)
+            return
+        log.info("announcement %s held until %.0f s before its play_at", a.id, _HOLD_S)
+        self._emit(Event(a.id, EventKind.QUEUED), a)
+        loop = asyncio.get_running_loop()
+        self._held[a] = loop.call_later(wait, self._release, a)
+
+    def _release(self, a: Announcement) -> None:
+        del self._held[a]
+        self._put(a, told=True)
+
+    def _put(self, a: Announcement, *, told: bool = False) -> None:
+        """Into the queue; `told`: its `queued` event was published when it was held."""
         refused = self.queue.put(a)
         for r in refused:
             log.info("announcement %s dropped: %s", r.announcement.id, r.reason)
@@ -338,18 +382,28 @@ class Daemon:
         if any(r.announcement is a for r in refused):
             return
         log.info("announcement %s queued (%s): %r", a.id, a.priority, a.text[:80])
-        self._emit(Event(a.id, EventKind.QUEUED), a)
+        if not told:
+            self._emit(Event(a.id, EventKind.QUEUED), a)
         playing = self._speaking
         if interrupts(a, playing):
             assert playing is not None
             log.info("announcement %s interrupts %s", a.id, playing.id)
             self.speaker.stop(f"interrupted by {a.id}")
 
-    def _stop(self) -> None:
+    def _stop(self, group: str | None = None) -> None:
+        """Cut what is playing and drop what waits (a stop to a group: on every member)."""
         dropped = self.queue.clear()
+        for a, timer in self._held.items():
+            timer.cancel()
+            dropped.append(a)
+        self._held.clear()
         for a in dropped:
             self._emit(Event(a.id, EventKind.DROPPED, error="stopped"), a)
-        log.info("stop: cutting speech, %d queued announcements dropped", len(dropped))
+        log.info(
+            "stop%s: cutting speech, %d queued announcements dropped",
+            f" to group {group}" if group else "",
+            len(dropped),
+        )
         self.speaker.stop()
 
     async def _speak_queue(self) -> None:
@@ -383,6 +437,7 @@ class Daemon:
         finally:
             self._speaking = None
             self.queue.done()
+            self.groups.forget(a)
         self.report.spoke()
         if not len(self.queue):
             self.report.idle()
@@ -398,7 +453,7 @@ class Daemon:
             cloud_error=self.cloud.last_error,
             cloud_stats=self.cloud.stats(),
             cache=self.cache,
-            queue_length=len(self.queue),
+            queue_length=len(self.queue) + len(self._held),
             journal=self.journal,
             wyoming=self._wyoming_stats(),
             usage=self.usage.as_dict(),

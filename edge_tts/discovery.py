@@ -1,6 +1,7 @@
 """Home Assistant MQTT discovery: the speaker appears as one device with a notify entity (its
 command topic is the say topic, so `notify.send_message` speaks), a button that stops speech,
-a sensor for the state and one for the last announcement's time to first audio.
+sensors for the state, the last announcement's time to first audio and the cloud's cost; and
+each of its groups (`all` too) as a notify entity of its own, shared by every member.
 
 Topics follow `<discovery_prefix>/<component>/<node_id>/<object_id>/config`; every payload is
 built from one schema here, with unique ids derived from the device name.
@@ -36,6 +37,17 @@ def entity_slug(text: str) -> str:
 # when older than announcements.max_age_s. (Home Assistant hands a notify title to no MQTT
 # command template, in any release, so it cannot be passed on from here.)
 NOTIFY_TEMPLATE = '{"text": {{ value | tojson }}, "sent_at": {{ now().isoformat() | tojson }}}'
+
+
+def group_notify_template(sync_ms: int) -> str:
+    """A group's notify template: also stamped with when every member starts (epoch seconds,
+    announcements.sync_ms after Home Assistant sent it), so the rooms speak as one."""
+    play_at = f'"play_at": {{{{ (as_timestamp(now()) + {sync_ms / 1000:g}) | round(3) }}}}'
+    return NOTIFY_TEMPLATE.removesuffix("}") + ", " + play_at + "}"
+
+
+def group_node_id(group: str) -> str:
+    return f"edge_tts_group_{group}"
 
 
 def discovery_messages(config: Config) -> list[tuple[str, bytes]]:
@@ -165,7 +177,35 @@ def discovery_messages(config: Config) -> list[tuple[str, bytes]]:
         }
         topic = f"{prefix}/{component}/{node}/{object_id}/config"
         messages.append((topic, json.dumps(payload).encode()))
-    return messages
+    return messages + [_group_notify(config, g, origin) for g in config.device.all_groups]
+
+
+def _group_notify(config: Config, group: str, origin: dict[str, str]) -> tuple[str, bytes]:
+    """The group's notify entity (`notify.edge_tts_<group>`): every member publishes the very
+    same payload (no field of its own), so Home Assistant keeps one entity, however many
+    members come and go. Always available, like a device's own notify entity."""
+    assert config.mqtt.discovery_prefix
+    node = group_node_id(group)
+    name = f"edge-tts {group}"
+    topics = Topics.of(config.mqtt.topic_prefix, config.device.name, config.device.all_groups)
+    payload = {
+        "name": None,  # the entity is the group: it takes the group's name
+        "command_topic": topics.group(group, "say"),
+        "qos": 1,
+        "command_template": group_notify_template(config.announcements.sync_ms),
+        "icon": "mdi:speaker-multiple",
+        "device": {
+            "identifiers": [node],
+            "name": name,
+            "manufacturer": "edge-tts",
+            "model": "edge-tts speaker group",
+        },
+        "origin": origin,
+        "unique_id": f"{node}_say",
+        "default_entity_id": f"notify.{entity_slug(name)}",
+    }
+    topic = f"{config.mqtt.discovery_prefix}/notify/{node}/say/config"
+    return topic, json.dumps(payload).encode()
 
 
 def removal_messages(config: Config) -> list[tuple[str, bytes]]:
@@ -175,4 +215,6 @@ def removal_messages(config: Config) -> list[tuple[str, bytes]]:
         return []
     topics = Topics.of(config.mqtt.topic_prefix, config.device.name)
     own = [topics.availability, topics.state, topics.stats]
-    return [(topic, b"") for topic, _ in discovery_messages(config)] + [(t, b"") for t in own]
+    # A group's entity stays: the group's other members publish it too.
+    mine = [t for t, _ in discovery_messages(config) if f"/{node_id(config.device.name)}/" in t]
+    return [(topic, b"") for topic in mine] + [(t, b"") for t in own]

@@ -25,6 +25,7 @@ class Source(StrEnum):
     CLOUD = "cloud"
     FALLBACK = "fallback"  # the fallback voice, because the cloud could not
     OFFLINE = "offline"  # a piper voice, chosen
+    SHARED = "shared"  # a group announcement another member synthesized and shared
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,11 @@ class Event:
     connection: str | None = None  # started, from the cloud: warm | new | replaced
     reason: str | None = None  # started/finished by the fallback voice: why the cloud did not
     queued_ms: int | None = None  # started: how long it waited before speaking began
+    late_ms: int | None = None  # started, with a play_at: how late its first sample was heard
 
     def as_dict(self) -> dict[str, object]:
         fields = asdict(self)
-        for optional in ("connection", "reason", "queued_ms"):
+        for optional in ("connection", "reason", "queued_ms", "late_ms"):
             if fields[optional] is None:
                 del fields[optional]
         return fields

@@ -54,6 +54,8 @@ _FIELDS = (
     "cache",
     "sent_at",
     "ssml",
+    "play_at",
+    "group",
 )
 
 

@@ -12,22 +12,42 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .backoff import Backoff
-from .config import MqttConfig
+from .config import DeviceConfig, MqttConfig
 
 log = logging.getLogger(__name__)
 
 _OUTBOX_MAX = 1000
 
 
+class Kind(StrEnum):
+    """What a message on one of our topics asks."""
+
+    SAY = "say"
+    STOP = "stop"
+    SPEECH = "speech"  # a group announcement's claims and audio, between its members
+    AVAILABILITY = "availability"  # a device's online/offline (a leader may go away)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a message came in: what it asks, and the group it was sent to (if any)."""
+
+    kind: Kind
+    group: str | None = None
+    key: str | None = None  # speech: the announcement's key in its group
+    member: str | None = None  # availability: whose
+
+
 @dataclass(frozen=True)
 class Topics:
-    """Every topic of one device, derived from the prefix and the device name."""
+    """Every topic of one device, derived from the prefix, the device name and its groups."""
 
     say: str
     all_say: str
@@ -36,9 +56,11 @@ class Topics:
     state: str
     event: str
     stats: str
+    prefix: str = "edge-tts"
+    groups: tuple[str, ...] = ("all",)
 
     @classmethod
-    def of(cls, prefix: str, device: str) -> Topics:
+    def of(cls, prefix: str, device: str, groups: tuple[str, ...] = ("all",)) -> Topics:
         base = f"{prefix}/{device}"
         return cls(
             say=f"{base}/say",
@@ -48,7 +70,51 @@ class Topics:
             state=f"{base}/state",
             event=f"{base}/event",
             stats=f"{base}/stats",
+            prefix=prefix,
+            groups=groups,
         )
+
+    def group(self, group: str, what: str) -> str:
+        """`<prefix>/group/<group>/<what>`: say, stop, or speech/<key>."""
+        return f"{self.prefix}/group/{group}/{what}"
+
+    def speech(self, group: str, key: str) -> str:
+        return self.group(group, f"speech/{key}")
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """Announcements and stops at QoS 1 (kept for us while we are away); a group's
+        speech at QoS 0: audio is of use only as it happens."""
+        topics = [(self.say, 1), (self.all_say, 1), (self.stop, 1)]
+        for group in self.groups:
+            topics += [(self.group(group, "say"), 1), (self.group(group, "stop"), 1)]
+            topics.append((self.group(group, "speech/+"), 0))
+        # Who is online: a member sharing a group announcement may go away mid-way.
+        topics.append((f"{self.prefix}/+/availability", 0))
+        return topics
+
+    def route(self, topic: str) -> Route | None:
+        """What a message on `topic` asks; None for a topic that is not ours."""
+        if topic == self.say:
+            return Route(Kind.SAY)
+        if topic == self.stop:
+            return Route(Kind.STOP)
+        if topic == self.all_say:
+            return Route(Kind.SAY, "all")
+        head = f"{self.prefix}/group/"
+        if not topic.startswith(head):
+            member, _, rest = topic.removeprefix(f"{self.prefix}/").partition("/")
+            if topic.startswith(f"{self.prefix}/") and rest == Kind.AVAILABILITY and member:
+                return Route(Kind.AVAILABILITY, member=member)
+            return None
+        group, _, rest = topic[len(head) :].partition("/")
+        if group not in self.groups:
+            return None
+        if rest in (Kind.SAY, Kind.STOP):
+            return Route(Kind(rest), group)
+        kind, _, key = rest.partition("/")
+        if kind == Kind.SPEECH and key and "/" not in key:
+            return Route(Kind.SPEECH, group, key)
+        return None
 
 
 @dataclass(frozen=True)
@@ -130,16 +196,16 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 class MqttLink:
     """Keeps a session with the broker for one device and hands `say`/`stop` messages on."""
 
-    def __init__(self, config: MqttConfig, device: str, on_message: OnMessage) -> None:
+    def __init__(self, config: MqttConfig, device: DeviceConfig, on_message: OnMessage) -> None:
         self._config = config
-        self.topics = Topics.of(config.topic_prefix, device)
-        self._device = device
+        self.topics = Topics.of(config.topic_prefix, device.name, device.all_groups)
+        self._device = device.name
         self._on_message = on_message
         self._client: aiomqtt.Client | None = None
         self._state: bytes | None = None
         self.connected = asyncio.Event()
         self._was_up = False
-        self._outbox: deque[tuple[str, bytes, bool]] = deque(maxlen=_OUTBOX_MAX)
+        self._outbox: deque[tuple[str, bytes, bool, int]] = deque(maxlen=_OUTBOX_MAX)
         self._outbox_ready = asyncio.Event()
         # Published, retained, on every connect (Home Assistant discovery).
         self.retained_on_connect: list[tuple[str, bytes]] = []
@@ -191,9 +257,7 @@ class MqttLink:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Subscribe, announce, say online; then receive until the session ends."""
-        await client.subscribe(
-            [(self.topics.say, 1), (self.topics.all_say, 1), (self.topics.stop, 1)]
-        )
+        await client.subscribe(self.topics.subscriptions())
         for topic, payload in self.retained_on_connect:
             await client.publish(topic, payload, qos=1, retain=True)
         # What waited for the broker (the state, the stats, events) goes out before `online`,
@@ -216,7 +280,8 @@ class MqttLink:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if message.retain:
+            route = self.topics.route(str(message.topic))
+            if message.retain and (route is None or route.kind != Kind.AVAILABILITY):
                 # A retained `say` would be spoken again on every connect.
                 log.warning(
                     "ignoring a retained message on %s (publish announcements without retain)",
@@ -242,8 +307,8 @@ class MqttLink:
 
     async def _flush(self, client: aiomqtt.Client) -> None:
         while self._outbox:
-            topic, payload, retain = self._outbox[0]
-            await client.publish(topic, payload, qos=1, retain=retain)
+            topic, payload, retain, qos = self._outbox[0]
+            await client.publish(topic, payload, qos=qos, retain=retain)
             self._outbox.popleft()
 
     def publish_event(self, event: dict[str, object]) -> None:
@@ -256,8 +321,15 @@ class MqttLink:
     def publish_stats(self, stats: dict[str, object]) -> None:
         self._post(self.topics.stats, json.dumps(stats).encode(), retain=True)
 
-    def _post(self, topic: str, payload: bytes, *, retain: bool) -> None:
+    def publish_speech(self, topic: str, payload: bytes) -> None:
+        """A group announcement's claim or audio, to the other members: at QoS 0, in order
+        with everything else we publish (nothing waits for it while we are away: the members
+        notice the gap and speak for themselves)."""
+        if self.connected.is_set():  # audio kept for a later connection would be of no use
+            self._post(topic, payload, retain=False, qos=0)
+
+    def _post(self, topic: str, payload: bytes, *, retain: bool, qos: int = 1) -> None:
         if len(self._outbox) == self._outbox.maxlen:
             log.warning("MQTT outbox full; dropping the oldest message")
-        self._outbox.append((topic, payload, retain))
+        self._outbox.append((topic, payload, retain, qos))
         self._outbox_ready.set()

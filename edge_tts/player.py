@@ -20,6 +20,7 @@ import time
 import wave
 from array import array
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +34,25 @@ _END = object()
 # Top up the device with silence when less than this much audio is queued in it.
 _LOW_WATER_MS = 20.0
 _GAP_MS = 20
+_SPIN_S = 0.002  # the last moments before a start time are slept in small steps
+
+
+@dataclass
+class Start:
+    """When the first sample of a playback is to be heard, and when it was: `at` is given by
+    the caller, the rest is filled in by the sink as it starts (all time.monotonic())."""
+
+    at: float | None = None  # the first sample reaches the speaker then; None: at once
+    handed_at: float | None = None  # the first sample was handed to the device
+    heard_at: float | None = None  # ... and reaches the speaker then (output latency, cushion)
+    latency_s: float = 0.0  # the device's output latency, as PortAudio reports it
+
+    @property
+    def late_s(self) -> float | None:
+        """How late the first sample is heard (0 when on time); None without a start time."""
+        if self.at is None or self.heard_at is None:
+            return None
+        return max(0.0, self.heard_at - self.at)
 
 
 class AudioSink(Protocol):
@@ -42,9 +62,12 @@ class AudioSink(Protocol):
         *,
         volume: int = 100,
         on_first_audio: FirstAudio | None = None,
+        start: Start | None = None,
     ) -> bool:
         """Play the PCM chunks to the end (True) or until stopped (False); on_first_audio
-        gets the monotonic time the first speech byte was handed to the device."""
+        gets the monotonic time the first speech byte was handed to the device. With
+        `start.at`, audio ready early waits so that its first sample is heard then; audio
+        ready late starts at once, nothing skipped; `start` says when it was heard."""
         ...
 
     def stop(self) -> None:
@@ -147,6 +170,7 @@ class Player:
         *,
         volume: int = 100,
         on_first_audio: FirstAudio | None = None,
+        start: Start | None = None,
     ) -> bool:
         loop = asyncio.get_running_loop()
         if self._close_timer is not None:
@@ -156,7 +180,9 @@ class Player:
         chunks: queue.Queue[object] = queue.Queue()
         self._chunks = chunks
         writer = asyncio.ensure_future(
-            asyncio.to_thread(self._write_all, chunks, volume, loop, on_first_audio)
+            asyncio.to_thread(
+                self._write_all, chunks, volume, loop, on_first_audio, start or Start()
+            )
         )
         self._feeder = asyncio.create_task(self._feed(audio, chunks, writer))
         try:
@@ -227,6 +253,7 @@ class Player:
         volume: int,
         loop: asyncio.AbstractEventLoop,
         on_first_audio: FirstAudio | None,
+        start: Start,
     ) -> None:
         with self._stream_lock:
             cold = self._stream is None
@@ -250,11 +277,17 @@ class Player:
 
         # Nothing reaches the device before the first chunk: a failed synthesis stays silent.
         item = chunks.get()
+        start.latency_s = _output_latency(stream)
+        lead_s = start.latency_s + cushion_ms / 1000  # from handing the cushion over to hearing
+        if start.at is not None and item is not _END:
+            self._wait_until(start.at - lead_s)
         started = time.monotonic()
         if item is not _END and not self._stopped.is_set():
             write(self._silence(cushion_ms))
+            start.handed_at = time.monotonic()
+            start.heard_at = started + lead_s
             if on_first_audio is not None:
-                loop.call_soon_threadsafe(on_first_audio, time.monotonic())
+                loop.call_soon_threadsafe(on_first_audio, start.handed_at)
         while item is not _END and not self._stopped.is_set():
             assert isinstance(item, bytes)
             if item:
@@ -276,9 +309,23 @@ class Player:
         if remaining_ms > 0:
             self._stopped.wait(remaining_ms / 1000)
 
+    def _wait_until(self, moment: float) -> None:
+        """Sleep until `moment` (time.monotonic()), or a stop."""
+        while (left := moment - time.monotonic()) > 0 and not self._stopped.is_set():
+            if left > _SPIN_S:
+                self._stopped.wait(left - _SPIN_S / 2)
+            else:
+                time.sleep(left / 2 if left > 0.0002 else left)
+
     def _silence(self, ms: float) -> bytes:
         n = int(ms * self._bytes_per_ms)
         return bytes(n - n % 2)
+
+
+def _output_latency(stream: Any) -> float:
+    """The stream's output latency in seconds as PortAudio reports it (0 if it does not)."""
+    latency = getattr(stream, "latency", 0.0)
+    return float(latency) if isinstance(latency, int | float) else 0.0
 
 
 class WavWriter:
@@ -295,14 +342,19 @@ class WavWriter:
         *,
         volume: int = 100,
         on_first_audio: FirstAudio | None = None,
+        start: Start | None = None,
     ) -> bool:
         frames = _Frames()
         pcm = bytearray()
         async for chunk in audio:
             if self._stopped:
                 break
-            if not pcm and on_first_audio is not None:
-                on_first_audio(time.monotonic())
+            if not pcm:
+                now = time.monotonic()
+                if start is not None:
+                    start.handed_at = start.heard_at = now
+                if on_first_audio is not None:
+                    on_first_audio(now)
             pcm += apply_volume(frames.cut(chunk), volume)
         await asyncio.to_thread(self._write, bytes(pcm))
         return not self._stopped
@@ -333,6 +385,7 @@ class Discard:
         *,
         volume: int = 100,
         on_first_audio: FirstAudio | None = None,
+        start: Start | None = None,
     ) -> bool:
         async for _ in audio:
             pass

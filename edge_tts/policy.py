@@ -21,6 +21,14 @@ def too_old(since: float | None, now: float, max_age_s: float) -> str | None:
     return f"too old: sent {age:.0f} s ago (announcements.max_age_s)"
 
 
+def too_late(play_at: float | None, now: float, max_age_s: float) -> str | None:
+    """Why an announcement to be heard at `play_at` is not to be spoken at `now` (epoch
+    seconds): that moment passed longer than max_age_s ago."""
+    if play_at is None or now - play_at <= max_age_s:
+        return None
+    return f"too late: play_at was {now - play_at:.0f} s ago (announcements.max_age_s)"
+
+
 def interrupts(new: Announcement, playing: Announcement | None) -> bool:
     """A critical announcement cuts off whatever less urgent one is playing."""
     return (

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from .announcement import Announcement
 from .backoff import Backoff
@@ -17,7 +17,9 @@ from .config import Config, EngineName, Voice
 from .engines import Engine, SynthesisRequest, SynthesisTrace, new_task_id
 from .errors import AudioDeviceError, SynthesisError
 from .events import Event, EventKind, Source
+from .group import Following, Groups
 from .player import AudioSink
+from .speech import EventSink, Speech, Started, TextFeed, fields
 from .ssml import ssml_text
 from .text import split_sentences, weight
 
@@ -27,9 +29,6 @@ _MAX_CLOUD_ATTEMPTS = 3  # asking the cloud again for the rest of one announceme
 # A lower bound on speech: characters (a CJK one counts two) a second at rate 1.0. Telling
 # from the audio how far speech got, it errs towards saying a sentence again.
 _SLOWEST_UNITS_S = 4.0
-
-
-EventSink = Callable[[Event, Announcement | None], None]
 
 
 class Speaker:
@@ -44,8 +43,10 @@ class Speaker:
         emit: EventSink,
         cache: PhraseCache | None = None,
         budget: Callable[[], str | None] = lambda: None,
+        groups: Groups | None = None,
     ) -> None:
         self._config = config
+        self._groups = groups  # a group announcement is synthesized once, by one member
         self._budget = budget  # why the cloud may not be asked now (the month's cap), if so
         self._engines = engines
         self._sink = sink
@@ -61,7 +62,8 @@ class Speaker:
         if voice is None:  # queued before a reload removed its voice
             return self._fail(a, Source.CLOUD, f"voice {a.voice!r} is no longer configured")
         request = self._request(a, voice)
-        started = _Started(self._emit, a, request, time.monotonic())
+        started = Started(self._emit, a, request, time.monotonic())
+        start = started.start
         chime = await self._chime_for(a)
         # The chime plays while the speech is found (cache) or started (cloud, fallback): it
         # hides the cloud's latency instead of adding to it.
@@ -77,6 +79,7 @@ class Speaker:
                     stream,
                     volume=a.volume if a.volume is not None else 100,
                     on_first_audio=None if chime else started.heard,
+                    start=start,
                 )
         except (SynthesisError, AudioDeviceError) as exc:
             error = exc.reason if isinstance(exc, SynthesisError) else str(exc)
@@ -136,7 +139,7 @@ class Speaker:
             async for chunk in audio:
                 yield chunk
 
-    async def _settle(self, selecting: asyncio.Future[Speech], started: _Started) -> None:
+    async def _settle(self, selecting: asyncio.Future[Speech], started: Started) -> None:
         """After playing (or failing): the selection finished or cancelled, speech never played
         (stopped during the chime) closed, and the cache's hit or miss counted."""
         if not selecting.done():
@@ -150,12 +153,12 @@ class Speaker:
                 selection.cache.count, hits=int(selection.hit), misses=int(not selection.hit)
             )
 
-    def _ended(self, a: Announcement, started: _Started, complete: bool) -> bool:
+    def _ended(self, a: Announcement, started: Started, complete: bool) -> bool:
         """The final event of an announcement that played: dropped if stopped, else finished
         (with what went wrong on the way, if something did)."""
         source = started.source
         if not complete:
-            log.info("announcement %s: stopped", a.id, extra=_fields(a, source))
+            log.info("announcement %s: stopped", a.id, extra=fields(a, source))
             self._emit(Event(a.id, EventKind.DROPPED, source=source, error=self._stop_reason), a)
             return False
         reason = started.reason or started.request.trace.resumed
@@ -163,15 +166,16 @@ class Speaker:
             "announcement %s: finished%s",
             a.id,
             f" ({reason})" if reason else "",
-            extra=_fields(a, source),
+            extra=fields(a, source),
         )
         self._emit(Event(a.id, EventKind.FINISHED, source=source, reason=reason), a)
         return True
 
     async def _select(self, a: Announcement, request: SynthesisRequest) -> Speech:
-        """Where the speech comes from: the cache, the voice's engine (recorded into the
-        cache as it plays), or the fallback voice; raises SynthesisError if none can speak."""
-        voice, rate = request.voice, request.sample_rate
+        """Where the speech comes from: the cache, the member of its group that synthesizes
+        it, the voice's engine (recorded into the cache as it plays), or the fallback voice;
+        raises SynthesisError if none can speak."""
+        rate = request.sample_rate
         cache = self._cache if a.cache else None
         key = cache_key(request) if cache else ""
         cached = await asyncio.to_thread(cache.load, key, rate) if cache else None
@@ -180,9 +184,53 @@ class Speaker:
                 "announcement %s: from the cache (%s)",
                 a.id,
                 key[:12],
-                extra=_fields(a, Source.CACHE),
+                extra=fields(a, Source.CACHE),
             )
             return Speech(Source.CACHE, replay(cached), cache, hit=True)
+        role = None
+        if self._groups is not None and request.voice.engine != EngineName.PIPER:
+            role = await self._groups.join(a, key or cache_key(request))
+        if isinstance(role, Following):
+            return await self._follow(a, request, role, cache, key)
+        try:
+            speech = await self._own(a, request, cache, key)
+        except SynthesisError as exc:
+            if role is not None:
+                role.fail(exc.reason)
+            raise
+        if role is not None:
+            speech.audio = role.tee(speech.audio)
+        return speech
+
+    async def _follow(
+        self,
+        a: Announcement,
+        request: SynthesisRequest,
+        role: Following,
+        cache: PhraseCache | None,
+        key: str,
+    ) -> Speech:
+        """The speech another member of the group synthesizes and shares; if none of it comes
+        in time, this member's own; if it breaks off, the rest said as when the cloud does."""
+        config = self._config
+        limit_ms = 2 * config.fallback.first_audio_ms  # the leader's own fallback, and more
+        stall_s = config.dashscope.stall_timeout_s + config.fallback.first_audio_ms / 1000
+        try:
+            audio = await _first_audio_within(role.audio(stall_s), limit_ms, role.leader)
+        except SynthesisError as exc:
+            log.warning("announcement %s: %s; speaking it itself", a.id, exc.reason)
+            speech = await self._own(a, request, cache, key)
+            speech.reason = "; ".join(r for r in (exc.reason, speech.reason) if r)
+            return speech
+        if cache:
+            audio = cache.record(audio, key, request.sample_rate)
+        return Speech(Source.SHARED, self._resumable(a, request, audio), cache)
+
+    async def _own(
+        self, a: Announcement, request: SynthesisRequest, cache: PhraseCache | None, key: str
+    ) -> Speech:
+        """This member's own speech: the voice's engine, else the fallback voice."""
+        voice, rate = request.voice, request.sample_rate
         source = Source.OFFLINE if voice.engine == EngineName.PIPER else Source.CLOUD
         try:
             audio = await self._synthesis(a, request)
@@ -195,7 +243,7 @@ class Speaker:
                 a.id,
                 exc.reason,
                 fallback.name,
-                extra=_fields(a, Source.FALLBACK),
+                extra=fields(a, Source.FALLBACK),
             )
             return Speech(
                 Source.FALLBACK, await self._fallback_audio(a, fallback), cache, reason=exc.reason
@@ -281,7 +329,7 @@ class Speaker:
                 a.id,
                 cause,
                 where,
-                extra=_fields(a, Source.CLOUD),
+                extra=fields(a, Source.CLOUD),
             )
             resumed = await self._cloud_again(a, request, "".join(rest), attempts)
             if resumed is not None:
@@ -362,120 +410,9 @@ class Speaker:
         self._sink.stop()
 
     def _fail(self, a: Announcement, source: Source, reason: str) -> bool:
-        log.warning("announcement %s: failed: %s", a.id, reason, extra=_fields(a, source))
+        log.warning("announcement %s: failed: %s", a.id, reason, extra=fields(a, source))
         self._emit(Event(a.id, EventKind.FAILED, source=source, error=reason), a)
         return False
-
-
-class TextFeed:
-    """The sentences of a text still being written: `put` by the writer as each completes,
-    `close` at its end. `sentences()` reads them as they come; `sentences(again=True)` starts
-    over from the first (a second voice taking over), then goes on with the rest. Nothing is
-    lost when a reader is cancelled."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._taken: list[str] = []
-        self._ended = False
-
-    def put(self, sentence: str) -> None:
-        self._queue.put_nowait(sentence)
-
-    def close(self) -> None:
-        self._queue.put_nowait(None)
-
-    async def sentences(self, *, again: bool = False) -> AsyncGenerator[str, None]:
-        for taken in list(self._taken) if again else []:
-            yield taken
-        while not self._ended:
-            sentence = await self._queue.get()
-            if sentence is None:
-                self._ended = True
-                return
-            self._taken.append(sentence)
-            yield sentence
-
-
-@dataclass
-class Speech:
-    """Where an announcement's speech comes from, and its audio (not yet played)."""
-
-    source: Source
-    audio: AsyncGenerator[bytes, None]
-    cache: PhraseCache | None
-    hit: bool = False
-    reason: str | None = None  # fallback: why the voice itself could not speak
-
-
-class _Started:
-    """Emits `started` once both are known: when the speech's first audio was there (handed
-    to the device; after a chime, handed on behind it) and where it comes from. Its
-    first_audio_ms counts from the start of speaking, so neither the wait in the queue
-    (queued_ms) nor the chime is in it: it is how fast the speech came."""
-
-    def __init__(
-        self, emit: EventSink, a: Announcement, request: SynthesisRequest, began: float
-    ) -> None:
-        self._emit, self._a, self.request = emit, a, request
-        self._began = began  # when speaking began (time.monotonic(), the player's clock)
-        self._at: float | None = None
-        self.selection: Speech | None = None
-        self._emitted = False
-
-    @property
-    def source(self) -> Source:
-        if self.selection is not None:
-            return self.selection.source
-        return Source.OFFLINE if self.request.voice.engine == EngineName.PIPER else Source.CLOUD
-
-    @property
-    def reason(self) -> str | None:
-        return self.selection.reason if self.selection else None
-
-    @property
-    def audio(self) -> AsyncGenerator[bytes, None]:
-        assert self.selection is not None  # selected() came first
-        return self.selection.audio
-
-    def heard(self, at: float) -> None:
-        """The speech's first audio, at `at` (time.monotonic())."""
-        if self._at is None:
-            self._at = at
-        self._maybe_emit()
-
-    def selected(self, selection: Speech) -> None:
-        self.selection = selection
-        self._maybe_emit()
-
-    def _maybe_emit(self) -> None:
-        if self._emitted or self._at is None or self.selection is None:
-            return
-        self._emitted = True
-        a, source = self._a, self.selection.source
-        ms = max(0, round((self._at - self._began) * 1000))
-        queued = max(0, round((self._began - a.received_at) * 1000))
-        connection = self.request.trace.connection if source == Source.CLOUD else None
-        log.info(
-            "announcement %s: first audio after %d ms (%s%s), after %d ms in the queue",
-            a.id,
-            ms,
-            source,
-            f", {connection} connection" if connection else "",
-            queued,
-            extra=_fields(a, source),
-        )
-        self._emit(
-            Event(
-                a.id,
-                EventKind.STARTED,
-                source=source,
-                first_audio_ms=ms,
-                connection=connection,
-                reason=self.selection.reason,
-                queued_ms=queued,
-            ),
-            a,
-        )
 
 
 def _done(selecting: asyncio.Future[Speech]) -> Speech | None:
@@ -485,7 +422,7 @@ def _done(selecting: asyncio.Future[Speech]) -> Speech | None:
 
 
 async def _after_chime(
-    chime: bytes, selecting: asyncio.Future[Speech], started: _Started
+    chime: bytes, selecting: asyncio.Future[Speech], started: Started
 ) -> AsyncGenerator[bytes, None]:
     async for chunk in replay(chime):
         yield chunk
@@ -497,13 +434,8 @@ async def _after_chime(
             yield chunk
 
 
-def _fields(a: Announcement, source: Source) -> dict[str, str]:
-    """Journal fields of an announcement's log lines (`journalctl ANNOUNCEMENT_ID=...`)."""
-    return {"ANNOUNCEMENT_ID": a.id, "SOURCE": source}
-
-
 async def _first_audio_within(
-    audio: AsyncGenerator[bytes, None], limit_ms: int
+    audio: AsyncGenerator[bytes, None], limit_ms: int, who: str = "the cloud"
 ) -> AsyncGenerator[bytes, None]:
     """`audio` once its first chunk is in hand; SynthesisError if none comes within
     `limit_ms` (nothing has been played then)."""
@@ -511,10 +443,10 @@ async def _first_audio_within(
         async with asyncio.timeout(limit_ms / 1000):
             first = await anext(audio)
     except StopAsyncIteration:
-        raise SynthesisError("the cloud sent no audio") from None
+        raise SynthesisError(f"{who} sent no audio") from None
     except TimeoutError:
         await audio.aclose()
-        raise SynthesisError(f"no audio from the cloud within {limit_ms} ms") from None
+        raise SynthesisError(f"no audio from {who} within {limit_ms} ms") from None
     except BaseException:
         await audio.aclose()
         raise

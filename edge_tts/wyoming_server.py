@@ -51,7 +51,8 @@ from .announcement import Announcement, excerpt
 from .config import Config, EngineName, Voice
 from .errors import SynthesisError
 from .models import languages
-from .speaker import Speaker, TextFeed
+from .speaker import Speaker
+from .speech import TextFeed
 from .text import SentenceStream
 
 log = logging.getLogger(__name__)

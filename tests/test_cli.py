@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_tts.clock import ClockState, clock_state, describe, read_state
+
 from conftest import (
     API_KEY,
     Broker,
@@ -79,6 +81,9 @@ async def test_check_passes_on_a_working_setup_without_synthesizing(
     assert f"ok   cloud {dashscope.url}" in run.out
     assert "ok   audio device 'default'" in run.out
     assert "all checks passed" in run.out
+    # This machine's clock, as its kernel tells: a warning when unsynchronized, not a failure.
+    clock = describe(clock_state())[1]
+    assert f"ok   {clock}" in run.out if clock_state().synchronized else f"warn {clock}" in run.out
     # One task started and finished with no text: nothing synthesized, nothing paid for.
     assert [(t.texts, t.outcome) for t in dashscope.tasks] == [([], "finished")]
 
@@ -283,3 +288,17 @@ def test_say_takes_its_options_anywhere_among_the_words() -> None:
 
     args = parse_args(["say", "Dinner", "-v", "butler", "is", "ready.", "-o", "out.wav"])
     assert (args.text, args.voice, args.output) == (["Dinner", "is", "ready."], "butler", "out.wav")
+
+
+def test_the_kernels_clock_state_reads_as_synchronized_or_not() -> None:
+    assert read_state(0, 12_000) == ClockState(True, 12.0)  # TIME_OK, 12 ms
+    assert read_state(1, 500) == ClockState(True, 0.5)  # a leap second pending: still in step
+    assert read_state(5, 16_000_000) == ClockState(False, 16_000.0)  # TIME_ERROR
+    assert read_state(-1, 0) == ClockState(None)
+    assert describe(ClockState(True, 12.0)) == (
+        True,
+        "clock NTP-synchronized (error at most 12 ms)",
+    )
+    fine, says = describe(ClockState(False, 16_000.0))
+    assert not fine and "not NTP-synchronized" in says and "timedatectl set-ntp true" in says
+    assert describe(ClockState(None))[0] is False

@@ -389,6 +389,7 @@ RANGES = [
     ("announcements", "queue_size", 1, 10_000, 1),
     ("announcements", "dedupe_s", 0, 3600, 1),
     ("announcements", "max_age_s", 1, 7 * 86400, 1),
+    ("announcements", "sync_ms", 0, 60_000, 1),
 ]
 
 
@@ -431,3 +432,24 @@ def test_the_shipped_config_states_every_default_truly() -> None:
         if field.name not in ("device", "voices", "source"):
             assert getattr(defaults, field.name) == getattr(shipped, field.name), field.name
     assert defaults.voices["default"] == shipped.voices["default"]
+    assert defaults.device.groups == shipped.device.groups == ()
+
+
+def test_groups_name_topics_and_entities_so_they_are_checked() -> None:
+    config = parse_config({"device": {"name": "den", "groups": ["downstairs", "all", "b-2"]}})
+    assert config.device.groups == ("downstairs", "b-2")  # `all` is everyone's anyway
+    assert config.device.all_groups == ("all", "downstairs", "b-2")
+    assert parse_config({"device": {"groups": None}}).device.groups == ()
+    for groups, says in [
+        ("downstairs", "device.groups: must be a list of at most 32 group names"),
+        ([f"g{i}" for i in range(33)], "device.groups: must be a list of at most 32"),
+        (["up/stairs"], "device.groups: 'up/stairs' is not a group name: 1-40 of a-z"),
+        (["#"], "device.groups: '#' is not a group name"),
+        (["Upstairs"], "device.groups: 'Upstairs' is not a group name"),
+        ([""], "device.groups: '' is not a group name"),
+        ([3], "device.groups: 3 is not a group name"),
+        (["x" * 41], "device.groups: 'xxxx"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            parse_config({"device": {"groups": groups}})
+        assert str(refused.value).startswith(says), refused.value

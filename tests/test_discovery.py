@@ -59,7 +59,10 @@ async def discovering(
 async def test_the_device_and_its_entities_are_announced(
     discovering: DaemonProcess, broker: Broker
 ) -> None:
-    configs = {t: json.loads(p) for t, p in (await retained(broker, "homeassistant/#")).items()}
+    everything = {t: json.loads(p) for t, p in (await retained(broker, "homeassistant/#")).items()}
+    group = everything.pop("homeassistant/notify/edge_tts_group_all/say/config")
+    assert group["command_topic"] == "edge-tts/group/all/say"
+    configs = everything
     node = "edge_tts_kitchen"
     assert set(configs) == {
         f"homeassistant/{c}/{node}/{o}/config"
@@ -132,12 +135,15 @@ async def test_the_entities_command_topics_speak_and_stop(
 async def test_discovery_remove_clears_the_entities(
     discovering: DaemonProcess, broker: Broker
 ) -> None:
-    assert len(await retained(broker, "homeassistant/#")) == 6
+    assert len(await retained(broker, "homeassistant/#")) == 7
     await discovering.stop()
     run = await edge_tts("discovery", "-c", str(discovering.config), "remove")
     assert run.code == 0, run.all
     assert "removed 6 Home Assistant entities of device 'kitchen'" in run.out
-    assert await retained(broker, "homeassistant/#") == {}
+    # The group's entity is every member's: it stays for the others.
+    assert set(await retained(broker, "homeassistant/#")) == {
+        "homeassistant/notify/edge_tts_group_all/say/config"
+    }
     assert await retained(broker, "edge-tts/#") == {}  # no availability, state or stats left
 
 
@@ -165,10 +171,12 @@ def test_every_discovery_key_is_one_the_release_accepts(release: dict[str, Any])
     from edge_tts.config import parse_config
     from edge_tts.discovery import discovery_messages
 
-    config = parse_config({"device": {"name": "living room"}})
+    config = parse_config({"device": {"name": "living room", "groups": ["downstairs"]}})
+    nodes = set()
     for topic, payload in discovery_messages(config):
         prefix, component, node, object_id, last = topic.split("/")
-        assert (prefix, last, node) == ("homeassistant", "config", "edge_tts_living_room")
+        assert (prefix, last) == ("homeassistant", "config")
+        nodes.add(node)
         fields = json.loads(payload)
         schema = release["platforms"][component]
         known = (
@@ -190,7 +198,32 @@ def test_every_discovery_key_is_one_the_release_accepts(release: dict[str, Any])
             <= set(fields["origin"])
             <= set(origin["required"]) | set(origin["optional"])
         )
-        assert fields["unique_id"] == f"edge_tts_living_room_{object_id}"
+        assert fields["unique_id"] == f"{node}_{object_id}"
+    assert nodes == {"edge_tts_living_room", "edge_tts_group_all", "edge_tts_group_downstairs"}
+
+
+def test_every_member_of_a_group_publishes_the_same_group_entity() -> None:
+    from edge_tts.config import parse_config
+    from edge_tts.discovery import discovery_messages
+
+    def group_entities(name: str, groups: list[str]) -> dict[str, bytes]:
+        config = parse_config({"device": {"name": name, "groups": groups}})
+        return {t: p for t, p in discovery_messages(config) if "/edge_tts_group_" in t}
+
+    den, hall = group_entities("den", ["downstairs"]), group_entities("hall", ["downstairs", "x"])
+    topic = "homeassistant/notify/edge_tts_group_downstairs/say/config"
+    assert den[topic] == hall[topic]  # byte for byte: one entity, whoever published last
+    assert set(den) < set(hall)
+    entity = json.loads(den[topic])
+    assert entity["default_entity_id"] == "notify.edge_tts_downstairs" and entity["name"] is None
+    assert entity["command_topic"] == "edge-tts/group/downstairs/say" and entity["qos"] == 1
+    assert "availability_topic" not in entity
+    template = entity["command_template"]
+    assert '"play_at": {{ (as_timestamp(now()) + 1) | round(3) }}' in template
+    slower = parse_config(
+        {"device": {"groups": ["downstairs"]}, "announcements": {"sync_ms": 1500}}
+    )
+    assert any(b"now()) + 1.5)" in p for _, p in discovery_messages(slower))
 
 
 def test_supported_releases_are_on_file() -> None:
@@ -224,8 +257,10 @@ async def test_the_daemons_broker_socket_sends_without_delay(broker: Broker) -> 
     async def nothing(_: object) -> None:
         return None
 
-    config = parse_config({"mqtt": {"host": broker.host, "port": broker.port}})
-    link = MqttLink(config.mqtt, "kitchen", nothing)
+    config = parse_config(
+        {"device": {"name": "kitchen"}, "mqtt": {"host": broker.host, "port": broker.port}}
+    )
+    link = MqttLink(config.mqtt, config.device, nothing)
     task = asyncio.create_task(link.run())
     try:
         async with asyncio.timeout(10):

@@ -22,9 +22,11 @@ LEVELS: dict[str, int] = {
     "edge_tts.models": 0,
     "edge_tts.systemd": 0,
     "edge_tts.ssml": 0,
+    "edge_tts.clock": 0,
     "edge_tts.protocols": 0,
     "edge_tts.protocols.inference": 1,
     "edge_tts.protocols.realtime": 1,
+    "edge_tts.protocols.share": 1,
     # 1–2: values and rules
     "edge_tts.config": 1,
     "edge_tts.announcement": 1,
@@ -39,6 +41,7 @@ LEVELS: dict[str, int] = {
     "edge_tts.player": 3,
     "edge_tts.mqtt": 3,
     "edge_tts.costs": 3,
+    "edge_tts.group": 4,
     "edge_tts.discovery": 4,
     "edge_tts.cache": 4,
     "edge_tts.status": 5,
@@ -49,6 +52,7 @@ LEVELS: dict[str, int] = {
     "edge_tts.engines.piper": 4,
     "edge_tts.engines.cloud": 6,
     # 6–9: one announcement (and Home Assistant's voice), the service, the command line
+    "edge_tts.speech": 5,
     "edge_tts.speaker": 6,
     "edge_tts.wyoming_server": 7,
     "edge_tts.checks": 8,

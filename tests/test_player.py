@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from array import array
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import pytest
 
 from edge_tts.config import AudioConfig
 from edge_tts.errors import AudioDeviceError, SynthesisError
-from edge_tts.player import Player, WavWriter
+from edge_tts.player import Player, Start, WavWriter
 
 from conftest import Capture
 from fake_dashscope import pcm_for
@@ -58,6 +59,57 @@ async def test_first_audio_is_reported_once_when_the_speech_reaches_the_device(
     assert len(seen) == 1
     assert arrived[0] <= seen[0] <= ended
     assert seen[0] - started >= 0.2  # (a report at the start of play would be ~0)
+
+
+async def test_audio_ready_early_waits_for_its_start_time_and_plays_whole(
+    capture: Capture,
+) -> None:
+    """With a start time, the first sample is handed over no earlier than the output latency
+    and the lead-in before it: it is heard then, not before."""
+    pcm = pcm_for("On time.")
+    start = Start(at=time.monotonic() + 0.3)
+    await Player(CONFIG).play(chunks(pcm), start=start)
+    assert start.handed_at is not None and start.heard_at is not None
+    lead_s = start.latency_s + CONFIG.lead_in_ms / 1000
+    assert start.handed_at >= start.at - lead_s  # type: ignore[operator]
+    assert start.heard_at == pytest.approx(start.handed_at + lead_s, abs=0.05)
+    assert start.late_s is not None and start.late_s >= 0
+    assert capture.read() == bytes(100 * BYTES_PER_MS) + pcm  # the wait adds no silence
+
+
+async def test_audio_ready_late_starts_at_once_nothing_skipped_and_says_how_late(
+    capture: Capture,
+) -> None:
+    pcm = pcm_for("Late.")
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        await release.wait()
+        yield pcm
+
+    start = Start(at=time.monotonic() + 0.05)
+    asyncio.get_running_loop().call_later(0.3, release.set)
+    await Player(CONFIG).play(slow(), start=start)
+    assert start.late_s is not None and start.late_s >= 0.2
+    assert capture.read() == bytes(100 * BYTES_PER_MS) + pcm
+
+
+async def test_a_stop_while_waiting_for_the_start_time_plays_nothing(capture: Capture) -> None:
+    player = Player(CONFIG)
+    start = Start(at=time.monotonic() + 30)
+    taken = asyncio.Event()
+
+    async def ready() -> AsyncIterator[bytes]:
+        yield pcm_for("Never.")
+        taken.set()  # the player has the audio: it waits for its start time
+        await asyncio.Event().wait()
+
+    playing = asyncio.ensure_future(player.play(ready(), start=start))
+    await taken.wait()
+    player.stop()
+    async with asyncio.timeout(5):
+        assert await playing is False
+    assert start.handed_at is None and capture.read() == b""
 
 
 async def test_volume_is_applied_as_gain(capture: Capture) -> None:

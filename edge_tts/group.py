@@ -1,0 +1,190 @@
+"""Several rooms, one voice: a group announcement is synthesized by one member and shared with
+the others over MQTT as its audio arrives (the messages and their rules are in
+`protocols/share.py`).
+
+`Groups` keeps what this member has heard on its groups' speech topics (each a `Channel`,
+bounded in size and number) and whether each member is online (its retained availability).
+`join` tells a member about to synthesize a group announcement its part: `Leading` (it
+synthesizes and `tee`s the audio to the others) or `Following` (its `audio` is the leader's,
+checked piece by piece, and breaks with SynthesisError when the leader stops, falls silent or
+goes offline, so the speaker says the rest itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from .announcement import Announcement
+from .errors import SynthesisError
+from .mqtt import Topics
+from .protocols.share import Channel, Claim, Follower, Leader, ShareError, encode
+
+log = logging.getLogger(__name__)
+
+_CLAIM_S = 0.5  # the broker echoes a claim in milliseconds; past this, lead (and share)
+_KEEP = 6  # channels kept; the oldest goes first
+_KEEP_S = 600.0  # a channel nobody here joined is forgotten after this long
+_CHANNEL_BYTES = 16 * 1024 * 1024  # one announcement's audio and messages, at most
+
+Publish = Callable[[str, bytes], None]
+
+
+def speech_key(group: str, announcement_id: str) -> str:
+    """The announcement's key in its group's speech topics: the same on every member (the
+    announcement's id is, see the daemon), and safe in a topic whatever the id holds."""
+    return hashlib.sha256(f"{group}\n{announcement_id}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Topic:
+    name: str
+    channel: Channel
+    born: float = field(default_factory=time.monotonic)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+
+class Groups:
+    """This member's view of its groups' speech topics."""
+
+    def __init__(self, member: str, topics: Topics, publish: Publish) -> None:
+        self.member = member
+        self._topics = topics
+        self._publish = publish
+        self._channels: dict[str, _Topic] = {}
+        self._offline: set[str] = set()
+        self._online: set[str] = {member}
+        self.ignored = 0  # messages on speech topics that were not ours to use
+
+    def receive(self, group: str, key: str, payload: bytes) -> None:
+        """A message on `<prefix>/group/<group>/speech/<key>`."""
+        topic = self._topic(group, key)
+        if topic.channel.receive(payload) is None:
+            self.ignored += 1
+            log.debug("group %s: ignored a message on speech/%s", group, key)
+        topic.wake()
+
+    def availability(self, member: str, online: bool) -> None:
+        """A member's retained availability: a leader going offline ends what it shares."""
+        if online:
+            self._offline.discard(member)
+            self._online.add(member)
+            return
+        self._offline.add(member)
+        self._online.discard(member)
+        for topic in self._channels.values():
+            topic.wake()
+
+    def forget(self, a: Announcement) -> None:
+        """The announcement is over here: its channel may go."""
+        if a.group is not None:
+            self._channels.pop(speech_key(a.group, a.id), None)
+
+    async def join(self, a: Announcement, key: str) -> Leading | Following | None:
+        """This member's part in speaking group announcement `a`, whose speech `key` (the
+        cache key) names what would be asked of the cloud; None if it is not shared."""
+        if a.group is None or a.group not in self._topics.groups:
+            return None
+        topic = self._topic(a.group, speech_key(a.group, a.id))
+        leader = topic.channel.leader(key, self._online)
+        if leader is None:
+            self._publish(topic.name, encode(Claim(self.member, key)))
+            try:
+                async with asyncio.timeout(_CLAIM_S):
+                    while (leader := topic.channel.leader(key, self._online)) is None:
+                        await topic.changed.wait()
+            except TimeoutError:
+                log.info("announcement %s: no claim came back; leading %s", a.id, a.group)
+                leader = self.member
+        if leader == self.member:
+            log.info("announcement %s: synthesizing it for %s", a.id, a.group)
+            return Leading(topic.name, Leader(self.member), self._publish)
+        log.info("announcement %s: %s synthesizes it for %s", a.id, leader, a.group)
+        return Following(topic, leader, self._offline)
+
+    def _topic(self, group: str, key: str) -> _Topic:
+        topic = self._channels.get(key)
+        if topic is not None:
+            return topic
+        now = time.monotonic()
+        for old, kept in list(self._channels.items()):
+            if now - kept.born > _KEEP_S:
+                del self._channels[old]
+        while len(self._channels) >= _KEEP:
+            del self._channels[next(iter(self._channels))]
+        topic = _Topic(self._topics.speech(group, key), Channel(_CHANNEL_BYTES))
+        self._channels[key] = topic
+        return topic
+
+
+class Leading:
+    """The member that synthesizes: what it plays is published as it is produced."""
+
+    def __init__(self, topic: str, leader: Leader, publish: Publish) -> None:
+        self._topic = topic
+        self._leader = leader
+        self._publish = publish
+
+    def fail(self, reason: str) -> None:
+        """Nothing will be shared: the members waiting for it speak for themselves."""
+        self._publish(self._topic, self._leader.failed(reason))
+
+    async def tee(self, audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        """`audio`, published piece by piece as it comes; its end, or why it ended early."""
+        ended: str | None = "stopped playing it"
+        try:
+            async with aclosing(audio) as chunks:
+                async for chunk in chunks:
+                    for message in self._leader.audio(chunk):
+                        self._publish(self._topic, message)
+                    yield chunk
+            ended = None
+            self._publish(self._topic, self._leader.end())
+        except SynthesisError as exc:
+            ended = exc.reason
+            raise
+        finally:
+            if ended is not None:
+                self._publish(self._topic, self._leader.failed(ended))
+
+
+class Following:
+    """A member that plays the leader's audio."""
+
+    def __init__(self, topic: _Topic, leader: str, offline: set[str]) -> None:
+        self.leader = leader
+        self._topic = topic
+        self._offline = offline
+
+    async def audio(self, stall_s: float) -> AsyncGenerator[bytes, None]:
+        """The leader's audio as it comes; SynthesisError if a piece is missing, the leader
+        fails, goes offline, or sends nothing for `stall_s`."""
+        follower = Follower(self._topic.channel, self.leader)
+        while True:
+            try:
+                new = follower.take()
+            except ShareError as exc:
+                raise SynthesisError(exc.reason) from None
+            for pcm in new:
+                yield pcm
+            if follower.done:
+                return
+            if self.leader in self._offline:
+                raise SynthesisError(f"{self.leader}, which was sharing it, went offline")
+            changed = self._topic.changed
+            try:
+                async with asyncio.timeout(stall_s):
+                    await changed.wait()
+            except TimeoutError:
+                raise SynthesisError(
+                    f"{self.leader}, which was sharing it, sent nothing for {stall_s:g} s"
+                ) from None

@@ -1,0 +1,338 @@
+"""Several rooms, one voice: three daemons on one broker, each with its own speaker (ALSA
+capture), cache and queue. A group announcement is synthesized once and heard whole in every
+room; a member going away mid-way does not leave the others silent; a group stop stops all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from conftest import API_KEY, Broker, Capture, DaemonProcess, split_speech, write_config
+from fake_dashscope import FakeDashScope, pcm_for
+
+ROOMS = ("den", "hall", "attic")
+
+
+@dataclass
+class Household:
+    """Home Assistant's view of every room: the events each device published."""
+
+    client: aiomqtt.Client
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    online: set[str] = field(default_factory=set)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout):
+            async with self.changed:
+                await self.changed.wait_for(predicate)
+
+    def of(self, room: str, announcement_id: str) -> list[dict[str, Any]]:
+        return [e for r, e in self.events if r == room and e["id"] == announcement_id]
+
+    def event(self, room: str, announcement_id: str, kind: str) -> dict[str, Any] | None:
+        return next((e for e in self.of(room, announcement_id) if e["event"] == kind), None)
+
+    async def outcomes(
+        self, announcement_id: str, rooms: tuple[str, ...] = ROOMS
+    ) -> dict[str, dict[str, Any]]:
+        """Each room's final event of the announcement."""
+        final = ("finished", "failed", "dropped")
+
+        def ended(room: str) -> dict[str, Any] | None:
+            return next((e for e in self.of(room, announcement_id) if e["event"] in final), None)
+
+        await self.wait_for(lambda: all(ended(r) for r in rooms))
+        return {r: e for r in rooms if (e := ended(r)) is not None}
+
+    async def started(self, announcement_id: str, rooms: tuple[str, ...] = ROOMS) -> None:
+        await self.wait_for(lambda: all(self.event(r, announcement_id, "started") for r in rooms))
+
+    async def say(self, topic: str, fields: dict[str, Any]) -> None:
+        await self.client.publish(f"edge-tts/{topic}", json.dumps(fields), qos=1)
+
+
+@asynccontextmanager
+async def household(broker: Broker) -> AsyncIterator[Household]:
+    async with aiomqtt.Client(broker.host, broker.port, identifier="ha-house") as client:
+        await client.subscribe([("edge-tts/+/event", 1), ("edge-tts/+/availability", 1)])
+        house = Household(client)
+
+        async def record() -> None:
+            async for message in client.messages:
+                room, kind = str(message.topic).split("/")[1:3]
+                payload = message.payload
+                assert isinstance(payload, bytes)
+                async with house.changed:
+                    if kind == "event":
+                        house.events.append((room, json.loads(payload)))
+                    elif payload == b"online":
+                        house.online.add(room)
+                    else:
+                        house.online.discard(room)
+                    house.changed.notify_all()
+
+        task = asyncio.create_task(record())
+        try:
+            yield house
+        finally:
+            task.cancel()
+
+
+@dataclass
+class Room:
+    name: str
+    daemon: DaemonProcess
+    capture: Capture
+
+
+@pytest.fixture
+async def house(broker: Broker) -> AsyncIterator[Household]:
+    async with household(broker) as h:
+        yield h
+
+
+@pytest.fixture
+async def rooms(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, house: Household
+) -> AsyncIterator[dict[str, Room]]:
+    """Three daemons in the group `downstairs`, each with its own speaker, cache and state."""
+    started: dict[str, Room] = {}
+    for name in ROOMS:
+        home = tmp_path / name
+        home.mkdir()
+        config = write_config(
+            home / "config.yaml",
+            broker,
+            dashscope,
+            device={"name": name, "groups": ["downstairs"]},
+            cache={"dir": str(home / "cache"), "max_mb": 50},
+        )
+        capture = Capture(home / "alsa-out.raw")
+        env = dict(
+            os.environ,
+            DASHSCOPE_API_KEY=API_KEY,
+            EDGE_TTS_ALSA_CAPTURE=str(capture.path),
+            XDG_STATE_HOME=str(home / "state"),
+        )
+        started[name] = Room(name, DaemonProcess(config, env), capture)
+        await started[name].daemon.spawn()
+    await house.wait_for(lambda: house.online >= set(ROOMS))
+    yield started
+    for room in started.values():
+        if room.daemon.running:
+            await room.daemon.stop()
+
+
+def leader_of(house: Household, announcement_id: str) -> str:
+    (leader,) = [
+        r
+        for r in ROOMS
+        if (e := house.event(r, announcement_id, "started")) and e["source"] == "cloud"
+    ]
+    return leader
+
+
+async def test_a_group_announcement_is_synthesized_once_and_heard_whole_in_every_room(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    text = "Dinner is ready, everyone downstairs."
+    await house.say("group/downstairs/say", {"text": text, "play_at": time.time() + 1.5})
+    # Every member names it alike (from the message itself), so Home Assistant can follow it.
+    await house.wait_for(lambda: len({e["id"] for _, e in house.events}) == 1 and house.events)
+    (announcement_id,) = {e["id"] for _, e in house.events}
+    outcomes = await house.outcomes(announcement_id)
+    assert {e["event"] for e in outcomes.values()} == {"finished"}, outcomes
+    assert len(dashscope.tasks) == 1  # one synthesis for the three rooms
+    sources = sorted(house.event(r, announcement_id, "started")["source"] for r in ROOMS)  # type: ignore[index]
+    assert sources == ["cloud", "shared", "shared"]
+    for room in rooms.values():
+        assert split_speech(room.capture.read())[1] == pcm_for(text), room.name
+        started = house.event(room.name, announcement_id, "started")
+        assert (
+            started is not None and isinstance(started["late_ms"], int) and started["late_ms"] >= 0
+        )
+    # The members that were shared it keep it: next time the phrase is theirs at once.
+    await house.say("group/downstairs/say", {"text": text, "id": "again"})
+    await house.outcomes("again")
+    assert {house.event(r, "again", "started")["source"] for r in ROOMS} == {"cache"}  # type: ignore[index]
+    assert len(dashscope.tasks) == 1
+
+
+async def test_the_all_topic_is_a_group_too(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    await house.say("all/say", {"text": "The post is here.", "id": "post"})
+    outcomes = await house.outcomes("post")
+    assert {e["event"] for e in outcomes.values()} == {"finished"}
+    assert len(dashscope.tasks) == 1
+    for room in rooms.values():
+        assert split_speech(room.capture.read())[1] == pcm_for("The post is here.")
+
+
+async def test_a_member_with_the_phrase_cached_plays_its_own_copy(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    text = "The door is open."
+    await house.say("hall/say", {"text": text, "id": "alone"})
+    await house.outcomes("alone", ("hall",))
+    await house.say("group/downstairs/say", {"text": text, "id": "together"})
+    await house.outcomes("together")
+    sources = {r: house.event(r, "together", "started")["source"] for r in ROOMS}  # type: ignore[index]
+    assert sources["hall"] == "cache"
+    assert sorted([sources["den"], sources["attic"]]) == ["cloud", "shared"]
+    assert len(dashscope.tasks) == 2  # the hall's own, then one for the other two
+    for room in rooms.values():
+        assert split_speech(room.capture.read())[1] == pcm_for(text)
+
+
+async def test_a_leader_killed_mid_announcement_leaves_no_room_silent(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    dashscope.chunk_interval_s = 0.05  # 4800 bytes (0.1 s) every 50 ms: a few seconds of it
+    text = "First sentence of a long notice. " * 4 + "And the end of it."
+    await house.say("group/downstairs/say", {"text": text, "id": "long", "cache": False})
+    await house.started("long")
+    leader = leader_of(house, "long")
+    await rooms[leader].daemon.kill()
+    followers = tuple(r for r in ROOMS if r != leader)
+    outcomes = await house.outcomes("long", followers)
+    for room in followers:
+        assert outcomes[room]["event"] == "finished", outcomes[room]
+        assert f"{leader}, which was sharing it, went offline" in outcomes[room]["reason"]
+        assert "the cloud said the rest from sentence" in outcomes[room]["reason"]
+        heard = split_speech(rooms[room].capture.read())[1]
+        assert heard.endswith(pcm_for("And the end of it.")), room  # nothing left unsaid
+    # The leader's one task, then each follower asked for the rest itself.
+    assert len(dashscope.tasks) == 3
+
+
+async def test_a_busy_member_starts_late_and_says_by_how_much(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    # 6.3 s of speech, in 63 chunks 50 ms apart: the attic is busy for 3 s at least.
+    dashscope.chunk_interval_s = 0.05
+    story = "A long story only the attic hears. " * 3
+    await house.say("attic/say", {"text": story, "id": "story"})
+    await house.wait_for(lambda: house.event("attic", "story", "started") is not None)
+    await house.say(
+        "group/downstairs/say", {"text": "Lunch.", "id": "lunch", "play_at": time.time() + 0.3}
+    )
+    outcomes = await house.outcomes("lunch")
+    assert {e["event"] for e in outcomes.values()} == {"finished"}
+    late = {r: house.event(r, "lunch", "started")["late_ms"] for r in ROOMS}  # type: ignore[index]
+    assert late["attic"] > 1000, late  # after the story, nothing of Lunch skipped
+    assert split_speech(rooms["attic"].capture.read())[1] == pcm_for("Lunch.")
+
+
+async def test_a_stop_to_the_group_stops_every_member(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    dashscope.chunk_interval_s = 0.05
+    text = "A notice that goes on and on. " * 5
+    await house.say("group/downstairs/say", {"text": text, "id": "on"})
+    await house.say("group/downstairs/say", {"text": "Next in line.", "id": "next"})
+    await house.started("on")
+    await house.client.publish("edge-tts/group/downstairs/stop", b"", qos=1)
+    outcomes = await house.outcomes("on")
+    assert {e["event"] for e in outcomes.values()} == {"dropped"}, outcomes
+    assert {e["error"] for e in outcomes.values()} == {"stopped"}
+    nexts = await house.outcomes("next")
+    assert {e["event"] for e in nexts.values()} == {"dropped"}
+
+
+async def test_a_group_a_device_is_not_in_is_not_its_business(
+    rooms: dict[str, Room], house: Household, broker: Broker
+) -> None:
+    await house.say("group/upstairs/say", {"text": "Not for us.", "id": "up"})
+    await house.say("group/downstairs/say", {"text": "For us.", "id": "down"})
+    await house.outcomes("down")
+    assert not any(e["id"] == "up" for _, e in house.events)
+
+
+@pytest.mark.parametrize(
+    ("play_at", "kind", "says"),
+    [
+        (lambda: time.time() - 3600, "dropped", "too late: play_at was 3600 s ago"),
+        (lambda: time.time() + 7200, "failed", "'play_at' is 7200 s ahead, more than an hour"),
+        (lambda: "2026-11-26T08:00:00", "failed", "ISO 8601 time with its offset"),
+        (lambda: "soon", "failed", "ISO 8601 time with its offset"),
+    ],
+)
+async def test_a_bad_play_at_is_an_event_with_the_reason_and_the_next_is_spoken(
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    house: Household,
+    play_at: Callable[[], object],
+    kind: str,
+    says: str,
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, device={"name": "den"})
+    capture = Capture(tmp_path / "out.raw")
+    env = dict(os.environ, DASHSCOPE_API_KEY=API_KEY, EDGE_TTS_ALSA_CAPTURE=str(capture.path))
+    den = DaemonProcess(config, env)
+    await den.spawn()
+    try:
+        await house.wait_for(lambda: "den" in house.online)
+        await house.say("den/say", {"text": "Bad timing.", "id": "bad", "play_at": play_at()})
+        await house.say("den/say", {"text": "Good timing.", "id": "good"})
+        (bad,) = (await house.outcomes("bad", ("den",))).values()
+        assert bad["event"] == kind and says in bad["error"], bad
+        (good,) = (await house.outcomes("good", ("den",))).values()
+        assert good["event"] == "finished"
+        assert split_speech(capture.read())[1] == pcm_for("Good timing.")
+    finally:
+        await den.stop()
+
+
+async def test_one_far_ahead_waits_outside_the_queue_and_a_stop_drops_it(
+    rooms: dict[str, Room], house: Household
+) -> None:
+    await house.say("den/say", {"text": "Later.", "id": "later", "play_at": time.time() + 600})
+    await house.wait_for(lambda: house.event("den", "later", "queued") is not None)
+    await house.say("den/say", {"text": "Now.", "id": "now"})  # not held up by it
+    assert (await house.outcomes("now", ("den",)))["den"]["event"] == "finished"
+    await house.client.publish("edge-tts/den/stop", b"", qos=1)
+    dropped = (await house.outcomes("later", ("den",)))["den"]
+    assert dropped["event"] == "dropped" and dropped["error"] == "stopped"
+
+
+async def test_a_stranger_on_the_speech_topic_is_not_followed(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    from edge_tts.cache import cache_key
+    from edge_tts.config import load_config
+    from edge_tts.engines import SynthesisRequest
+    from edge_tts.group import speech_key
+    from edge_tts.protocols.share import Claim, Leader, encode
+
+    text = "Only the real voice."
+    config = load_config(str(rooms["den"].daemon.config))
+    key = cache_key(SynthesisRequest(text=text, voice=config.voices["default"], sample_rate=24000))
+    topic = f"edge-tts/group/downstairs/speech/{speech_key('downstairs', 'real')}"
+    mallory = Leader("mallory")  # claims first, with the right key, and "shares" noise
+    for payload in [
+        encode(Claim("mallory", key)),
+        *mallory.audio(b"\x7f\x7f" * 2000),
+        mallory.end(),
+        b"\xff garbage",
+        b'{"from": "den", "k": "audio", "seq": 99}\n',
+    ]:
+        await house.client.publish(topic, payload, qos=1)
+    await house.say("group/downstairs/say", {"text": text, "id": "real"})
+    outcomes = await house.outcomes("real")
+    assert {e["event"] for e in outcomes.values()} == {"finished"}
+    assert len(dashscope.tasks) == 1
+    for room in rooms.values():
+        assert split_speech(room.capture.read())[1] == pcm_for(text), room.name

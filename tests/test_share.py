@@ -1,0 +1,199 @@
+"""The group-sharing protocol without a broker: messages in, audio or a reason out; and what
+a hostile publisher on a speech topic can do (nothing but make a member speak for itself)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_tts.announcement import MAX_PLAY_AHEAD_S, parse_payload
+from edge_tts.errors import BadAnnouncement
+from edge_tts.mqtt import Kind, Route, Topics
+from edge_tts.protocols.share import (
+    MAX_PIECE,
+    Channel,
+    Claim,
+    End,
+    Failed,
+    Follower,
+    Leader,
+    Piece,
+    ShareError,
+    decode,
+    encode,
+)
+
+
+def channel_of(*payloads: bytes, limit: int = 1 << 20) -> Channel:
+    channel = Channel(limit)
+    for payload in payloads:
+        channel.receive(payload)
+    return channel
+
+
+def test_every_message_survives_its_encoding() -> None:
+    for message in (
+        Claim("kitchen", "ab" * 32),
+        Piece("kitchen", 7, b"\x01\x02" * 100),
+        End("kitchen", 8, 1600),
+        Failed("kitchen", "the cloud broke off"),
+    ):
+        assert decode(encode(message)) == message
+
+
+def test_the_first_claim_with_my_key_names_the_leader() -> None:
+    channel = channel_of(
+        encode(Claim("hall", "other-voice")),  # a member whose config asks for other audio
+        encode(Claim("den", "k")),
+        encode(Claim("attic", "k")),
+    )
+    assert channel.leader("k") == "den"
+    assert channel.leader("other-voice") == "hall"
+    assert channel.leader("nobody") is None
+    # Only members known to be online are followed: not a stranger who claims first.
+    assert channel.leader("k", {"attic", "hall"}) == "attic"
+    assert channel.leader("k", set()) is None
+
+
+def test_a_follower_gets_every_piece_in_order_then_the_end() -> None:
+    leader = Leader("den")
+    audio = bytes(range(256)) * 600  # more than one piece's worth
+    payloads = leader.audio(b"\x05\x06") + leader.audio(audio) + [leader.end()]
+    assert len(payloads) == 5 and leader.pieces == 4
+    channel = Channel(1 << 20)
+    follower = Follower(channel, "den")
+    got = []
+    for payload in payloads:
+        channel.receive(payload)
+        got += follower.take()
+    assert b"".join(got) == b"\x05\x06" + audio and follower.done
+    assert all(len(p) <= MAX_PIECE for p in got)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "says"),
+    [
+        (lambda ps: ps[:1] + ps[2:], "piece 1 from den never came (got 2)"),
+        (lambda ps: ps[:-2] + ps[-1:], "den sent 3 pieces (6 bytes), 2 (4 bytes) came"),
+        (lambda ps: [*ps[:1], encode(Failed("den", "stopped playing it"))], "den stopped sharing"),
+    ],
+)
+def test_a_broken_stream_breaks_with_the_reason(tamper: object, says: str) -> None:
+    leader = Leader("den")
+    payloads = [*leader.audio(b"ab"), *leader.audio(b"cd"), *leader.audio(b"ef"), leader.end()]
+    channel = channel_of(*tamper(payloads))  # type: ignore[operator]
+    with pytest.raises(ShareError, match=re.escape(says)):
+        Follower(channel, "den").take()
+
+
+def test_what_others_send_on_the_topic_is_not_played() -> None:
+    leader = Leader("den")
+    impostor = Leader("mallory")
+    channel = channel_of(
+        *impostor.audio(b"evil"), *leader.audio(b"good"), impostor.end(), leader.end()
+    )
+    follower = Follower(channel, "den")
+    assert follower.take() == [b"good"] and follower.done
+
+
+@given(st.binary(max_size=2000))
+def test_any_payload_is_a_message_or_ignored(payload: bytes) -> None:
+    channel = Channel(1 << 20)
+    message = channel.receive(payload)
+    assert (message is None) == (channel.ignored == 1)
+    Follower(channel, "den").take()  # no exception but ShareError could come from a stream
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"no newline",
+        b"[1]\n",
+        b'{"k": "audio", "seq": 0}\n',  # no sender
+        b'{"from": "x", "k": "audio", "seq": -1}\n',
+        b'{"from": "x", "k": "audio", "seq": true}\n',
+        b'{"from": "x", "k": "audio", "seq": 0}\n' + b"\0" * (MAX_PIECE + 1),
+        b'{"from": "x", "k": "claim", "key": 5}\n',
+        b'{"from": "x", "k": "end", "pieces": 1}\n',
+        b'{"from": "x", "k": "shout"}\n',
+        b'{"from": "x", "pad": "' + b"a" * 600 + b'"}\n',
+    ],
+)
+def test_malformed_messages_are_refused(payload: bytes) -> None:
+    with pytest.raises(ShareError):
+        decode(payload)
+
+
+def test_a_flood_past_the_limit_is_ignored_not_kept() -> None:
+    leader = Leader("den")
+    channel = Channel(limit=3 * (MAX_PIECE + 100))
+    for payload in leader.audio(b"\0" * MAX_PIECE * 10):
+        channel.receive(payload)
+    assert len(channel.messages) == 3 and channel.ignored == 7
+    assert channel.size <= 3 * (MAX_PIECE + 100)
+
+
+# --- topics and play_at ------------------------------------------------------------------
+
+
+def test_topics_route_what_a_device_listens_to() -> None:
+    topics = Topics.of("edge-tts", "den", ("all", "downstairs"))
+    assert topics.route("edge-tts/den/say") == Route(Kind.SAY)
+    assert topics.route("edge-tts/all/say") == Route(Kind.SAY, "all")
+    assert topics.route("edge-tts/group/downstairs/say") == Route(Kind.SAY, "downstairs")
+    assert topics.route("edge-tts/group/all/stop") == Route(Kind.STOP, "all")
+    assert topics.route("edge-tts/group/downstairs/speech/abc") == Route(
+        Kind.SPEECH, "downstairs", "abc"
+    )
+    assert topics.route("edge-tts/hall/availability") == Route(Kind.AVAILABILITY, member="hall")
+    for foreign in (
+        "edge-tts/group/upstairs/say",  # not a member
+        "edge-tts/group/downstairs/speech/",
+        "edge-tts/group/downstairs/speech/a/b",
+        "edge-tts/group/downstairs/shout",
+        "edge-tts/hall/say",
+        "other/den/say",
+    ):
+        assert topics.route(foreign) is None, foreign
+    subscribed = dict(topics.subscriptions())
+    assert subscribed["edge-tts/group/downstairs/say"] == 1
+    assert subscribed["edge-tts/group/downstairs/speech/+"] == 0  # audio is of no use later
+
+
+def say(fields: dict[str, object]) -> object:
+    return parse_payload(json.dumps(fields).encode(), voices={"default"}, max_chars=100)
+
+
+def test_play_at_is_a_moment_with_its_zone_or_epoch_seconds() -> None:
+    now = time.time()
+    a = say({"text": "hi", "play_at": now + 2})
+    assert a.play_at == pytest.approx(now + 2)  # type: ignore[attr-defined]
+    a = say({"text": "hi", "play_at": "2026-11-25T08:00:00.250+01:00"})  # a day ago
+    assert a.play_at == 1795590000.25  # type: ignore[attr-defined]
+    a = say({"text": "hi", "play_at": "2026-11-25T07:00:00Z"})
+    assert a.play_at == 1795590000.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("2026-11-26T08:00:00", "'play_at' must be an ISO 8601 time with its offset"),
+        ("tomorrow", "'play_at' must be an ISO 8601 time with its offset"),
+        (True, "'play_at' must be an ISO 8601 time"),
+        ([1], "'play_at' must be an ISO 8601 time"),
+        (1e400, "JSON has Infinity"),
+        ("x" * 100, "'play_at' must be an ISO 8601 time"),
+        ("AHEAD", "'play_at' is 3660 s ahead, more than an hour"),  # from when it runs
+    ],
+)
+def test_a_bad_play_at_is_refused_with_a_reason(value: object, says: str) -> None:
+    if value == "AHEAD":
+        value = time.time() + MAX_PLAY_AHEAD_S + 60.4
+    with pytest.raises(BadAnnouncement, match=says):
+        say({"text": "hi", "play_at": value})

@@ -43,6 +43,7 @@ class Start:
     the caller, the rest is filled in by the sink as it starts (all time.monotonic())."""
 
     at: float | None = None  # the first sample reaches the speaker then; None: at once
+    ready_at: float | None = None  # the first audio reached the player (then it waited)
     handed_at: float | None = None  # the first sample was handed to the device
     heard_at: float | None = None  # ... and reaches the speaker then (output latency, cushion)
     latency_s: float = 0.0  # the device's output latency, as PortAudio reports it
@@ -277,6 +278,7 @@ class Player:
 
         # Nothing reaches the device before the first chunk: a failed synthesis stays silent.
         item = chunks.get()
+        start.ready_at = time.monotonic()
         start.latency_s = _output_latency(stream)
         lead_s = start.latency_s + cushion_ms / 1000  # from handing the cushion over to hearing
         if start.at is not None and item is not _END:
@@ -352,7 +354,7 @@ class WavWriter:
             if not pcm:
                 now = time.monotonic()
                 if start is not None:
-                    start.handed_at = start.heard_at = now
+                    start.ready_at = start.handed_at = start.heard_at = now
                 if on_first_audio is not None:
                     on_first_audio(now)
             pcm += apply_volume(frames.cut(chunk), volume)

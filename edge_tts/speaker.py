@@ -65,6 +65,7 @@ class Speaker:
         started = Started(self._emit, a, request, time.monotonic())
         start = started.start
         chime = await self._chime_for(a)
+        started.chimed = chime is not None
         # The chime plays while the speech is found (cache) or started (cloud, fallback): it
         # hides the cloud's latency instead of adding to it.
         selecting = asyncio.ensure_future(self._select(a, request))

@@ -78,6 +78,7 @@ class Started:
             at=None if a.play_at is None else began + (a.play_at - time.time()),
         )
         self._at: float | None = None
+        self.chimed = False  # a chime plays first
         self.selection: Speech | None = None
         self._emitted = False
 
@@ -111,7 +112,10 @@ class Started:
             return
         self._emitted = True
         a, source = self._a, self.selection.source
-        ms = max(0, round((self._at - self._began) * 1000))
+        # How fast the speech came: with a play_at, when it was ready, not the wait after.
+        # (Behind a chime, the speech's moment is when it was handed on behind the chime.)
+        ready = self.start.ready_at if self._a.play_at is not None and not self.chimed else None
+        ms = max(0, round(((ready or self._at) - self._began) * 1000))
         queued = max(0, round((self._began - a.received_at) * 1000))
         connection = self.request.trace.connection if source == Source.CLOUD else None
         late = self.start.late_s

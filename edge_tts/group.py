@@ -109,7 +109,7 @@ class Groups:
             log.info("announcement %s: synthesizing it for %s", a.id, a.group)
             return Leading(topic.name, Leader(self.member), self._publish)
         log.info("announcement %s: %s synthesizes it for %s", a.id, leader, a.group)
-        return Following(topic, leader, self._offline)
+        return Following(topic, leader, key, self._offline)
 
     def _topic(self, group: str, key: str) -> _Topic:
         topic = self._channels.get(key)
@@ -160,15 +160,16 @@ class Leading:
 class Following:
     """A member that plays the leader's audio."""
 
-    def __init__(self, topic: _Topic, leader: str, offline: set[str]) -> None:
+    def __init__(self, topic: _Topic, leader: str, key: str, offline: set[str]) -> None:
         self.leader = leader
+        self._key = key
         self._topic = topic
         self._offline = offline
 
     async def audio(self, stall_s: float) -> AsyncGenerator[bytes, None]:
         """The leader's audio as it comes; SynthesisError if a piece is missing, the leader
         fails, goes offline, or sends nothing for `stall_s`."""
-        follower = Follower(self._topic.channel, self.leader)
+        follower = Follower(self._topic.channel, self.leader, self._key)
         while True:
             try:
                 new = follower.take()

@@ -35,6 +35,7 @@ KEYS = [
     "instructions",
     "cache",
     "sent_at",
+    "play_at",
     "other",
 ]
 HOSTILE_TEXT = [
@@ -48,6 +49,11 @@ HOSTILE_TEXT = [
     '{"text": "x", "sent_at": NaN}',
     '{"text": "x", "sent_at": -Infinity}',
     '{"text": "x", "sent_at": 1e999}',
+    '{"text": "x", "play_at": "9999-12-31T23:59:59+00:00"}',
+    '{"text": "x", "play_at": "2026-11-26T08:00:00+25:00"}',
+    '{"text": "x", "play_at": -1e308}',
+    '{"text": "x", "play_at": 1e308}',
+    '{"text": "x", "play_at": "' + "9" * 70 + '"}',
     '{"text": "caf\\ud800e"}',
     '{"text": "a", "instructions": "\\udc00"}',
     '{"ssml": "<!DOCTYPE s [<!ENTITY a \\"aaaaaaaaaa\\"><!ENTITY b \\"&a;&a;&a;&a;\\">]>'

@@ -338,3 +338,63 @@ async def test_a_stranger_on_the_speech_topic_is_not_followed(
     assert len(dashscope.tasks) == 1
     for room in rooms.values():
         assert split_speech(room.capture.read())[1] == pcm_for(text), room.name
+
+
+async def test_garbage_on_the_speech_topics_changes_nothing(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    """Generated payloads (raw bytes, broken headers, claims and pieces under real members'
+    names with any numbers) on the group's speech topics: every daemon keeps running and the
+    next group announcement is heard whole in every room, synthesized once."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    from edge_tts.group import speech_key
+    from edge_tts.protocols.share import Leader
+
+    header = st.fixed_dictionaries(
+        {
+            "from": st.sampled_from([*ROOMS, "", "x"]),
+            "k": st.sampled_from(["claim", "audio", "end", "failed", "?"]),
+        },
+        optional={
+            "seq": st.integers(-2, 3) | st.booleans(),
+            "key": st.text(max_size=5),
+            "pieces": st.integers(-1, 3),
+            "bytes": st.integers(-1, 9),
+            "reason": st.text(max_size=10),
+        },
+    ).map(lambda h: json.dumps(h).encode() + b"\n")
+    payload = st.one_of(
+        st.binary(max_size=200), st.tuples(header, st.binary(max_size=64)).map(b"".join)
+    )
+    found: list[tuple[str, bytes]] = []
+    real = speech_key("downstairs", "after")  # the next announcement's own topic, too
+
+    @settings(
+        max_examples=400,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
+    @given(st.sampled_from(["k1", "k2", real]), payload)
+    def collect(key: str, body: bytes) -> None:
+        found.append((f"edge-tts/group/downstairs/speech/{key}", body))
+
+    collect()
+    # And, on its own topic, each member's name on a first piece and an end, ahead of time.
+    for room in ROOMS:
+        impostor = Leader(room)
+        for body in [*impostor.audio(b"\x7f\x7f" * 100), impostor.end()]:
+            found.append((f"edge-tts/group/downstairs/speech/{real}", body))
+    for topic, body in found:
+        await house.client.publish(topic, body, qos=0)
+    await house.say("group/downstairs/say", {"text": "Still one voice.", "id": "after"})
+    outcomes = await house.outcomes("after")
+    assert {e["event"] for e in outcomes.values()} == {"finished"}
+    assert len(dashscope.tasks) == 1
+    for room in rooms.values():
+        assert room.daemon.running and b"Traceback" not in room.daemon.stderr
+        assert split_speech(room.capture.read())[1] == pcm_for("Still one voice.")

@@ -63,10 +63,11 @@ def test_the_first_claim_with_my_key_names_the_leader() -> None:
 def test_a_follower_gets_every_piece_in_order_then_the_end() -> None:
     leader = Leader("den")
     audio = bytes(range(256)) * 600  # more than one piece's worth
-    payloads = leader.audio(b"\x05\x06") + leader.audio(audio) + [leader.end()]
-    assert len(payloads) == 5 and leader.pieces == 4
+    claim = encode(Claim("den", "k"))
+    payloads = [claim, *leader.audio(b"\x05\x06"), *leader.audio(audio), leader.end()]
+    assert len(payloads) == 6 and leader.pieces == 4
     channel = Channel(1 << 20)
-    follower = Follower(channel, "den")
+    follower = Follower(channel, "den", "k")
     got = []
     for payload in payloads:
         channel.receive(payload)
@@ -86,18 +87,25 @@ def test_a_follower_gets_every_piece_in_order_then_the_end() -> None:
 def test_a_broken_stream_breaks_with_the_reason(tamper: object, says: str) -> None:
     leader = Leader("den")
     payloads = [*leader.audio(b"ab"), *leader.audio(b"cd"), *leader.audio(b"ef"), leader.end()]
-    channel = channel_of(*tamper(payloads))  # type: ignore[operator]
+    channel = channel_of(encode(Claim("den", "k")), *tamper(payloads))  # type: ignore[operator]
     with pytest.raises(ShareError, match=re.escape(says)):
-        Follower(channel, "den").take()
+        Follower(channel, "den", "k").take()
 
 
 def test_what_others_send_on_the_topic_is_not_played() -> None:
     leader = Leader("den")
     impostor = Leader("mallory")
+    early = Leader("den")
     channel = channel_of(
-        *impostor.audio(b"evil"), *leader.audio(b"good"), impostor.end(), leader.end()
+        *early.audio(b"before its claim"),  # under its name, but not its
+        encode(Claim("den", "other key")),
+        *impostor.audio(b"evil"),
+        encode(Claim("den", "k")),
+        *leader.audio(b"good"),
+        impostor.end(),
+        leader.end(),
     )
-    follower = Follower(channel, "den")
+    follower = Follower(channel, "den", "k")
     assert follower.take() == [b"good"] and follower.done
 
 
@@ -106,7 +114,7 @@ def test_any_payload_is_a_message_or_ignored(payload: bytes) -> None:
     channel = Channel(1 << 20)
     message = channel.receive(payload)
     assert (message is None) == (channel.ignored == 1)
-    Follower(channel, "den").take()  # no exception but ShareError could come from a stream
+    Follower(channel, "den", "k").take()  # no exception but ShareError could come from a stream
 
 
 @pytest.mark.parametrize(

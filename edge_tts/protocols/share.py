@@ -157,16 +157,24 @@ class Channel:
 
 
 class Follower:
-    """Reads the leader's audio out of a channel: every piece in order, then its end. `take`
-    returns what is new since the last call; `done` once the end was read."""
+    """Reads the leader's audio out of a channel: every piece in order after the claim for
+    `key` that made it the leader (what came before under its name is not its), then its end.
+    `take` returns what is new since the last call; `done` once the end was read."""
 
-    def __init__(self, channel: Channel, leader: str) -> None:
+    def __init__(self, channel: Channel, leader: str, key: str) -> None:
         self.leader = leader
         self.done = False
         self.pieces = 0
         self.size = 0
         self._channel = channel
-        self._at = 0
+        self._at = next(
+            (
+                i + 1
+                for i, m in enumerate(channel.messages)
+                if isinstance(m, Claim) and m.member == leader and m.key == key
+            ),
+            len(channel.messages),
+        )
 
     def take(self) -> list[bytes]:
         """The new audio, in order; ShareError when the stream breaks (a piece missing, the

@@ -398,3 +398,32 @@ async def test_garbage_on_the_speech_topics_changes_nothing(
     for room in rooms.values():
         assert room.daemon.running and b"Traceback" not in room.daemon.stderr
         assert split_speech(room.capture.read())[1] == pcm_for("Still one voice.")
+
+
+async def test_a_leader_silent_after_its_claim_is_waited_for_only_so_long(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    """A member that claims and then says nothing (its power cut, its broker session not yet
+    timed out): the others wait for it as long as for a stalled cloud and its replacement
+    (dashscope.stall_timeout_s + fallback.first_audio_ms: 2.5 s here), then speak themselves."""
+    from edge_tts.cache import cache_key
+    from edge_tts.config import load_config
+    from edge_tts.engines import SynthesisRequest
+    from edge_tts.group import speech_key
+    from edge_tts.protocols.share import Claim, encode
+
+    text = "Anyone there?"
+    config = load_config(str(rooms["den"].daemon.config))
+    key = cache_key(SynthesisRequest(text=text, voice=config.voices["default"], sample_rate=24000))
+    await house.client.publish("edge-tts/ghost/availability", b"online", qos=1, retain=True)
+    topic = f"edge-tts/group/downstairs/speech/{speech_key('downstairs', 'ghosted')}"
+    await house.client.publish(topic, encode(Claim("ghost", key)), qos=1)
+    await house.say("group/downstairs/say", {"text": text, "id": "ghosted"})
+    outcomes = await house.outcomes("ghosted")
+    assert {e["event"] for e in outcomes.values()} == {"finished"}
+    for room in rooms.values():
+        started = house.event(room.name, "ghosted", "started")
+        assert started is not None and started["source"] == "cloud"
+        assert started["reason"] == "ghost, which was sharing it, sent nothing for 2.5 s"
+        assert split_speech(room.capture.read())[1] == pcm_for(text)
+    await house.client.publish("edge-tts/ghost/availability", b"", qos=1, retain=True)

@@ -47,7 +47,7 @@ def test_a_stream_resamples_to_the_same_bytes_however_it_is_cut(
         at += cut
     out += stream.feed(pcm[at:]) + stream.flush()
     assert out == resample(pcm, *rates)
-    assert len(out) // 2 == -(-1000 * rates[1] // rates[0])
+    assert abs(len(out) // 2 - 1000 * rates[1] / rates[0]) <= 0.5  # the duration, to a sample
 
 
 def test_streamed_text_comes_out_sentence_by_sentence_as_each_completes() -> None:

@@ -10,7 +10,10 @@ shipped defaults but for the broker, the fake cloud and the cache), measures fro
   - start → `online` retained on its availability topic (ms),
   - resident memory idle once online (MiB),
   - CPU (user + system) over --idle-s seconds of idling (% of one core),
-  - CPU per second of speech while speaking 10 warm cloud announcements (ms CPU / s audio).
+  - CPU per second of speech while speaking 10 warm cloud announcements (ms CPU / s audio),
+  - resident memory after the offline voice (Piper) spoke once, the daemon and any process
+    of its own together (MiB), and again once it released the model (fallback.release_after_s
+    set to 5 s here).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from harness import API_KEY, ROOT, Row, broker, fake_cloud, table
 
 TICK = os.sysconf("SC_CLK_TCK")
 TEXT = "The washing machine has finished. Please empty it before the evening."
+RELEASE_S = 5
 
 
 def free_port() -> int:
@@ -51,6 +55,21 @@ def rss_mib(pid: int) -> float:
     return kib / 1024
 
 
+def family_rss_mib(pid: int) -> float:
+    """The process's resident memory and its children's (the offline voice's process)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return rss_mib(pid) + sum(family_rss_mib(int(c)) for c in children)
+
+
+def logged(log: Path, text: bytes, timeout: float = 60) -> None:
+    """Until the daemon's log says `text` (a bench may poll; a test may not)."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_bytes():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{log} never said {text!r}")
+        time.sleep(0.1)
+
+
 async def one_run(
     tree: Path, url: str, b_host: str, b_port: int, idle_s: float
 ) -> dict[str, float]:
@@ -60,6 +79,15 @@ async def one_run(
             "mqtt": {"host": b_host, "port": b_port, "discovery_prefix": None},
             "dashscope": {"inference_url": url},
             "cache": {"dir": f"{tmp}/cache", "max_mb": 0},  # every announcement to the cloud
+            "voices": {
+                "default": {
+                    "engine": "cosyvoice",
+                    "model": "cosyvoice-v3-flash",
+                    "voice": "longanyang",
+                },
+                "offline": {"engine": "piper"},
+            },
+            "fallback": {"release_after_s": RELEASE_S},
         }
         if "wyoming" in (tree / "edge_tts" / "config.py").read_text():  # a tree that has it
             config["wyoming"] = {"host": "127.0.0.1", "port": free_port(), "zeroconf": False}
@@ -74,9 +102,10 @@ async def one_run(
         async with aiomqtt.Client(b_host, b_port) as client:
             await client.subscribe("edge-tts/bench/#", qos=1)
             started = time.monotonic()
+            log = Path(tmp) / "stderr.log"
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edge_tts", "serve", "-c", str(path),
-                env=env, cwd=tree, stderr=asyncio.subprocess.DEVNULL,
+                env=env, cwd=tree, stderr=log.open("wb"),
             )  # fmt: skip
             try:
                 async with asyncio.timeout(60):
@@ -97,10 +126,26 @@ async def one_run(
                             break
                     speech_s += 0.06 * len(f"{TEXT} ({n})")  # the fake: 60 ms a character
                 speaking = (cpu_s(proc.pid) - before) * 1000 / speech_s
+                body = b'{"text": "The offline voice, once.", "voice": "offline"}'
+                await client.publish("edge-tts/bench/say", body, qos=1)
+                async for m in client.messages:
+                    if str(m.topic).endswith("/event") and b'"finished"' in bytes(m.payload):  # type: ignore[arg-type]
+                        break
+                offline_rss = family_rss_mib(proc.pid)
+                await asyncio.to_thread(logged, log, b"released after")
+                await asyncio.sleep(1)  # the process ends, the allocator hands memory back
+                released_rss = family_rss_mib(proc.pid)
             finally:
                 proc.terminate()
                 await proc.wait()
-    return {"online": online_ms, "rss": idle_rss, "idle": idle_pct, "speaking": speaking}
+    return {
+        "online": online_ms,
+        "rss": idle_rss,
+        "idle": idle_pct,
+        "speaking": speaking,
+        "offline": offline_rss,
+        "released": released_rss,
+    }
 
 
 async def main() -> None:
@@ -122,9 +167,11 @@ async def main() -> None:
                 Row(f"{label}: resident memory idle (MiB)", [r["rss"] for r in runs]),
                 Row(f"{label}: CPU idle (% of a core)", [r["idle"] for r in runs]),
                 Row(f"{label}: CPU speaking (ms per s of speech)", [r["speaking"] for r in runs]),
+                Row(f"{label}: memory after the offline voice (MiB)", [r["offline"] for r in runs]),
+                Row(f"{label}: memory once it is released (MiB)", [r["released"] for r in runs]),
             ]
     # One table, each measure of both trees side by side.
-    ordered = [row for i in range(4) for label, _ in trees for row in [rows[label][i]]]
+    ordered = [row for i in range(6) for label, _ in trees for row in [rows[label][i]]]
     print(table("Footprint of `edge-tts serve` (median of runs; values, not ms, where so named)",
                 ordered))  # fmt: skip
     print(f"medians: { {r.name: round(statistics.median(r.values), 2) for r in ordered} }",

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import math
 import os
+import signal
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 
 from edge_tts.config import Voice
 from edge_tts.engines import SynthesisRequest
-from edge_tts.engines.piper import PiperEngine
+from edge_tts.engines.piper import PiperEngine, _open_voice, default_model
+from edge_tts.errors import SynthesisError
 from edge_tts.resample import resample
 
 from conftest import (
@@ -198,6 +200,63 @@ async def test_the_model_is_loaded_on_first_use_and_released_when_idle() -> None
         await engine.released.wait()  # the timer's own doing
     assert not engine.loaded
     assert loop.time() - used >= 1.0  # not before its time
+
+
+def proc(pid: int, name: str) -> str:
+    """/proc/<pid>/<name>, or "" once the process is gone."""
+    path = Path(f"/proc/{pid}/{name}")
+    return path.read_text() if path.exists() else ""
+
+
+async def test_the_offline_voice_speaks_from_a_child_process_that_ends_when_released() -> None:
+    """Piper's audio as in this process, but onnxruntime lives in a child process, and the
+    child is gone (its memory with it) once the model is released. (Piper draws noise inside
+    its model, unseeded: two processes give the same text in lengths 2 % apart, so the
+    comparison is sentence by sentence, in length, not byte for byte.)"""
+    engine = PiperEngine(release_after_s=0.5)
+    text = "Hello there. A second sentence."
+    request = SynthesisRequest(text=text, voice=VOICE, sample_rate=RATE)
+    chunks = [c async for c in engine.synthesize(request)]
+    here = [
+        resample(c.audio_int16_bytes, c.sample_rate, RATE)
+        for c in _open_voice(default_model()).synthesize(text)
+    ]
+    assert len(chunks) == len(here) == 2  # a sentence at a time, resampled to the output rate
+    for got, expected in zip(chunks, here, strict=True):
+        assert abs(len(got) - len(expected)) < 0.1 * len(expected)
+        assert max(array.array("h", got)) > 1000  # speech, not silence
+    pid = engine.pid
+    assert pid is not None and pid != os.getpid()
+    assert "onnxruntime" in proc(pid, "maps")
+    async with asyncio.timeout(30):
+        await engine.released.wait()
+    assert proc(pid, "maps") == "" and engine.pid is None  # the process is gone
+
+
+async def test_a_request_abandoned_mid_way_leaves_nothing_for_the_next() -> None:
+    engine = PiperEngine(release_after_s=0)
+    long = SynthesisRequest(text="One. Two. Three. Four.", voice=VOICE, sample_rate=RATE)
+    speech = engine.synthesize(long)
+    assert await anext(speech)
+    await speech.aclose()  # a stop after the first sentence
+    short = SynthesisRequest(text="Only this.", voice=VOICE, sample_rate=RATE)
+    assert len([c async for c in engine.synthesize(short)]) == 1  # its one sentence, no more
+    await engine.close()
+    assert engine.pid is None
+
+
+async def test_a_child_that_dies_is_a_reason_and_the_next_request_gets_a_new_one() -> None:
+    engine = PiperEngine(release_after_s=0)
+    request = SynthesisRequest(text="Before.", voice=VOICE, sample_rate=RATE)
+    assert [c async for c in engine.synthesize(request)]
+    pid = engine.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the kernel's OOM killer, say
+    with pytest.raises(SynthesisError, match=r"the offline voice's process ended \(exit code -9\)"):
+        [c async for c in engine.synthesize(request)]
+    assert [c async for c in engine.synthesize(request)]
+    assert engine.pid not in (None, pid)
+    await engine.close()
 
 
 def test_resampling_keeps_the_duration_and_the_tone() -> None:

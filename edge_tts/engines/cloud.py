@@ -70,7 +70,7 @@ class Cloud:
         }
 
     async def close(self) -> None:
-        await asyncio.gather(self.keeper.close(), self.qwen.close())
+        await asyncio.gather(self.keeper.close(), self.qwen.close(), self.piper.close())
 
 
 def build_engines(

@@ -1,22 +1,25 @@
 """The offline voice: Piper (piper-tts, the `offline` extra), on this machine, no network.
 
-The model is loaded on first use and released after `fallback.release_after_s` without use,
-so a daemon that never falls back does not carry it in memory (`fallback.preload` loads it at
-start instead). Speech is produced sentence by sentence in a worker thread and handed on as
-each sentence is ready, resampled to the output rate when the model's rate differs.
+Piper runs in a child process of its own: the daemon never loads onnxruntime, and when the
+model is released (after `fallback.release_after_s` without use) the child ends, so every
+byte it used goes back to the system, where a released model in this process would leave
+onnxruntime's tens of MB mapped for good. The child starts on first use (`fallback.preload`:
+at start), loads the model once, and answers each request sentence by sentence, resampled to
+the output rate, so speech starts when its first sentence is ready. One request at a time;
+a request abandoned mid-way (a stop) is told to stop and drained before the next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import json
 import logging
+import multiprocessing
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,6 @@ from ..resample import resample
 from . import SynthesisRequest, sentence_by_sentence
 
 log = logging.getLogger(__name__)
-
-_END = object()
 
 
 def default_model() -> Path:
@@ -74,23 +75,140 @@ def check_voice(model: str | None) -> str | None:
     return None
 
 
-def _give_memory_back() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap otherwise
+# --- the child process ------------------------------------------------------------------
+
+# parent -> child: ("load", model) | ("speak", model, text, rate) | ("stop",) | ("quit",)
+# child -> parent: ("loaded", ms) | ("audio", pcm) | ("end",) | ("error", reason)
+
+
+def _child_main(conn: Connection) -> None:
+    """The child: load models and speak until told to quit (or the parent is gone)."""
+    voices: dict[str, Any] = {}
+
+    def voice(model: str) -> Any:
+        if model not in voices:
+            if not Path(model).is_file():
+                raise SynthesisError(f"Piper model {model} does not exist")
+            voices[model] = _open_voice(Path(model))
+        return voices[model]
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        kind = message[0]
+        if kind == "quit":
+            return
+        try:
+            if kind == "load":
+                started = time.monotonic()
+                voice(message[1])
+                conn.send(("loaded", (time.monotonic() - started) * 1000))
+            elif kind == "speak":
+                _, model, text, rate = message
+                if _speak(conn, voice(model), text, rate):
+                    return
+                conn.send(("end",))
+        except SynthesisError as exc:
+            conn.send(("error", exc.reason))
+        except Exception as exc:  # onnxruntime and friends: the reason goes to the parent
+            conn.send(("error", f"the offline voice failed: {exc}"))
+
+
+def _speak(conn: Connection, voice: Any, text: str, rate: int) -> bool:
+    """Send the speech of `text` sentence by sentence until done or told to stop; whether
+    the parent said quit."""
+    for chunk in voice.synthesize(text):  # one AudioChunk per sentence
+        while conn.poll():
+            kind = conn.recv()[0]
+            if kind == "quit":
+                return True
+            if kind == "stop":
+                return False
+        conn.send(("audio", resample(chunk.audio_int16_bytes, chunk.sample_rate, rate)))
+    return False
+
+
+class _Child:
+    """One Piper child process and its messages, read by a thread as they come."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no loop, no locks
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(
+            target=_child_main, args=(child_end,), name="edge-tts piper", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+        self.models: set[str] = set()
+        self.busy = False  # a request abandoned mid-way: its end is still to come
+        self.messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._reader = threading.Thread(
+            target=self._read, args=(loop,), name="piper reader", daemon=True
+        )
+        self._reader.start()
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            loop.call_soon_threadsafe(self.messages.put_nowait, message)
+        with contextlib.suppress(RuntimeError):  # the loop may be closed at exit
+            loop.call_soon_threadsafe(self.messages.put_nowait, ("gone",))
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def send(self, *message: object) -> None:
+        try:
+            self.conn.send(message)
+        except (OSError, ValueError):
+            raise SynthesisError(self._gone()) from None
+
+    async def receive(self) -> tuple[Any, ...]:
+        message = await self.messages.get()
+        if message[0] == "gone":
+            self.messages.put_nowait(message)  # gone for good: every later read sees it
+            raise SynthesisError(self._gone())
+        return message
+
+    async def drain(self) -> None:
+        """Read to the end of a request abandoned mid-way."""
+        while self.busy:
+            if (await self.receive())[0] in ("end", "error"):
+                self.busy = False
+
+    def _gone(self) -> str:
+        self.process.join(1)
+        return f"the offline voice's process ended (exit code {self.process.exitcode})"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the process (blocking: from a worker thread)."""
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("quit",))
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
 
 
 class PiperEngine:
-    """Synthesizes with Piper voices, each loaded once and kept while in use."""
+    """Synthesizes with Piper voices in a child process, kept while in use."""
 
     def __init__(self, *, release_after_s: float = 300.0) -> None:
         self._release_after_s = release_after_s
-        self._voices: dict[Path, Any] = {}
-        self._last_use: dict[Path, float] = {}
-        self._lock = threading.Lock()  # one load or synthesis at a time per process
+        self._child: _Child | None = None
+        self._lock = asyncio.Lock()  # one request at a time
+        self._last_use = 0.0
         self._release_timer: asyncio.TimerHandle | None = None
-        # Set when a model was released for idleness (and no model is loaded); for whoever
-        # must know when the memory went back, a test among them.
+        self._ending: asyncio.Future[None] | None = None
+        # Set when the model was released for idleness (its process ended); for whoever must
+        # know when the memory went back, a test among them.
         self.released = asyncio.Event()
 
     @staticmethod
@@ -99,90 +217,93 @@ class PiperEngine:
 
     @property
     def loaded(self) -> bool:
-        return bool(self._voices)
+        return self._child is not None and bool(self._child.models) and self._child.alive
+
+    @property
+    def pid(self) -> int | None:
+        """The child process's, while there is one."""
+        return self._child.process.pid if self._child is not None and self._child.alive else None
 
     async def preload(self, model: Path | None = None) -> None:
-        await asyncio.to_thread(self._load, model or default_model())
+        async with self._lock:
+            await self._load(str(model or default_model()))
+        self._used()
 
-    def _load(self, model: Path) -> Any:
-        with self._lock:
-            voice = self._voices.get(model)
-            if voice is None:
-                if not model.is_file():
-                    raise SynthesisError(f"Piper model {model} does not exist")
-                started = time.monotonic()
-                voice = _open_voice(model)
-                self._voices[model] = voice
-                self.released.clear()  # only resets a flag: safe from this worker thread
-                log.info(
-                    "offline voice %s loaded in %.0f ms",
-                    model.name,
-                    (time.monotonic() - started) * 1000,
-                )
-            self._last_use[model] = time.monotonic()
-            return voice
+    async def _ready(self) -> _Child:
+        child = self._child
+        if child is None or not child.alive:
+            if child is not None:
+                await asyncio.to_thread(child.stop)
+            child = self._child = await asyncio.to_thread(_Child, asyncio.get_running_loop())
+        await child.drain()
+        return child
+
+    async def _load(self, model: str) -> _Child:
+        child = await self._ready()
+        if model not in child.models:
+            child.send("load", model)
+            reply = await child.receive()
+            if reply[0] == "error":
+                raise SynthesisError(reply[1])
+            child.models.add(model)
+            self.released.clear()
+            log.info("offline voice %s loaded in %.0f ms", Path(model).name, reply[1])
+        return child
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
-        model = self.model_for(request)
-        voice = await asyncio.to_thread(self._load, model)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def produce() -> None:
+        model = str(self.model_for(request))
+        async with self._lock:
+            child = await self._load(model)
+            child.send("speak", model, request.text, request.sample_rate)
+            child.busy = True
             try:
-                for pcm in self._sentences(voice, request.text, request.sample_rate, cancelled):
-                    loop.call_soon_threadsafe(queue.put_nowait, pcm)
-            except Exception as exc:  # onnxruntime and friends: reported as the reason
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                while True:
+                    reply = await child.receive()
+                    if reply[0] == "audio":
+                        yield reply[1]
+                        continue
+                    child.busy = False
+                    if reply[0] == "error":
+                        raise SynthesisError(reply[1])
+                    return
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-        worker = asyncio.ensure_future(asyncio.to_thread(produce))
-        try:
-            while (item := await queue.get()) is not _END:
-                if isinstance(item, Exception):
-                    raise SynthesisError(f"the offline voice failed: {item}")
-                assert isinstance(item, bytes)
-                yield item
-        finally:
-            cancelled.set()
-            await asyncio.shield(worker)
-            self._last_use[model] = time.monotonic()
-            self._schedule_release(loop)
+                if child.busy:  # abandoned mid-way: told to stop, drained by the next request
+                    with contextlib.suppress(SynthesisError):
+                        child.send("stop")
+                self._used()
 
     def synthesize_stream(
         self, request: SynthesisRequest, sentences: AsyncIterator[str]
     ) -> AsyncGenerator[bytes, None]:
         return sentence_by_sentence(self, request, sentences)
 
-    def _sentences(
-        self, voice: Any, text: str, rate: int, cancelled: threading.Event
-    ) -> Iterator[bytes]:
-        with self._lock:
-            for chunk in voice.synthesize(text):  # one AudioChunk per sentence
-                if cancelled.is_set():
-                    return
-                yield resample(chunk.audio_int16_bytes, chunk.sample_rate, rate)
-
-    def _schedule_release(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _used(self) -> None:
+        self._last_use = time.monotonic()
         if self._release_timer is not None:
             self._release_timer.cancel()
         if self._release_after_s > 0:
+            loop = asyncio.get_running_loop()
             self._release_timer = loop.call_later(self._release_after_s, self.release_idle)
 
     def release_idle(self) -> None:
-        """Forget models unused for release_after_s; their memory goes back to the system."""
-        now = time.monotonic()
-        for model, last in list(self._last_use.items()):
-            if now - last >= self._release_after_s and model in self._voices:
-                del self._voices[model]
-                del self._last_use[model]
-                _give_memory_back()
-                if not self._voices:
-                    self.released.set()
-                log.info(
-                    "offline voice %s released after %.0f s unused",
-                    model.name,
-                    self._release_after_s,
-                )
+        """End the child once unused for release_after_s: its memory goes back to the system."""
+        child = self._child
+        if child is None or self._lock.locked():
+            return
+        if time.monotonic() - self._last_use < self._release_after_s:
+            return
+        self._child = None
+        self._ending = asyncio.ensure_future(self._end(child))
+
+    async def _end(self, child: _Child) -> None:
+        await asyncio.to_thread(child.stop)
+        self.released.set()  # its process has ended: the memory is back
+        log.info("offline voice released after %.0f s unused", self._release_after_s)
+
+    async def close(self) -> None:
+        """End the child now (the daemon stops)."""
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+        child, self._child = self._child, None
+        if child is not None:
+            await asyncio.to_thread(child.stop, 2.0)

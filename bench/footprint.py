@@ -56,9 +56,14 @@ def rss_mib(pid: int) -> float:
 
 
 def family_rss_mib(pid: int) -> float:
-    """The process's resident memory and its children's (the offline voice's process)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return rss_mib(pid) + sum(family_rss_mib(int(c)) for c in children)
+    """The process's resident memory and its children's (the offline voice's process), a
+    child of whichever of its threads started it."""
+    children = [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]
+    return rss_mib(pid) + sum(family_rss_mib(c) for c in children)
 
 
 def logged(log: Path, text: bytes, timeout: float = 60) -> None:

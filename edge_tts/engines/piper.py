@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -134,13 +136,16 @@ class _Child:
     """One Piper child process and its messages, read by a thread as they come."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no loop, no locks
-        self.conn, child_end = context.Pipe()
-        self.process = context.Process(
-            target=_child_main, args=(child_end,), name="edge-tts piper", daemon=True
+        # A fresh interpreter (no loop, no locks, nothing of ours in memory), not
+        # multiprocessing's: its spawn leaves a resource tracker process running for good.
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge_tts.engines.piper", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
         )
-        self.process.start()
-        child_end.close()
+        theirs.close()
+        self.conn = Connection(ours.detach())
         self.models: set[str] = set()
         self.busy = False  # a request abandoned mid-way: its end is still to come
         self.messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -161,7 +166,7 @@ class _Child:
 
     @property
     def alive(self) -> bool:
-        return self.process.is_alive()
+        return self.process.poll() is None
 
     def send(self, *message: object) -> None:
         try:
@@ -183,17 +188,19 @@ class _Child:
                 self.busy = False
 
     def _gone(self) -> str:
-        self.process.join(1)
-        return f"the offline voice's process ended (exit code {self.process.exitcode})"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(1)
+        return f"the offline voice's process ended (exit code {self.process.returncode})"
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the process (blocking: from a worker thread)."""
         with contextlib.suppress(OSError, ValueError):
             self.conn.send(("quit",))
-        self.process.join(timeout)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
         self.conn.close()
 
 
@@ -222,7 +229,8 @@ class PiperEngine:
     @property
     def pid(self) -> int | None:
         """The child process's, while there is one."""
-        return self._child.process.pid if self._child is not None and self._child.alive else None
+        child = self._child
+        return child.process.pid if child is not None and child.alive else None
 
     async def preload(self, model: Path | None = None) -> None:
         async with self._lock:
@@ -307,3 +315,7 @@ class PiperEngine:
         child, self._child = self._child, None
         if child is not None:
             await asyncio.to_thread(child.stop, 2.0)
+
+
+if __name__ == "__main__":  # the child: python -m edge_tts.engines.piper <socket fd>
+    _child_main(Connection(int(sys.argv[1])))

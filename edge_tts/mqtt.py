@@ -24,6 +24,7 @@ from .config import DeviceConfig, MqttConfig
 log = logging.getLogger(__name__)
 
 _OUTBOX_MAX = 1000
+_SPEECH_MAX_BYTES = 8 * 1024 * 1024  # a group's audio waiting to go out, at most
 
 
 class Kind(StrEnum):
@@ -205,7 +206,10 @@ class MqttLink:
         self._state: bytes | None = None
         self.connected = asyncio.Event()
         self._was_up = False
-        self._outbox: deque[tuple[str, bytes, bool, int]] = deque(maxlen=_OUTBOX_MAX)
+        self._outbox: deque[tuple[str, bytes, bool]] = deque(maxlen=_OUTBOX_MAX)
+        # A group's claims and audio, apart: however much audio waits, no event is dropped.
+        self._speech: deque[tuple[str, bytes]] = deque()
+        self._speech_bytes = 0
         self._outbox_ready = asyncio.Event()
         # Published, retained, on every connect (Home Assistant discovery).
         self.retained_on_connect: list[tuple[str, bytes]] = []
@@ -226,6 +230,8 @@ class MqttLink:
                 )
             self._client = None
             self.connected.clear()
+            self._speech.clear()  # a group's audio is of no use after the moment
+            self._speech_bytes = 0
             if self._was_up:
                 backoff.reset()
             delay = backoff.next()
@@ -306,10 +312,15 @@ class MqttLink:
             self._outbox_ready.clear()
 
     async def _flush(self, client: aiomqtt.Client) -> None:
-        while self._outbox:
-            topic, payload, retain, qos = self._outbox[0]
-            await client.publish(topic, payload, qos=qos, retain=retain)
-            self._outbox.popleft()
+        while self._outbox or self._speech:
+            while self._outbox:
+                topic, payload, retain = self._outbox[0]
+                await client.publish(topic, payload, qos=1, retain=retain)
+                self._outbox.popleft()
+            if self._speech:
+                topic, payload = self._speech.popleft()
+                self._speech_bytes -= len(payload)
+                await client.publish(topic, payload, qos=0)
 
     def publish_event(self, event: dict[str, object]) -> None:
         self._post(self.topics.event, json.dumps(event).encode(), retain=False)
@@ -325,11 +336,17 @@ class MqttLink:
         """A group announcement's claim or audio, to the other members: at QoS 0, in order
         with everything else we publish (nothing waits for it while we are away: the members
         notice the gap and speak for themselves)."""
-        if self.connected.is_set():  # audio kept for a later connection would be of no use
-            self._post(topic, payload, retain=False, qos=0)
+        if not self.connected.is_set():  # audio kept for a later connection would be of no use
+            return
+        if self._speech_bytes + len(payload) > _SPEECH_MAX_BYTES:
+            log.warning("MQTT: the broker takes a group's audio too slowly; a piece is dropped")
+            return  # the members see the gap and say the rest themselves
+        self._speech.append((topic, payload))
+        self._speech_bytes += len(payload)
+        self._outbox_ready.set()
 
-    def _post(self, topic: str, payload: bytes, *, retain: bool, qos: int = 1) -> None:
+    def _post(self, topic: str, payload: bytes, *, retain: bool) -> None:
         if len(self._outbox) == self._outbox.maxlen:
             log.warning("MQTT outbox full; dropping the oldest message")
-        self._outbox.append((topic, payload, retain, qos))
+        self._outbox.append((topic, payload, retain))
         self._outbox_ready.set()

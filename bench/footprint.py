@@ -79,8 +79,11 @@ async def one_run(
     tree: Path, url: str, b_host: str, b_port: int, idle_s: float
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
+        name = f"bench-{Path(tmp).name}"
         config: dict[str, object] = {
-            "device": {"name": "bench"},
+            # A name of its own each run: the broker keeps a device's session (its subscriptions)
+            # for the next client of that name, and one tree's are not another's.
+            "device": {"name": name},
             "mqtt": {"host": b_host, "port": b_port, "discovery_prefix": None},
             "dashscope": {"inference_url": url},
             "cache": {"dir": f"{tmp}/cache", "max_mb": 0},  # every announcement to the cloud
@@ -105,7 +108,7 @@ async def one_run(
             PYTHONPATH=str(tree),
         )
         async with aiomqtt.Client(b_host, b_port) as client:
-            await client.subscribe("edge-tts/bench/#", qos=1)
+            await client.subscribe(f"edge-tts/{name}/#", qos=1)
             started = time.monotonic()
             log = Path(tmp) / "stderr.log"
             proc = await asyncio.create_subprocess_exec(
@@ -125,14 +128,14 @@ async def one_run(
                 idle_pct = (cpu_s(proc.pid) - before) / idle_s * 100
                 before, speech_s = cpu_s(proc.pid), 0.0
                 for n in range(10):
-                    await client.publish("edge-tts/bench/say", f"{TEXT} ({n})".encode(), qos=1)
+                    await client.publish(f"edge-tts/{name}/say", f"{TEXT} ({n})".encode(), qos=1)
                     async for m in client.messages:
                         if str(m.topic).endswith("/event") and b'"finished"' in bytes(m.payload):  # type: ignore[arg-type]
                             break
                     speech_s += 0.06 * len(f"{TEXT} ({n})")  # the fake: 60 ms a character
                 speaking = (cpu_s(proc.pid) - before) * 1000 / speech_s
                 body = b'{"text": "The offline voice, once.", "voice": "offline"}'
-                await client.publish("edge-tts/bench/say", body, qos=1)
+                await client.publish(f"edge-tts/{name}/say", body, qos=1)
                 async for m in client.messages:
                     if str(m.topic).endswith("/event") and b'"finished"' in bytes(m.payload):  # type: ignore[arg-type]
                         break

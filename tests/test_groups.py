@@ -147,7 +147,7 @@ async def test_a_group_announcement_is_synthesized_once_and_heard_whole_in_every
     rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
 ) -> None:
     text = "Dinner is ready, everyone downstairs."
-    await house.say("group/downstairs/say", {"text": text, "play_at": time.time() + 3})
+    await house.say("group/downstairs/say", {"text": text, "play_at": time.time() + 4})
     # Every member names it alike (from the message itself), so Home Assistant can follow it.
     await house.wait_for(lambda: len({e["id"] for _, e in house.events}) == 1 and house.events)
     (announcement_id,) = {e["id"] for _, e in house.events}
@@ -162,8 +162,8 @@ async def test_a_group_announcement_is_synthesized_once_and_heard_whole_in_every
         assert (
             started is not None and isinstance(started["late_ms"], int) and started["late_ms"] >= 0
         )
-        # How fast its audio came, not the wait for play_at (3 s) after it.
-        assert started["first_audio_ms"] < 2500, started
+        # How fast its audio came, not the wait for play_at (4 s) after it.
+        assert started["first_audio_ms"] < 3000, started
     # The members that were shared it keep it: next time the phrase is theirs at once.
     await house.say("group/downstairs/say", {"text": text, "id": "again"})
     await house.outcomes("again")

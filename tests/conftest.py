@@ -239,6 +239,30 @@ async def home_assistant(broker: Broker, identifier: str = "home-assistant") -> 
             task.cancel()
 
 
+@asynccontextmanager
+async def mqtt_link(broker: Broker, device: str) -> AsyncIterator[Any]:
+    """The daemon's own broker session (an MqttLink) for `device`, connected, running until
+    the block ends; messages to it are taken and forgotten."""
+    from edge_tts.config import parse_config
+    from edge_tts.mqtt import MqttLink
+
+    async def nothing(_: object) -> None:
+        return None
+
+    config = parse_config(
+        {"device": {"name": device}, "mqtt": {"host": broker.host, "port": broker.port}}
+    )
+    link = MqttLink(config.mqtt, config.device, nothing)
+    task = asyncio.create_task(link.run())
+    try:
+        async with asyncio.timeout(10):
+            await link.connected.wait()
+        yield link
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.fixture
 async def home(broker: Broker) -> AsyncIterator[Home]:
     async with home_assistant(broker) as h:

@@ -3,7 +3,6 @@ their command topics are wired to speech and stop; `edge-tts discovery remove` c
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import uuid
@@ -21,6 +20,7 @@ from conftest import (
     DaemonProcess,
     Home,
     edge_tts,
+    mqtt_link,
     split_speech,
     write_config,
 )
@@ -251,23 +251,7 @@ async def test_the_daemons_broker_socket_sends_without_delay(broker: Broker) -> 
     """TCP_NODELAY: an event is not held back ~40 ms waiting for the broker's ACK."""
     import socket
 
-    from edge_tts.config import parse_config
-    from edge_tts.mqtt import MqttLink
-
-    async def nothing(_: object) -> None:
-        return None
-
-    config = parse_config(
-        {"device": {"name": "kitchen"}, "mqtt": {"host": broker.host, "port": broker.port}}
-    )
-    link = MqttLink(config.mqtt, config.device, nothing)
-    task = asyncio.create_task(link.run())
-    try:
-        async with asyncio.timeout(10):
-            await link.connected.wait()
+    async with mqtt_link(broker, "kitchen") as link:
         assert link._client is not None
         sock = link._client._client.socket()
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

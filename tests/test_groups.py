@@ -17,7 +17,15 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from conftest import API_KEY, Broker, Capture, DaemonProcess, split_speech, write_config
+from conftest import (
+    API_KEY,
+    Broker,
+    Capture,
+    DaemonProcess,
+    mqtt_link,
+    split_speech,
+    write_config,
+)
 from fake_dashscope import FakeDashScope, pcm_for
 
 ROOMS = ("den", "hall", "attic")
@@ -432,36 +440,23 @@ async def test_a_leader_silent_after_its_claim_is_waited_for_only_so_long(
 async def test_a_groups_audio_never_crowds_out_events(broker: Broker) -> None:
     """A leader hands the link its audio faster than the broker takes it: the events queued
     around it still go out, every one, and the audio after them, in order."""
-    from edge_tts.config import parse_config
-    from edge_tts.mqtt import Incoming, MqttLink
-
-    async def nothing(_: Incoming) -> None:
-        return None
-
-    config = parse_config(
-        {"device": {"name": "den"}, "mqtt": {"host": broker.host, "port": broker.port}}
-    )
-    link = MqttLink(config.mqtt, config.device, nothing)
-    task = asyncio.create_task(link.run())
-    try:
-        async with aiomqtt.Client(broker.host, broker.port) as client:
-            await client.subscribe([("edge-tts/den/event", 1), ("edge-tts/group/all/speech/k", 0)])
-            await link.connected.wait()
-            link.publish_event({"id": "before"})
-            for n in range(1500):  # 7.5 MB at once, more messages than the outbox holds
-                link.publish_speech("edge-tts/group/all/speech/k", n.to_bytes(2, "big") * 2500)
-            link.publish_event({"id": "after"})
-            events, pieces = [], []
-            async with asyncio.timeout(30):
-                async for message in client.messages:
-                    payload = bytes(message.payload)  # type: ignore[arg-type]
-                    if str(message.topic).endswith("/event"):
-                        events.append(json.loads(payload)["id"])
-                    else:
-                        pieces.append(int.from_bytes(payload[:2], "big"))
-                    if len(events) == 2 and len(pieces) == 1500:
-                        break
-            assert events == ["before", "after"] and pieces == list(range(1500))
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async with (
+        aiomqtt.Client(broker.host, broker.port) as client,
+        mqtt_link(broker, "den") as link,
+    ):
+        await client.subscribe([("edge-tts/den/event", 1), ("edge-tts/group/all/speech/k", 0)])
+        link.publish_event({"id": "before"})
+        for n in range(1500):  # 7.5 MB at once, more messages than the outbox holds
+            link.publish_speech("edge-tts/group/all/speech/k", n.to_bytes(2, "big") * 2500)
+        link.publish_event({"id": "after"})
+        events, pieces = [], []
+        async with asyncio.timeout(30):
+            async for message in client.messages:
+                payload = bytes(message.payload)  # type: ignore[arg-type]
+                if str(message.topic).endswith("/event"):
+                    events.append(json.loads(payload)["id"])
+                else:
+                    pieces.append(int.from_bytes(payload[:2], "big"))
+                if len(events) == 2 and len(pieces) == 1500:
+                    break
+        assert events == ["before", "after"] and pieces == list(range(1500))

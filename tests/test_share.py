@@ -88,8 +88,18 @@ def test_a_broken_stream_breaks_with_the_reason(tamper: object, says: str) -> No
     leader = Leader("den")
     payloads = [*leader.audio(b"ab"), *leader.audio(b"cd"), *leader.audio(b"ef"), leader.end()]
     channel = channel_of(encode(Claim("den", "k")), *tamper(payloads))  # type: ignore[operator]
-    with pytest.raises(ShareError, match=re.escape(says)):
+    with pytest.raises(ShareError, match=re.escape(says)) as broken:
         Follower(channel, "den", "k").take()
+    assert broken.value.reason == str(broken.value)  # what the member's event will say
+
+
+def test_a_leader_that_cannot_go_on_says_why() -> None:
+    leader = Leader("den")
+    channel = channel_of(encode(Claim("den", "k")), *leader.audio(b"ab"), leader.failed("gone"))
+    follower = Follower(channel, "den", "k")
+    with pytest.raises(ShareError, match=r"^den stopped sharing: gone$"):
+        follower.take()
+    assert decode(leader.failed("gone")) == Failed("den", "gone")
 
 
 def test_what_others_send_on_the_topic_is_not_played() -> None:
@@ -118,24 +128,52 @@ def test_any_payload_is_a_message_or_ignored(payload: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "says"),
     [
-        b"",
-        b"no newline",
-        b"[1]\n",
-        b'{"k": "audio", "seq": 0}\n',  # no sender
-        b'{"from": "x", "k": "audio", "seq": -1}\n',
-        b'{"from": "x", "k": "audio", "seq": true}\n',
-        b'{"from": "x", "k": "audio", "seq": 0}\n' + b"\0" * (MAX_PIECE + 1),
-        b'{"from": "x", "k": "claim", "key": 5}\n',
-        b'{"from": "x", "k": "end", "pieces": 1}\n',
-        b'{"from": "x", "k": "shout"}\n',
-        b'{"from": "x", "pad": "' + b"a" * 600 + b'"}\n',
+        (b"", "no header line"),
+        (b"no newline", "no header line"),
+        (b'{"from": "x", "k": "claim", "key": "k"}', "no header line"),  # a header, no newline
+        (b"[1]\n", "the header is not a JSON object"),
+        (b"{nope\n", "the header is not JSON"),
+        (b'{"k": "audio", "seq": 0}\n', "no sender"),
+        (b'{"from": "", "k": "claim", "key": "k"}\n', "no sender"),
+        (b'{"from": "x", "k": "audio", "seq": -1}\n', "known kind ('audio')"),
+        (b'{"from": "x", "k": "audio", "seq": true}\n', "known kind"),
+        (b'{"from": "x", "k": "audio", "seq": 2147483648}\n', "known kind"),  # 2**31
+        (b'{"from": "x", "k": "audio", "seq": 0}\n' + b"\0" * (MAX_PIECE + 1), "known kind"),
+        (b'{"from": "x", "k": "claim", "key": 5}\n', "known kind ('claim')"),
+        (b'{"from": "x", "k": "claim", "key": "k"}\nbody', "known kind"),
+        (b'{"from": "x", "k": "end", "pieces": 1}\n', "known kind ('end')"),
+        (b'{"from": "x", "k": "shout", "reason": "r"}\n', "known kind ('shout')"),
+        (b'{"from": "x", "k": "' + b"s" * 30 + b'"}\n', "known kind ('" + "s" * 20 + "')"),
+        (b'{"from": "x", "pad": "' + b"a" * 600 + b'"}\n', "no header line"),  # too long
     ],
 )
-def test_malformed_messages_are_refused(payload: bytes) -> None:
-    with pytest.raises(ShareError):
+def test_malformed_messages_are_refused_with_the_reason(payload: bytes, says: str) -> None:
+    with pytest.raises(ShareError) as refused:
         decode(payload)
+    assert says in refused.value.reason
+
+
+def test_the_limits_hold_at_their_edges() -> None:
+    header = b'{"from": "x", "k": "audio", "seq": 2147483647, "pad": "'
+    line = header + b"a" * (512 - len(header) - 2) + b'"}'
+    assert len(line) == 512  # the longest header read
+    assert decode(line + b"\n" + b"\0" * MAX_PIECE) == Piece("x", 2**31 - 1, b"\0" * MAX_PIECE)
+    assert decode(encode(Failed("x", "r" * 300))) == Failed("x", "r" * 200)  # cut, not refused
+    assert len(json.loads(encode(Failed("x", "r" * 300)).split(b"\n")[0])["reason"]) == 200
+    long = json.dumps({"from": "x", "k": "failed", "reason": "r" * 300}).encode() + b"\n"
+    assert decode(long) == Failed("x", "r" * 200)
+    assert decode('{"from": "kök", "k": "claim", "key": "k"}\n'.encode()) == Claim("kök", "k")
+
+
+def test_what_is_ignored_is_counted_and_what_is_kept_is_sized() -> None:
+    claim = encode(Claim("den", "k"))
+    channel = Channel(limit=2 * len(claim))  # room for exactly two
+    assert channel.receive(b"junk") is None and channel.receive(b"more junk") is None
+    assert channel.receive(claim) == channel.receive(claim) == Claim("den", "k")
+    assert channel.receive(claim) is None  # the third is past the limit
+    assert (channel.ignored, channel.size, len(channel.messages)) == (3, 2 * len(claim), 2)
 
 
 def test_a_flood_past_the_limit_is_ignored_not_kept() -> None:

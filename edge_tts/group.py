@@ -35,10 +35,15 @@ _CHANNEL_BYTES = 16 * 1024 * 1024  # one announcement's audio and messages, at m
 Publish = Callable[[str, bytes], None]
 
 
-def speech_key(group: str, announcement_id: str) -> str:
-    """The announcement's key in its group's speech topics: the same on every member (the
-    announcement's id is, see the daemon), and safe in a topic whatever the id holds."""
-    return hashlib.sha256(f"{group}\n{announcement_id}".encode()).hexdigest()[:16]
+_ATTEMPTS = 2  # elections for one announcement: the first, and one if its leader gives nothing
+
+
+def speech_key(group: str, announcement_id: str, attempt: int = 1) -> str:
+    """The announcement's key in its group's speech topics (one topic per election): the
+    same on every member (the announcement's id is, see the daemon), and safe in a topic
+    whatever the id holds."""
+    name = announcement_id if attempt == 1 else f"{announcement_id}\n{attempt}"
+    return hashlib.sha256(f"{group}\n{name}".encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -87,14 +92,16 @@ class Groups:
     def forget(self, a: Announcement) -> None:
         """The announcement is over here: its channel may go."""
         if a.group is not None:
-            self._channels.pop(speech_key(a.group, a.id), None)
+            for attempt in range(1, _ATTEMPTS + 1):
+                self._channels.pop(speech_key(a.group, a.id, attempt), None)
 
-    async def join(self, a: Announcement, key: str) -> Leading | Following | None:
+    async def join(self, a: Announcement, key: str, attempt: int = 1) -> Leading | Following | None:
         """This member's part in speaking group announcement `a`, whose speech `key` (the
-        cache key) names what would be asked of the cloud; None if it is not shared."""
+        cache key) names what would be asked of the cloud, in election `attempt`; None if it
+        is not shared."""
         if a.group is None or a.group not in self._topics.groups:
             return None
-        topic = self._topic(a.group, speech_key(a.group, a.id))
+        topic = self._topic(a.group, speech_key(a.group, a.id, attempt))
         leader = topic.channel.leader(key, self._online)
         if leader is None:
             self._publish(topic.name, encode(Claim(self.member, key)))

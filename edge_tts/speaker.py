@@ -188,11 +188,45 @@ class Speaker:
                 extra=fields(a, Source.CACHE),
             )
             return Speech(Source.CACHE, replay(cached), cache, hit=True)
-        role = None
-        if self._groups is not None and request.voice.engine != EngineName.PIPER:
-            role = await self._groups.join(a, key or cache_key(request))
+        if self._groups is None or request.voice.engine == EngineName.PIPER:
+            return await self._own(a, request, cache, key)
+        return await self._shared(a, request, cache, key)
+
+    async def _shared(
+        self,
+        a: Announcement,
+        request: SynthesisRequest,
+        cache: PhraseCache | None,
+        key: str,
+        attempt: int = 1,
+        why: str | None = None,
+    ) -> Speech:
+        """A group announcement: synthesized by the member elected for it and shared as it
+        comes. A leader that gives nothing (fails, goes offline, falls silent before its first
+        audio) is replaced once, by a second election among those left; then each member
+        speaks for itself. One that breaks off mid-way: the rest is said as when the cloud
+        breaks off (`_resumable`)."""
+        assert self._groups is not None
+        role = await self._groups.join(a, key or cache_key(request), attempt)
         if isinstance(role, Following):
-            return await self._follow(a, request, role, cache, key)
+            config = self._config
+            limit_ms = 2 * config.fallback.first_audio_ms  # the leader's own fallback, and more
+            stall_s = config.dashscope.stall_timeout_s + config.fallback.first_audio_ms / 1000
+            try:
+                audio = await _first_audio_within(role.audio(stall_s), limit_ms, role.leader)
+            except SynthesisError as exc:
+                reason = "; ".join(r for r in (why, exc.reason) if r)
+                if attempt == 1:
+                    log.warning("announcement %s: %s; the group elects again", a.id, exc.reason)
+                    return await self._shared(a, request, cache, key, 2, reason)
+                log.warning("announcement %s: %s; speaking it itself", a.id, exc.reason)
+                speech = await self._own(a, request, cache, key)
+                speech.reason = "; ".join(r for r in (reason, speech.reason) if r)
+                return speech
+            if cache:
+                audio = cache.record(audio, key, request.sample_rate)
+            audio = self._resumable(a, request, audio)
+            return Speech(Source.SHARED, audio, cache, reason=why)
         try:
             speech = await self._own(a, request, cache, key)
         except SynthesisError as exc:
@@ -201,31 +235,8 @@ class Speaker:
             raise
         if role is not None:
             speech.audio = role.tee(speech.audio)
+        speech.reason = "; ".join(r for r in (why, speech.reason) if r) or None
         return speech
-
-    async def _follow(
-        self,
-        a: Announcement,
-        request: SynthesisRequest,
-        role: Following,
-        cache: PhraseCache | None,
-        key: str,
-    ) -> Speech:
-        """The speech another member of the group synthesizes and shares; if none of it comes
-        in time, this member's own; if it breaks off, the rest said as when the cloud does."""
-        config = self._config
-        limit_ms = 2 * config.fallback.first_audio_ms  # the leader's own fallback, and more
-        stall_s = config.dashscope.stall_timeout_s + config.fallback.first_audio_ms / 1000
-        try:
-            audio = await _first_audio_within(role.audio(stall_s), limit_ms, role.leader)
-        except SynthesisError as exc:
-            log.warning("announcement %s: %s; speaking it itself", a.id, exc.reason)
-            speech = await self._own(a, request, cache, key)
-            speech.reason = "; ".join(r for r in (exc.reason, speech.reason) if r)
-            return speech
-        if cache:
-            audio = cache.record(audio, key, request.sample_rate)
-        return Speech(Source.SHARED, self._resumable(a, request, audio), cache)
 
     async def _own(
         self, a: Announcement, request: SynthesisRequest, cache: PhraseCache | None, key: str

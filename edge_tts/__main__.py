@@ -249,31 +249,55 @@ def cmd_cache(args: argparse.Namespace, config: Config, api_key: Secret | None) 
 
 
 def cmd_discovery(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
-    messages = removal_messages(config)
-    if not messages:
+    if not removal_messages(config):
         print("edge-tts: discovery is off (mqtt.discovery_prefix is null)", file=sys.stderr)
         return 1
+    me = config.device.name
 
-    async def publish() -> None:
+    async def publish() -> tuple[int, list[str]]:
         async with make_client(config.mqtt, timeout=10) as client:
+            others = sorted(await _other_devices(client, config.mqtt.topic_prefix, me))
+            messages = removal_messages(config, last=not others)
             for topic, payload in messages:
                 await client.publish(topic, payload, qos=1, retain=True)
+        return sum(1 for topic, _ in messages if topic.endswith("/config")), others
 
     try:
-        asyncio.run(publish())
+        entities, others = asyncio.run(publish())
     except aiomqtt.MqttError as exc:
         print(
             f"edge-tts: broker {config.mqtt.host}:{config.mqtt.port}: {describe_error(exc)}",
             file=sys.stderr,
         )
         return 1
-    entities = sum(1 for topic, _ in messages if topic.endswith("/config"))
     print(
-        f"removed {entities} Home Assistant entities of device {config.device.name!r} and "
+        f"removed {entities} Home Assistant entities of device {me!r} and "
         "its retained availability, state and stats (they come back when the daemon next "
         "connects; set mqtt.discovery_prefix: null to keep them away)"
     )
+    if others:
+        shown = ", ".join(others[:5]) + (" and more" if len(others) > 5 else "")
+        print(f"its groups' entities stay: other devices use this broker ({shown})")
+    else:
+        print("it was the last device on this broker: its groups' entities are removed too")
     return 0
+
+
+async def _other_devices(client: aiomqtt.Client, prefix: str, me: str) -> set[str]:
+    """The other devices the broker knows (a retained availability of theirs), read without
+    guessing a wait: retained messages come before the echo of a probe sent after subscribing."""
+    probe = f"{prefix}/{me}/probe-{os.getpid()}"
+    await client.subscribe([(f"{prefix}/+/availability", 1), (probe, 1)])
+    await client.publish(probe, b"", qos=1)
+    found: set[str] = set()
+    async with asyncio.timeout(10):
+        async for message in client.messages:
+            topic = str(message.topic)
+            if topic == probe:
+                break
+            if message.payload:
+                found.add(topic.removeprefix(f"{prefix}/").partition("/")[0])
+    return found - {me}
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

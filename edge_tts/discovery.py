@@ -208,13 +208,14 @@ def _group_notify(config: Config, group: str, origin: dict[str, str]) -> tuple[s
     return topic, json.dumps(payload).encode()
 
 
-def removal_messages(config: Config) -> list[tuple[str, bytes]]:
+def removal_messages(config: Config, *, last: bool = False) -> list[tuple[str, bytes]]:
     """Empty retained payloads on every retained topic of the device: its discovery topics
-    (Home Assistant removes the entities) and its availability, state and stats."""
+    (Home Assistant removes the entities) and its availability, state and stats; and, if it
+    is the `last` device on the broker, its groups' entities (else the others publish them)."""
     if not config.mqtt.discovery_prefix:
         return []
     topics = Topics.of(config.mqtt.topic_prefix, config.device.name)
     own = [topics.availability, topics.state, topics.stats]
-    # A group's entity stays: the group's other members publish it too.
-    mine = [t for t, _ in discovery_messages(config) if f"/{node_id(config.device.name)}/" in t]
+    node = f"/{node_id(config.device.name)}/"
+    mine = [t for t, _ in discovery_messages(config) if last or node in t]
     return [(topic, b"") for topic in mine] + [(t, b"") for t in own]

@@ -135,16 +135,29 @@ async def test_the_entities_command_topics_speak_and_stop(
 async def test_discovery_remove_clears_the_entities(
     discovering: DaemonProcess, broker: Broker
 ) -> None:
-    assert len(await retained(broker, "homeassistant/#")) == 7
+    assert len(await retained(broker, "homeassistant/#")) == 7  # its 6 and the group `all`'s
+    await discovering.stop()
+    run = await edge_tts("discovery", "-c", str(discovering.config), "remove")
+    assert run.code == 0, run.all
+    assert "removed 7 Home Assistant entities of device 'kitchen'" in run.out
+    assert "it was the last device on this broker" in run.out
+    assert await retained(broker, "homeassistant/#") == {}
+    assert await retained(broker, "edge-tts/#") == {}  # no availability, state or stats left
+
+
+async def test_discovery_remove_leaves_the_groups_entities_to_the_other_devices(
+    discovering: DaemonProcess, broker: Broker
+) -> None:
+    async with aiomqtt.Client(broker.host, broker.port) as other:  # the den, switched off
+        await other.publish("edge-tts/den/availability", b"offline", qos=1, retain=True)
     await discovering.stop()
     run = await edge_tts("discovery", "-c", str(discovering.config), "remove")
     assert run.code == 0, run.all
     assert "removed 6 Home Assistant entities of device 'kitchen'" in run.out
-    # The group's entity is every member's: it stays for the others.
+    assert "its groups' entities stay: other devices use this broker (den)" in run.out
     assert set(await retained(broker, "homeassistant/#")) == {
         "homeassistant/notify/edge_tts_group_all/say/config"
     }
-    assert await retained(broker, "edge-tts/#") == {}  # no availability, state or stats left
 
 
 async def test_no_discovery_when_the_prefix_is_null(daemon: DaemonProcess, broker: Broker) -> None:

@@ -25,7 +25,7 @@ from .journal import Journal, Restored, digest
 from .keeper import ConnectionKeeper
 from .mqtt import Incoming, Kind, MqttLink
 from .player import AudioSink, Discard, Player
-from .policy import interrupts, playback_volume, too_late, too_old
+from .policy import interrupts, play_moment, playback_volume, too_late, too_old
 from .queue import AnnouncementQueue
 from .secret import Secret
 from .speaker import Speaker
@@ -334,6 +334,10 @@ class Daemon:
             return
         if route.group is not None:
             a = replace(a, group=route.group)
+        play_at, clocks = play_moment(a.play_at, a.sent_at, time.time())
+        if clocks is not None:
+            log.warning("announcement %s: %s", a.id, clocks)
+            a = replace(a, play_at=play_at)
         if self._too_old(a, a.sent_at):
             return
         a = self.journal.add(a, mid=message.mid, payload_digest=payload_digest)

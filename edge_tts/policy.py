@@ -29,6 +29,27 @@ def too_late(play_at: float | None, now: float, max_age_s: float) -> str | None:
     return f"too late: play_at was {now - play_at:.0f} s ago (announcements.max_age_s)"
 
 
+CLOCKS_APART_S = 2.0  # a message "sent" further ahead of our clock than this: clocks disagree
+
+
+def play_moment(
+    play_at: float | None, sent_at: float | None, now: float
+) -> tuple[float | None, str | None]:
+    """When to play (epoch seconds, our clock), and a warning if the sender's clock is ahead
+    of ours. A message stamped by its sender with both `sent_at` and `play_at` (Home
+    Assistant's group entity) says how long after sending to play. Sent "in the future" by
+    more than CLOCKS_APART_S, it shows our clock behind the sender's: its play_at would be
+    waited for too long, so that delay is kept from now instead, and the rooms still start
+    together (each receives it within milliseconds). A message sent long ago is not touched:
+    it may have waited in the broker (late, or too old)."""
+    if play_at is None or sent_at is None or sent_at - now <= CLOCKS_APART_S:
+        return play_at, None
+    return now + (play_at - sent_at), (
+        f"the sender's clock is {sent_at - now:.0f} s ahead of this one: play_at taken as "
+        "a delay from now (is this clock NTP-synchronized? edge-tts check)"
+    )
+
+
 def interrupts(new: Announcement, playing: Announcement | None) -> bool:
     """A critical announcement cuts off whatever less urgent one is playing."""
     return (

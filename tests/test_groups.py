@@ -463,3 +463,21 @@ async def test_a_groups_audio_never_crowds_out_events(broker: Broker) -> None:
                 if len(events) == 2 and len(pieces) == 1500:
                     break
         assert events == ["before", "after"] and pieces == list(range(1500))
+
+
+async def test_a_room_whose_clock_is_behind_still_starts_with_the_others(
+    rooms: dict[str, Room], house: Household
+) -> None:
+    """Home Assistant's clock 60 s ahead of every room's (as a Pi's before NTP settles): its
+    message is 'sent' in the future and asks to play 1 s after that. Played 1 s after it
+    arrived, not a minute later; every room says why in its log."""
+    sent = time.time() + 60
+    await house.say(
+        "group/downstairs/say",
+        {"text": "On time anyway.", "id": "skewed", "sent_at": sent, "play_at": sent + 1},
+    )
+    outcomes = await house.outcomes("skewed")  # 20 s at most: not the minute
+    assert {e["event"] for e in outcomes.values()} == {"finished"}
+    for room in rooms.values():
+        assert split_speech(room.capture.read())[1] == pcm_for("On time anyway.")
+        assert b"the sender's clock is 60 s ahead of this one" in room.daemon.stderr

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from edge_tts.announcement import MAX_PLAY_AHEAD_S, parse_payload
 from edge_tts.errors import BadAnnouncement
 from edge_tts.mqtt import Kind, Route, Topics
+from edge_tts.policy import CLOCKS_APART_S, play_moment, too_late
 from edge_tts.protocols.share import (
     MAX_PIECE,
     Channel,
@@ -243,3 +244,21 @@ def test_a_bad_play_at_is_refused_with_a_reason(value: object, says: str) -> Non
         value = time.time() + MAX_PLAY_AHEAD_S + 60.4
     with pytest.raises(BadAnnouncement, match=says):
         say({"text": "hi", "play_at": value})
+
+
+def test_a_clock_behind_the_senders_keeps_the_senders_delay() -> None:
+    now = 1_800_000_000.0
+    # In step (within the limit), or no sent_at, or no play_at: play_at as sent.
+    assert play_moment(now + 1, now + CLOCKS_APART_S, now) == (now + 1, None)
+    assert play_moment(now + 1, None, now) == (now + 1, None)
+    assert play_moment(None, now + 60, now) == (None, None)
+    # Sent "60 s from now": this clock is 60 s behind; play 1 s after receiving, as meant.
+    at, warning = play_moment(now + 61, now + 60, now)
+    assert at == now + 1
+    assert warning is not None and "60 s ahead of this one" in warning
+    # Sent long ago (it waited in the broker): as sent, late or too late, never moved.
+    assert play_moment(now - 299, now - 300, now) == (now - 299, None)
+    assert too_late(now - 299, now, 900) is None
+    assert (
+        too_late(now - 901, now, 900) == "too late: play_at was 901 s ago (announcements.max_age_s)"
+    )

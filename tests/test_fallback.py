@@ -211,10 +211,11 @@ def proc(pid: int, name: str) -> str:
 async def test_the_offline_voice_speaks_from_a_child_process_that_ends_when_released() -> None:
     """Piper's audio as in this process, but onnxruntime lives in a child process, and the
     child is gone (its memory with it) once the model is released. (Piper draws noise inside
-    its model, unseeded: two processes give the same text in lengths 2 % apart, so the
-    comparison is sentence by sentence, in length, not byte for byte.)"""
+    its model, unseeded: six processes gave these sentences in lengths within 3 % of each
+    other, a short one 11 % apart, so the comparison is sentence by sentence, in length, not
+    byte for byte.)"""
     engine = PiperEngine(release_after_s=0.5)
-    text = "Hello there. A second sentence."
+    text = "The washing machine has finished its long cycle. Please empty it before evening."
     request = SynthesisRequest(text=text, voice=VOICE, sample_rate=RATE)
     chunks = [c async for c in engine.synthesize(request)]
     here = [
@@ -223,7 +224,7 @@ async def test_the_offline_voice_speaks_from_a_child_process_that_ends_when_rele
     ]
     assert len(chunks) == len(here) == 2  # a sentence at a time, resampled to the output rate
     for got, expected in zip(chunks, here, strict=True):
-        assert abs(len(got) - len(expected)) < 0.1 * len(expected)
+        assert abs(len(got) - len(expected)) < 0.15 * len(expected)
         assert max(array.array("h", got)) > 1000  # speech, not silence
     pid = engine.pid
     assert pid is not None and pid != os.getpid()

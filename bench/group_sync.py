@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +30,10 @@ from pathlib import Path
 import aiomqtt
 import yaml
 
-from harness import API_KEY, ROOT, Row, broker, fake_cloud, table
+# isort: off
+from harness import API_KEY, Row, broker, fake_cloud, table  # (puts tests/ on the path)
+from conftest import DaemonProcess
+# isort: on
 
 ROOMS = ("den", "hall", "attic")
 _LINE = re.compile(
@@ -56,11 +58,12 @@ def config(workdir: Path, name: str, host: str, port: int, url: str) -> Path:
 
 
 class Room:
+    """One daemon as a user runs it (the tests' DaemonProcess), with its own state."""
+
     def __init__(self, name: str, workdir: Path) -> None:
         self.name = name
         self.workdir = workdir
-        self.log = workdir / "stderr.log"
-        self.proc: asyncio.subprocess.Process | None = None
+        self.daemon: DaemonProcess | None = None
 
     async def start(self, host: str, port: int, url: str) -> None:
         env = dict(
@@ -69,29 +72,19 @@ class Room:
             XDG_STATE_HOME=str(self.workdir / "state"),
             EDGE_TTS_ALSA_CAPTURE="/dev/null",
         )
-        with self.log.open("wb") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "edge_tts",
-                "serve",
-                "-c",
-                str(config(self.workdir, self.name, host, port, url)),
-                env=env,
-                stderr=err,
-                cwd=ROOT,
-            )
+        self.daemon = DaemonProcess(config(self.workdir, self.name, host, port, url), env)
+        await self.daemon.spawn()
 
     def moments(self) -> dict[str, tuple[float, float]]:
         """announcement id -> (handed to the device, heard), epoch seconds."""
+        assert self.daemon is not None
         return {
-            m[1].decode(): (float(m[2]), float(m[3])) for m in _LINE.finditer(self.log.read_bytes())
+            m[1].decode(): (float(m[2]), float(m[3])) for m in _LINE.finditer(self.daemon.stderr)
         }
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
+        if self.daemon is not None and self.daemon.running:
+            await self.daemon.stop()
 
 
 async def measure(n: int, ahead_s: float, url: str, host: str, port: int) -> tuple[list[Row], str]:

@@ -374,7 +374,7 @@ class Daemon:
         self._held[a] = loop.call_later(wait, self._release, a)
 
     def _release(self, a: Announcement) -> None:
-        del self._held[a]
+        self._held.pop(a, None)  # (the same message twice is one entry: the queue dedupes it)
         self._put(a, told=True)
 
     def _put(self, a: Announcement, *, told: bool = False) -> None:

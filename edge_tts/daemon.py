@@ -461,6 +461,7 @@ class Daemon:
             journal=self.journal,
             wyoming=self._wyoming_stats(),
             usage=self.usage.as_dict(),
+            groups=self.groups.as_dict(),
         )
 
     def _wyoming_stats(self) -> dict[str, object] | None:

@@ -69,6 +69,19 @@ class Groups:
         self._offline: set[str] = set()
         self._online: set[str] = {member}
         self.ignored = 0  # messages on speech topics that were not ours to use
+        self.led = 0  # group announcements this member synthesized and shared
+        self.followed = 0  # ... for which another member was elected to synthesize
+        self.elections = 0  # ... it took part in electing who synthesizes (again, too)
+
+    def as_dict(self) -> dict[str, object]:
+        """For the stats: how many group announcements went which way here."""
+        return {
+            "groups": list(self._topics.groups),
+            "led": self.led,
+            "followed": self.followed,
+            "elections": self.elections,
+            "ignored_messages": self.ignored,
+        }
 
     def receive(self, group: str, key: str, payload: bytes) -> None:
         """A message on `<prefix>/group/<group>/speech/<key>`."""
@@ -102,6 +115,7 @@ class Groups:
         if a.group is None or a.group not in self._topics.groups:
             return None
         topic = self._topic(a.group, speech_key(a.group, a.id, attempt))
+        self.elections += 1
         leader = topic.channel.leader(key, self._online)
         if leader is None:
             self._publish(topic.name, encode(Claim(self.member, key)))
@@ -114,8 +128,10 @@ class Groups:
                 leader = self.member
         if leader == self.member:
             log.info("announcement %s: synthesizing it for %s", a.id, a.group)
+            self.led += 1
             return Leading(topic.name, Leader(self.member), self._publish)
         log.info("announcement %s: %s synthesizes it for %s", a.id, leader, a.group)
+        self.followed += 1
         return Following(topic, leader, key, self._offline)
 
     def _topic(self, group: str, key: str) -> _Topic:

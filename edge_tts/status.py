@@ -30,6 +30,7 @@ class Snapshot:
     journal: Journal
     wyoming: dict[str, object] | None = None  # the Wyoming server's figures, when it is on
     usage: dict[str, object] | None = None  # characters sent to the cloud, and their cost
+    groups: dict[str, object] | None = None  # group announcements: led, followed, ...
 
 
 class Reporter:
@@ -89,6 +90,7 @@ class Reporter:
                 "last_announcement": self._last,
                 **({"usage": now.usage} if now.usage is not None else {}),
                 **({"wyoming": now.wyoming} if now.wyoming is not None else {}),
+                **({"groups": now.groups} if now.groups is not None else {}),
             }
         )
         self._notifier.status(self.status(now))

@@ -38,6 +38,7 @@ class Household:
     client: aiomqtt.Client
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     online: set[str] = field(default_factory=set)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # each room's latest
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20) -> None:
@@ -73,7 +74,9 @@ class Household:
 @asynccontextmanager
 async def household(broker: Broker) -> AsyncIterator[Household]:
     async with aiomqtt.Client(broker.host, broker.port, identifier="ha-house") as client:
-        await client.subscribe([("edge-tts/+/event", 1), ("edge-tts/+/availability", 1)])
+        await client.subscribe(
+            [("edge-tts/+/event", 1), ("edge-tts/+/availability", 1), ("edge-tts/+/stats", 1)]
+        )
         house = Household(client)
 
         async def record() -> None:
@@ -84,6 +87,8 @@ async def household(broker: Broker) -> AsyncIterator[Household]:
                 async with house.changed:
                     if kind == "event":
                         house.events.append((room, json.loads(payload)))
+                    elif kind == "stats":
+                        house.stats[room] = json.loads(payload)
                     elif payload == b"online":
                         house.online.add(room)
                     else:
@@ -172,6 +177,14 @@ async def test_a_group_announcement_is_synthesized_once_and_heard_whole_in_every
         )
         # How fast its audio came, not the wait for play_at (4 s) after it.
         assert started["first_audio_ms"] < 3000, started
+
+    # Each room's stats say which way it went there.
+    def tally() -> tuple[int, int]:
+        groups = [house.stats.get(r, {}).get("groups", {}) for r in ROOMS]
+        return sum(g.get("led", 0) for g in groups), sum(g.get("followed", 0) for g in groups)
+
+    await house.wait_for(lambda: tally() == (1, 2))
+    assert house.stats["den"]["groups"]["groups"] == ["all", "downstairs"]
     # The members that were shared it keep it: next time the phrase is theirs at once.
     await house.say("group/downstairs/say", {"text": text, "id": "again"})
     await house.outcomes("again")

@@ -21,7 +21,7 @@ from .engines.cloud import Cloud, build_engines, uses_inference
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
 from .group import Groups
-from .journal import Journal, Restored, digest
+from .journal import Journal, Restored, digest, state_dir
 from .keeper import ConnectionKeeper
 from .mqtt import Incoming, Kind, MqttLink
 from .player import AudioSink, Discard, Player
@@ -77,7 +77,13 @@ class Daemon:
         _warn_without_key(api_key)
 
     def _link(self) -> MqttLink:
-        link = MqttLink(self.config.mqtt, self.config.device, self._on_message)
+        name = self.config.device.name
+        link = MqttLink(
+            self.config.mqtt,
+            self.config.device,
+            self._on_message,
+            subscribed=state_dir() / f"subscriptions-{name}.json",
+        )
         link.retained_on_connect = discovery_messages(self.config)
         return link
 

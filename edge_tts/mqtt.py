@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -183,6 +184,30 @@ def describe_error(exc: aiomqtt.MqttError) -> str:
     return text or type(exc).__name__
 
 
+def _read_topics(path: Path | None) -> list[str]:
+    """The topics noted at `path` (none if there is no note, or it cannot be read)."""
+    if path is None:
+        return []
+    try:
+        topics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
+
+
+def _write_topics(path: Path | None, topics: list[str]) -> None:
+    """Note `topics` at `path` when they changed (written whole, then renamed into place)."""
+    if path is None or _read_topics(path) == topics:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".part")
+        part.write_text(json.dumps(topics), encoding="utf-8")
+        part.replace(path)
+    except OSError as exc:
+        log.debug("MQTT: cannot note the subscriptions in %s: %s", path, exc.strerror)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     """Cancel a task and wait for its end. On Python 3.11 a cancellation that lands while an
     aiomqtt publish completes can be swallowed (asyncio.wait_for's race), leaving the task
@@ -197,8 +222,18 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 class MqttLink:
     """Keeps a session with the broker for one device and hands `say`/`stop` messages on."""
 
-    def __init__(self, config: MqttConfig, device: DeviceConfig, on_message: OnMessage) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        device: DeviceConfig,
+        on_message: OnMessage,
+        subscribed: Path | None = None,
+    ) -> None:
         self._config = config
+        # Where the last run's subscriptions are noted: the broker keeps them in our session
+        # (mqtt.session_expiry_s), so what this run no longer wants (a group left) is
+        # unsubscribed, not delivered for good.
+        self._subscribed = subscribed
         self.topics = Topics.of(config.topic_prefix, device.name, device.all_groups)
         self._device = device.name
         self._on_message = on_message
@@ -263,7 +298,13 @@ class MqttLink:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Subscribe, announce, say online; then receive until the session ends."""
-        await client.subscribe(self.topics.subscriptions())
+        wanted = self.topics.subscriptions()
+        stale = sorted(set(_read_topics(self._subscribed)) - {t for t, _ in wanted})
+        if stale:
+            await client.unsubscribe(stale)
+            log.info("MQTT: no longer listening on %s", ", ".join(stale))
+        await client.subscribe(wanted)
+        _write_topics(self._subscribed, [t for t, _ in wanted])
         for topic, payload in self.retained_on_connect:
             await client.publish(topic, payload, qos=1, retain=True)
         # What waited for the broker (the state, the stats, events) goes out before `online`,

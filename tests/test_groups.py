@@ -494,3 +494,50 @@ async def test_a_room_whose_clock_is_behind_still_starts_with_the_others(
     for room in rooms.values():
         assert split_speech(room.capture.read())[1] == pcm_for("On time anyway.")
         assert b"the sender's clock is 60 s ahead of this one" in room.daemon.stderr
+
+
+async def test_a_group_left_is_no_longer_delivered(broker: Broker, tmp_path: Path) -> None:
+    """The broker keeps a device's subscriptions in its session: one that leaves a group (a
+    new config, a restart) unsubscribes it, instead of being sent its traffic for good."""
+    from edge_tts.config import parse_config
+    from edge_tts.mqtt import Incoming, MqttLink
+
+    noted = tmp_path / "subscriptions-den.json"
+    heard: list[str] = []
+    arrived = asyncio.Event()
+
+    async def take(message: Incoming) -> None:
+        heard.append(message.topic)
+        arrived.set()
+
+    async def run(groups: list[str]) -> tuple[MqttLink, asyncio.Task[None]]:
+        config = parse_config(
+            {
+                "device": {"name": "den", "groups": groups},
+                "mqtt": {"host": broker.host, "port": broker.port},
+            }
+        )
+        link = MqttLink(config.mqtt, config.device, take, subscribed=noted)
+        task = asyncio.create_task(link.run())
+        async with asyncio.timeout(10):
+            await link.connected.wait()
+        return link, task
+
+    _, first = await run(["upstairs"])
+    assert "edge-tts/group/upstairs/say" in json.loads(noted.read_text())
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    _, second = await run([])  # the same session, without the group
+    try:
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.publish("edge-tts/group/upstairs/say", b"not for us", qos=1)
+            await client.publish("edge-tts/den/say", b"for us", qos=1)  # after it, in order
+            async with asyncio.timeout(10):
+                while "edge-tts/den/say" not in heard:
+                    arrived.clear()
+                    await arrived.wait()
+        assert "edge-tts/group/upstairs/say" not in heard
+        assert "edge-tts/group/upstairs/say" not in json.loads(noted.read_text())
+    finally:
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)

@@ -32,10 +32,9 @@ _KEEP = 6  # channels kept; the oldest goes first
 _KEEP_S = 600.0  # a channel nobody here joined is forgotten after this long
 _CHANNEL_BYTES = 16 * 1024 * 1024  # one announcement's audio and messages, at most
 
-Publish = Callable[[str, bytes], None]
-
-
 _ATTEMPTS = 2  # elections for one announcement: the first, and one if its leader gives nothing
+
+Publish = Callable[[str, bytes], None]
 
 
 def speech_key(group: str, announcement_id: str, attempt: int = 1) -> str:
@@ -52,6 +51,7 @@ class _Topic:
     channel: Channel
     born: float = field(default_factory=time.monotonic)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    joined: bool = False  # this member plays from it: kept until the announcement is over
 
     def wake(self) -> None:
         changed, self.changed = self.changed, asyncio.Event()
@@ -66,8 +66,7 @@ class Groups:
         self._topics = topics
         self._publish = publish
         self._channels: dict[str, _Topic] = {}
-        self._offline: set[str] = set()
-        self._online: set[str] = {member}
+        self._online: set[str] = {member}  # members whose retained availability says online
         self.ignored = 0  # messages on speech topics that were not ours to use
         self.led = 0  # group announcements this member synthesized and shared
         self.followed = 0  # ... for which another member was elected to synthesize
@@ -94,10 +93,8 @@ class Groups:
     def availability(self, member: str, online: bool) -> None:
         """A member's retained availability: a leader going offline ends what it shares."""
         if online:
-            self._offline.discard(member)
             self._online.add(member)
             return
-        self._offline.add(member)
         self._online.discard(member)
         for topic in self._channels.values():
             topic.wake()
@@ -115,6 +112,7 @@ class Groups:
         if a.group is None or a.group not in self._topics.groups:
             return None
         topic = self._topic(a.group, speech_key(a.group, a.id, attempt))
+        topic.joined = True
         self.elections += 1
         leader = topic.channel.leader(key, self._online)
         if leader is None:
@@ -132,18 +130,21 @@ class Groups:
             return Leading(topic.name, Leader(self.member), self._publish)
         log.info("announcement %s: %s synthesizes it for %s", a.id, leader, a.group)
         self.followed += 1
-        return Following(topic, leader, key, self._offline)
+        return Following(topic, leader, key, self._online)
 
     def _topic(self, group: str, key: str) -> _Topic:
         topic = self._channels.get(key)
         if topic is not None:
             return topic
+        # Room for it: channels nobody here joined go, stale ones first, then the oldest; a
+        # joined one stays (a flood of keys must not cut off the audio being played).
         now = time.monotonic()
-        for old, kept in list(self._channels.items()):
-            if now - kept.born > _KEEP_S:
-                del self._channels[old]
-        while len(self._channels) >= _KEEP:
-            del self._channels[next(iter(self._channels))]
+        idle = [k for k, t in self._channels.items() if not t.joined]
+        for old in [k for k in idle if now - self._channels[k].born > _KEEP_S]:
+            del self._channels[old]
+            idle.remove(old)
+        while len(self._channels) >= _KEEP and idle:
+            del self._channels[idle.pop(0)]
         topic = _Topic(self._topics.speech(group, key), Channel(_CHANNEL_BYTES))
         self._channels[key] = topic
         return topic
@@ -183,17 +184,20 @@ class Leading:
 class Following:
     """A member that plays the leader's audio."""
 
-    def __init__(self, topic: _Topic, leader: str, key: str, offline: set[str]) -> None:
+    def __init__(self, topic: _Topic, leader: str, key: str, online: set[str]) -> None:
         self.leader = leader
         self._key = key
         self._topic = topic
-        self._offline = offline
+        self._online = online  # the group's view, kept up to date
 
     async def audio(self, stall_s: float) -> AsyncGenerator[bytes, None]:
         """The leader's audio as it comes; SynthesisError if a piece is missing, the leader
         fails, goes offline, or sends nothing for `stall_s`."""
         follower = Follower(self._topic.channel, self.leader, self._key)
         while True:
+            # Taken before reading: what arrives while the audio is handed on (at the yield
+            # below) sets this one, so it is never slept through.
+            changed = self._topic.changed
             try:
                 new = follower.take()
             except ShareError as exc:
@@ -202,9 +206,8 @@ class Following:
                 yield pcm
             if follower.done:
                 return
-            if self.leader in self._offline:
+            if self.leader not in self._online:
                 raise SynthesisError(f"{self.leader}, which was sharing it, went offline")
-            changed = self._topic.changed
             try:
                 async with asyncio.timeout(stall_s):
                     await changed.wait()

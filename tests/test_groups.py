@@ -541,3 +541,55 @@ async def test_a_group_left_is_no_longer_delivered(broker: Broker, tmp_path: Pat
     finally:
         second.cancel()
         await asyncio.gather(second, return_exceptions=True)
+
+
+async def test_a_flood_of_speech_topics_does_not_cut_off_the_audio_being_played() -> None:
+    """Messages on many other announcements' topics (a busy group, or someone flooding it)
+    make room by forgetting channels nobody here plays from, never the one being followed."""
+    from edge_tts.announcement import Announcement
+    from edge_tts.group import Groups, speech_key
+    from edge_tts.mqtt import Topics
+    from edge_tts.protocols.share import Claim, Leader, encode
+
+    sent: list[tuple[str, bytes]] = []
+    groups = Groups("den", Topics.of("edge-tts", "den"), lambda t, p: sent.append((t, p)))
+    groups.availability("hall", True)
+    a = Announcement("Hello.", id="flooded", group="all")
+    key = speech_key("all", "flooded")
+    hall = Leader("hall")
+    groups.receive("all", key, encode(Claim("hall", "k")))
+    role = await groups.join(a, "k")
+    assert role is not None and not hasattr(role, "tee")  # following the hall
+    audio = role.audio(stall_s=5)  # type: ignore[union-attr]
+    groups.receive("all", key, hall.audio(b"first")[0])
+    assert await anext(audio) == b"first"
+    for n in range(50):
+        groups.receive("all", f"junk{n}", b"junk")
+    groups.receive("all", key, hall.audio(b"second")[0])
+    groups.receive("all", key, hall.end())
+    assert [chunk async for chunk in audio] == [b"second"]
+    assert len(groups._channels) <= 6 + 1  # the others were forgotten as they came
+    groups.forget(a)
+    assert key not in groups._channels
+
+
+async def test_what_arrives_while_a_piece_is_played_is_not_slept_through() -> None:
+    """The player takes a piece, and meanwhile the rest and the end arrive: the follower goes
+    on at once, not after a stall (it used to wait for a message that had already come)."""
+    from edge_tts.announcement import Announcement
+    from edge_tts.group import Groups, speech_key
+    from edge_tts.mqtt import Topics
+    from edge_tts.protocols.share import Claim, Leader, encode
+
+    groups = Groups("den", Topics.of("edge-tts", "den"), lambda t, p: None)
+    groups.availability("hall", True)
+    a = Announcement("Hi.", id="quick", group="all")
+    key, hall = speech_key("all", "quick"), Leader("hall")
+    groups.receive("all", key, encode(Claim("hall", "k")))
+    role = await groups.join(a, "k")
+    audio = role.audio(stall_s=30)  # type: ignore[union-attr]
+    groups.receive("all", key, hall.audio(b"one")[0])
+    assert await anext(audio) == b"one"
+    groups.receive("all", key, hall.end())  # while "one" is being played
+    async with asyncio.timeout(5):  # not the 30 s stall
+        assert [chunk async for chunk in audio] == []

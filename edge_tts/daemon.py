@@ -301,7 +301,7 @@ class Daemon:
             )
 
     async def _take(self, message: Incoming) -> None:
-        route = self.link.topics.route(message.topic)
+        route = message.route
         if route is None:
             return
         if route.kind == Kind.STOP:

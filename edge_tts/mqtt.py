@@ -126,6 +126,7 @@ class Incoming:
     topic: str
     payload: bytes
     mid: int = 0  # the broker's packet id: the same when it delivers a message again
+    route: Route | None = None  # what it asks (Topics.route), decided once, as it came in
 
 
 # Awaited before the message is acknowledged: when it returns, the message is safe with us.
@@ -340,7 +341,9 @@ class MqttLink:
                     payload = payload.encode()
                 elif not isinstance(payload, bytes | bytearray):
                     payload = b"" if payload is None else str(payload).encode()
-                await self._on_message(Incoming(str(message.topic), bytes(payload), message.mid))
+                await self._on_message(
+                    Incoming(str(message.topic), bytes(payload), message.mid, route)
+                )
             if message.qos:
                 client._client.ack(message.mid, message.qos)
 

@@ -593,3 +593,25 @@ async def test_what_arrives_while_a_piece_is_played_is_not_slept_through() -> No
     groups.receive("all", key, hall.end())  # while "one" is being played
     async with asyncio.timeout(5):  # not the 30 s stall
         assert [chunk async for chunk in audio] == []
+
+
+async def test_a_leader_cut_off_in_its_own_room_leaves_the_others_speaking(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope
+) -> None:
+    """A critical announcement in the leader's room only cuts the group's there; the others
+    hear at once that it stopped sharing, and say the rest themselves."""
+    dashscope.chunk_interval_s = 0.05
+    text = "A long notice for the whole floor. " * 4 + "And its last words."
+    await house.say("group/downstairs/say", {"text": text, "id": "floor", "cache": False})
+    await house.started("floor")
+    leader = leader_of(house, "floor")
+    await house.say(f"{leader}/say", {"text": "Smoke!", "id": "smoke", "priority": "critical"})
+    followers = tuple(r for r in ROOMS if r != leader)
+    outcomes = await house.outcomes("floor", followers)
+    cut = (await house.outcomes("floor", (leader,)))[leader]
+    assert (cut["event"], cut["error"]) == ("dropped", "interrupted by smoke")
+    for room in followers:
+        assert outcomes[room]["event"] == "finished", outcomes[room]
+        assert f"{leader} stopped sharing: stopped playing it" in outcomes[room]["reason"]
+        heard = split_speech(rooms[room].capture.read())[1]
+        assert heard.endswith(pcm_for("And its last words.")), room

@@ -32,6 +32,7 @@ _KEEP = 6  # channels kept; the oldest goes first
 _KEEP_S = 600.0  # a channel nobody here joined is forgotten after this long
 _CHANNEL_BYTES = 16 * 1024 * 1024  # one announcement's audio and messages, at most
 
+_MEMBERS = 1024  # devices known online, at most (a flood of availability topics stops there)
 _ATTEMPTS = 2  # elections for one announcement: the first, and one if its leader gives nothing
 
 Publish = Callable[[str, bytes], None]
@@ -93,7 +94,8 @@ class Groups:
     def availability(self, member: str, online: bool) -> None:
         """A member's retained availability: a leader going offline ends what it shares."""
         if online:
-            self._online.add(member)
+            if len(self._online) < _MEMBERS:
+                self._online.add(member)
             return
         self._online.discard(member)
         for topic in self._channels.values():

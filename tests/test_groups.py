@@ -615,3 +615,16 @@ async def test_a_leader_cut_off_in_its_own_room_leaves_the_others_speaking(
         assert f"{leader} stopped sharing: stopped playing it" in outcomes[room]["reason"]
         heard = split_speech(rooms[room].capture.read())[1]
         assert heard.endswith(pcm_for("And its last words.")), room
+
+
+def test_a_flood_of_availability_topics_is_bounded() -> None:
+    from edge_tts.group import Groups
+    from edge_tts.mqtt import Topics
+
+    groups = Groups("den", Topics.of("edge-tts", "den"), lambda t, p: None)
+    for n in range(5000):
+        groups.availability(f"ghost{n}", True)
+    assert len(groups._online) == 1024
+    groups.availability("ghost1", False)
+    groups.availability("hall", True)  # room again, for a real one
+    assert "hall" in groups._online

@@ -17,7 +17,6 @@ import yaml
 from . import __version__
 from .announcement import Announcement, check_text
 from .cache import PhraseCache, open_cache
-from .checks import run_checks
 from .config import Config, load_api_key, load_config
 from .costs import Usage
 from .daemon import Daemon
@@ -151,6 +150,8 @@ def cmd_say(args: argparse.Namespace, config: Config, api_key: Secret | None) ->
 
 
 def cmd_check(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+    from .checks import run_checks  # the checks' clients (Wyoming's, ctypes) not in `serve`
+
     problems = asyncio.run(run_checks(config, api_key, print))
     if problems:
         print(f"{problems} problem(s) found", file=sys.stderr)

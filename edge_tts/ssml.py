@@ -8,10 +8,12 @@ and the five predefined entities, whose expansion cannot multiply anything.
 
 from __future__ import annotations
 
-from xml.etree import ElementTree
-from xml.parsers import expat
+from typing import TYPE_CHECKING
 
 from .errors import BadAnnouncement
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
 
 
 class _Refused(Exception):
@@ -25,9 +27,13 @@ def _refuse(what: str):  # type: ignore[no-untyped-def]
     return handler
 
 
-def parse_ssml(document: str) -> ElementTree.Element:
+def parse_ssml(document: str) -> Element:
     """The document's root element; BadAnnouncement if it is not well-formed XML, declares a
     DOCTYPE or an entity, or its root is not <speak>."""
+    # The XML parser is loaded by the first SSML announcement, not by every daemon.
+    from xml.etree import ElementTree
+    from xml.parsers import expat
+
     text = document.strip()
     guard = expat.ParserCreate()
     guard.StartDoctypeDeclHandler = _refuse("a DOCTYPE")
@@ -67,5 +73,5 @@ def ssml_text(document: str) -> str:
     return words or document
 
 
-def _words(root: ElementTree.Element) -> str:
+def _words(root: Element) -> str:
     return " ".join("".join(root.itertext()).split())

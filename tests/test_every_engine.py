@@ -6,13 +6,23 @@ engine speaks the next one."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, Broker, Capture, DaemonProcess, Home, split_speech, write_config
+from conftest import (
+    API_KEY,
+    Broker,
+    Capture,
+    DaemonProcess,
+    Home,
+    free_port,
+    split_speech,
+    write_config,
+)
 from fake_dashscope import FakeDashScope, pcm_for
 from test_fallback import assert_spoken
 
@@ -217,3 +227,63 @@ async def test_a_reload_that_makes_a_qwen_voice_the_default_readies_its_session(
     )
     started, pcm = await spoken(home, capture, {"text": "After reload.", "id": "r"})
     assert started["connection"] == "warm" and pcm == pcm_for("After reload.", "Serena")
+
+
+# What a daemon with every engine configured has loaded (Python's own record of its imports,
+# PYTHONPROFILEIMPORTTIME): an idle Pi pays for no module it does not use (issue 17).
+UNUSED_UNTIL_NEEDED = {
+    "numpy": "the resampler's, loaded by the first audio that needs resampling",
+    "soxr": "the resampler's",
+    "onnxruntime": "the offline voice's, in its own process only",
+    "piper": "the offline voice's, in its own process only",
+    "multiprocessing": "the offline voice's link, loaded by its first use",
+    "xml": "the SSML parser, loaded by the first SSML announcement",
+    "edge_tts.checks": "`edge-tts check`'s",
+    "wyoming.client": "`edge-tts check`'s",
+}
+
+
+def loaded_without_need(stderr: bytes) -> set[str]:
+    names = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \| +(\S+)$", stderr.decode(), re.M))
+    assert {"edge_tts.daemon", "websockets", "sounddevice", "wyoming.tts"} <= names
+    return {m for m in UNUSED_UNTIL_NEEDED for n in names if n == m or n.startswith(m + ".")}
+
+
+def mapped_libraries(pid: int) -> set[str]:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {Path(line.split()[-1]).name for line in maps.splitlines() if ".so" in line}
+
+
+async def test_the_daemon_loads_what_its_voices_use_and_only_when_they_are_used(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    config = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        dashscope,
+        dashscope__realtime_url=dashscope.realtime_url,
+        wyoming={"enabled": True, "host": "127.0.0.1", "port": free_port(), "zeroconf": True},
+        **VOICES,
+    )
+    env = dict(os.environ, DASHSCOPE_API_KEY=API_KEY, PYTHONPROFILEIMPORTTIME="1")
+    proc = DaemonProcess(config, env)
+    await proc.start(home)
+    try:
+        assert loaded_without_need(proc.stderr) == set(), "idle"
+        await spoken(home, capture, {"text": "CosyVoice here.", "id": "cosy"})
+        await spoken(home, capture, {"text": "Qwen here.", "voice": "butler", "id": "qwen"})
+        await spoken(home, capture, {"text": "Sambert here.", "voice": "zhichu", "id": "sb"})
+        assert loaded_without_need(proc.stderr) == set(), "after the cloud voices spoke"
+
+        await spoken(home, capture, {"ssml": "<speak>Marked up.</speak>", "id": "ssml"})
+        await spoken(home, capture, {"text": "Piper here.", "voice": "offline", "id": "piper"})
+        # The offline voice's child logs its imports to the same stderr: the daemon's own
+        # libraries are read from its memory map instead. The SSML parser is loaded now
+        # (pyexpat: the check sees what is there); the model and numpy only in the child.
+        assert proc.proc is not None
+        libraries = mapped_libraries(proc.proc.pid)
+        assert any(name.startswith("pyexpat") for name in libraries)
+        heavy = {"numpy", "onnxruntime", "soxr", "piper", "espeak"}
+        assert {h for h in heavy for name in libraries if h in name.lower()} == set()
+    finally:
+        await proc.stop()

@@ -21,13 +21,15 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SynthesisError
 from ..resample import resample
 from . import SynthesisRequest, sentence_by_sentence
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ class _Child:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A fresh interpreter (no loop, no locks, nothing of ours in memory), not
         # multiprocessing's: its spawn leaves a resource tracker process running for good.
+        from multiprocessing.connection import Connection  # only once the voice is used
+
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge_tts.engines.piper", str(theirs.fileno())],
@@ -318,4 +322,6 @@ class PiperEngine:
 
 
 if __name__ == "__main__":  # the child: python -m edge_tts.engines.piper <socket fd>
+    from multiprocessing.connection import Connection
+
     _child_main(Connection(int(sys.argv[1])))

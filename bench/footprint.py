@@ -2,24 +2,33 @@
 time, and the time from start to `online` — for this tree and, in the same run, for another
 (an earlier commit checked out with `git worktree add`), as a before/after table.
 
-    .venv/bin/python bench/footprint.py [-n 5] [--idle-s 30] [--before DIR]
+    .venv/bin/python bench/footprint.py [-n 5] [--idle-s 30] [--before DIR] [--python PY]
 
 Each run starts the daemon as a user does (`python -m edge_tts serve`, its own process, the
-shipped defaults but for the broker, the fake cloud and the cache), measures from outside
-(/proc), then stops it:
+shipped defaults but for the broker, the fake cloud and the cache; Home Assistant's voice on,
+advertised by zeroconf, as shipped), measures from outside (/proc), then stops it:
   - start → `online` retained on its availability topic (ms),
-  - resident memory idle once online (MiB),
+  - resident memory idle once online (MiB), and the anonymous part of it (what no other
+    process shares and the kernel cannot drop: the shared libraries' pages can be),
   - CPU (user + system) over --idle-s seconds of idling (% of one core),
   - CPU per second of speech while speaking 10 warm cloud announcements (ms CPU / s audio),
+  - resident memory idle again after them (what a daemon that has spoken holds for good),
   - resident memory after the offline voice (Piper) spoke once, the daemon and any process
     of its own together (MiB), and again once it released the model (fallback.release_after_s
     set to 5 s here).
+
+--python runs the daemon on another interpreter with its own packages, e.g. a venv of the
+system's Python as `scripts/install` makes it (`/usr/bin/python3 -m venv
+--system-site-packages DIR && DIR/bin/pip install .`): the tree's edge_tts still runs (on
+PYTHONPATH). The project's .venv may be built on another Python (pyenv's has a shared
+libpython: 2 MiB more than Debian's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -49,9 +58,9 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
     status = Path(f"/proc/{pid}/status").read_text()
-    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field))
     return kib / 1024
 
 
@@ -75,8 +84,21 @@ def logged(log: Path, text: bytes, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+async def ended(client: aiomqtt.Client) -> None:
+    """Until the announcement finished; an error if it did not (a hang would be all the
+    bench showed otherwise)."""
+    async for m in client.messages:
+        if not str(m.topic).endswith("/event"):
+            continue
+        event = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+        if event["event"] == "finished":
+            return
+        if event["event"] in ("failed", "dropped", "stopped"):
+            raise RuntimeError(f"the announcement did not finish: {event}")
+
+
 async def one_run(
-    tree: Path, url: str, b_host: str, b_port: int, idle_s: float
+    tree: Path, python: str, url: str, b_host: str, b_port: int, idle_s: float
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         name = f"bench-{Path(tmp).name}"
@@ -98,7 +120,7 @@ async def one_run(
             "fallback": {"release_after_s": RELEASE_S},
         }
         if "wyoming" in (tree / "edge_tts" / "config.py").read_text():  # a tree that has it
-            config["wyoming"] = {"host": "127.0.0.1", "port": free_port(), "zeroconf": False}
+            config["wyoming"] = {"host": "127.0.0.1", "port": free_port(), "zeroconf": True}
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         env = dict(
@@ -112,7 +134,7 @@ async def one_run(
             started = time.monotonic()
             log = Path(tmp) / "stderr.log"
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edge_tts", "serve", "-c", str(path),
+                python, "-m", "edge_tts", "serve", "-c", str(path),
                 env=env, cwd=tree, stderr=log.open("wb"),
             )  # fmt: skip
             try:
@@ -122,23 +144,21 @@ async def one_run(
                             break
                 online_ms = (time.monotonic() - started) * 1000
                 await asyncio.sleep(2)  # settle: the warm connection opened, start-up done
-                idle_rss = rss_mib(proc.pid)
+                idle_rss, idle_anon = rss_mib(proc.pid), rss_mib(proc.pid, "RssAnon")
                 before = cpu_s(proc.pid)
                 await asyncio.sleep(idle_s)  # the idling is what is measured
                 idle_pct = (cpu_s(proc.pid) - before) / idle_s * 100
                 before, speech_s = cpu_s(proc.pid), 0.0
                 for n in range(10):
                     await client.publish(f"edge-tts/{name}/say", f"{TEXT} ({n})".encode(), qos=1)
-                    async for m in client.messages:
-                        if str(m.topic).endswith("/event") and b'"finished"' in bytes(m.payload):  # type: ignore[arg-type]
-                            break
+                    await ended(client)
                     speech_s += 0.06 * len(f"{TEXT} ({n})")  # the fake: 60 ms a character
                 speaking = (cpu_s(proc.pid) - before) * 1000 / speech_s
+                await asyncio.sleep(2)  # settle: the stream closed, the announcement done
+                spoke_rss = rss_mib(proc.pid)
                 body = b'{"text": "The offline voice, once.", "voice": "offline"}'
                 await client.publish(f"edge-tts/{name}/say", body, qos=1)
-                async for m in client.messages:
-                    if str(m.topic).endswith("/event") and b'"finished"' in bytes(m.payload):  # type: ignore[arg-type]
-                        break
+                await ended(client)
                 offline_rss = family_rss_mib(proc.pid)
                 await asyncio.to_thread(logged, log, b"released after")
                 await asyncio.sleep(1)  # the process ends, the allocator hands memory back
@@ -149,8 +169,10 @@ async def one_run(
     return {
         "online": online_ms,
         "rss": idle_rss,
+        "anon": idle_anon,
         "idle": idle_pct,
         "speaking": speaking,
+        "spoke": spoke_rss,
         "offline": offline_rss,
         "released": released_rss,
     }
@@ -161,6 +183,7 @@ async def main() -> None:
     p.add_argument("-n", type=int, default=5)
     p.add_argument("--idle-s", type=float, default=30)
     p.add_argument("--before", type=Path, help="another tree (git worktree) to measure too")
+    p.add_argument("--python", default=sys.executable, help="the interpreter the daemon runs on")
     args = p.parse_args()
     trees = [("now", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
     rows: dict[str, list[Row]] = {}
@@ -169,17 +192,19 @@ async def main() -> None:
             runs = []
             for _ in range(args.n):
                 print(f"{label}: run {len(runs) + 1} of {args.n}", file=sys.stderr)
-                runs.append(await one_run(tree, url, b.host, b.port, args.idle_s))
+                runs.append(await one_run(tree, args.python, url, b.host, b.port, args.idle_s))
             rows[label] = [
                 Row(f"{label}: start → online (ms)", [r["online"] for r in runs]),
                 Row(f"{label}: resident memory idle (MiB)", [r["rss"] for r in runs]),
+                Row(f"{label}: of it anonymous (MiB)", [r["anon"] for r in runs]),
                 Row(f"{label}: CPU idle (% of a core)", [r["idle"] for r in runs]),
                 Row(f"{label}: CPU speaking (ms per s of speech)", [r["speaking"] for r in runs]),
+                Row(f"{label}: memory idle after speaking (MiB)", [r["spoke"] for r in runs]),
                 Row(f"{label}: memory after the offline voice (MiB)", [r["offline"] for r in runs]),
                 Row(f"{label}: memory once it is released (MiB)", [r["released"] for r in runs]),
             ]
     # One table, each measure of both trees side by side.
-    ordered = [row for i in range(6) for label, _ in trees for row in [rows[label][i]]]
+    ordered = [row for i in range(8) for label, _ in trees for row in [rows[label][i]]]
     print(table("Footprint of `edge-tts serve` (median of runs; values, not ms, where so named)",
                 ordered))  # fmt: skip
     print(f"medians: { {r.name: round(statistics.median(r.values), 2) for r in ordered} }",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import os
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,20 @@ def load_config_text(data: dict[str, Any], tmp_path: Path) -> Config:
     path = tmp_path / "chime-config.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_config(str(path))
+
+
+async def test_with_a_chime_and_a_play_at_first_audio_ms_is_how_fast_the_speech_came(
+    daemon: DaemonProcess, home: Home, capture: Capture, dashscope: FakeDashScope
+) -> None:
+    # The chime waits for play_at (4 s on) and the speech behind it: neither wait is the
+    # speech's, which the cloud had ready long before.
+    await home.say(
+        {"text": "Dinner is ready.", "id": "d", "chime": True, "play_at": time.time() + 4}
+    )
+    assert (await home.log.outcome("d", timeout=30))["event"] == "finished"
+    started = await home.log.event("d", "started")
+    assert 0 <= started["first_audio_ms"] < 3000, started
+    played = after_lead_in(capture.read())
+    chime = builtin_chime(24000)
+    assert played[: len(chime)] == chime
+    assert played[len(chime) :].startswith(pcm_for("Dinner is ready."))

@@ -19,9 +19,9 @@ advertised by zeroconf, as shipped), measures from outside (/proc), then stops i
 
 --python runs the daemon on another interpreter with its own packages, e.g. a venv of the
 system's Python as `scripts/install` makes it (`/usr/bin/python3 -m venv
---system-site-packages DIR && DIR/bin/pip install .`): the tree's edge_tts still runs (on
-PYTHONPATH). The project's .venv may be built on another Python (pyenv's has a shared
-libpython: 2 MiB more than Debian's).
+--system-site-packages DIR && DIR/bin/pip install '.[offline]'`; the offline voice speaks
+once): the tree's edge_tts runs on it (on PYTHONPATH). The project's .venv may be built
+on another Python (pyenv's has a shared libpython: 2 MiB more than Debian's).
 """
 
 from __future__ import annotations

@@ -39,20 +39,33 @@ VOICES = {
 }
 
 
-@pytest.fixture
-async def running(
-    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
-) -> AsyncIterator[DaemonProcess]:
+async def every_engine(
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    env: dict[str, str] | None = None,
+    **overrides: object,
+) -> DaemonProcess:
+    """The daemon with a voice of each engine (and `overrides`), started and online."""
     config = write_config(
         tmp_path / "config.yaml",
         broker,
         dashscope,
         dashscope__realtime_url=dashscope.realtime_url,
         fallback__first_audio_ms=3000,
-        **VOICES,
+        **(VOICES | overrides),
     )
-    proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY) | (env or {}))
     await proc.start(home)
+    return proc
+
+
+@pytest.fixture
+async def running(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> AsyncIterator[DaemonProcess]:
+    proc = await every_engine(tmp_path, broker, dashscope, home)
     yield proc
     await proc.stop()
 
@@ -165,17 +178,7 @@ async def test_malformed_ssml_is_refused_with_a_reason_and_the_next_is_spoken(
 async def test_a_qwen_default_voice_has_its_session_ready_before_the_first_announcement(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
 ) -> None:
-    config = write_config(
-        tmp_path / "config.yaml",
-        broker,
-        dashscope,
-        dashscope__realtime_url=dashscope.realtime_url,
-        default_voice="butler",
-        fallback__first_audio_ms=3000,
-        **VOICES,
-    )
-    proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
-    await proc.start(home)
+    proc = await every_engine(tmp_path, broker, dashscope, home, default_voice="butler")
     try:
 
         def ready() -> bool:
@@ -257,17 +260,14 @@ def mapped_libraries(pid: int) -> set[str]:
 async def test_the_daemon_loads_what_its_voices_use_and_only_when_they_are_used(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
 ) -> None:
-    config = write_config(
-        tmp_path / "config.yaml",
+    proc = await every_engine(
+        tmp_path,
         broker,
         dashscope,
-        dashscope__realtime_url=dashscope.realtime_url,
+        home,
+        env={"PYTHONPROFILEIMPORTTIME": "1"},
         wyoming={"enabled": True, "host": "127.0.0.1", "port": free_port(), "zeroconf": True},
-        **VOICES,
     )
-    env = dict(os.environ, DASHSCOPE_API_KEY=API_KEY, PYTHONPROFILEIMPORTTIME="1")
-    proc = DaemonProcess(config, env)
-    await proc.start(home)
     try:
         assert loaded_without_need(proc.stderr) == set(), "idle"
         await spoken(home, capture, {"text": "CosyVoice here.", "id": "cosy"})

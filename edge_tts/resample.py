@@ -21,14 +21,14 @@ class Resampler:
     """Feed chunks as they arrive; each call returns the output they complete."""
 
     def __init__(self, from_rate: int, to_rate: int) -> None:
-        import soxr
-
         self.from_rate, self.to_rate = from_rate, to_rate
-        self._stream: Any = (
-            None
-            if from_rate == to_rate
-            else soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32", quality=_QUALITY)
-        )
+        self._stream: Any = None  # at the same rate the bytes pass as they are
+        if from_rate != to_rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(
+                from_rate, to_rate, 1, dtype="float32", quality=_QUALITY
+            )
         self._odd = b""  # half a sample, completed by the next chunk
 
     def feed(self, pcm: bytes) -> bytes:

@@ -212,20 +212,20 @@ class QwenEngine:
             request.trace.connection = "replaced" if replacing else "new" if lease.fresh else "warm"
             session = self._sessions.pop(lease.ws)
             rate, wanted = session.config["sample_rate"], request.sample_rate
-            resampler = None if rate == wanted else Resampler(rate, wanted)
+            resampler = Resampler(rate, wanted)  # at the same rate: passes the bytes on
             request.trace.sentences_done = 0 if session.commit else None
             try:
                 async with aclosing(drive_duplex(lease.ws, session, text, self._wait)) as events:
                     async for event in events:
                         if isinstance(event, Audio):
-                            if out := resampler.feed(event.pcm) if resampler else event.pcm:
+                            if out := resampler.feed(event.pcm):
                                 yield out
                         elif isinstance(event, SentenceDone):
                             request.trace.sentences_done = (request.trace.sentences_done or 0) + 1
             except TaskFailed as exc:
                 keeper.task_failed(exc.reason)
                 raise
-            if resampler and (tail := resampler.flush()):
+            if tail := resampler.flush():
                 yield tail
             log.debug("Qwen session finished")
             # The server closes this connection; the keeper readies the next.

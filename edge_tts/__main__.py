@@ -263,11 +263,18 @@ def cmd_discovery(args: argparse.Namespace, config: Config, api_key: Secret | No
                 await client.publish(topic, payload, qos=1, retain=True)
         return sum(1 for topic, _ in messages if topic.endswith("/config")), others
 
+    broker = f"{config.mqtt.host}:{config.mqtt.port}"
     try:
         entities, others = asyncio.run(publish())
     except aiomqtt.MqttError as exc:
+        print(f"edge-tts: broker {broker}: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        # The probe never came back: the broker's ACL refuses this client its own topics.
         print(
-            f"edge-tts: broker {config.mqtt.host}:{config.mqtt.port}: {describe_error(exc)}",
+            f"edge-tts: broker {broker} did not pass on a message to "
+            f"{config.mqtt.topic_prefix}/{me}/… within 10 s: nothing was removed (may this "
+            "client publish and subscribe there? check the broker's ACL)",
             file=sys.stderr,
         )
         return 1

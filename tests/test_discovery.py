@@ -12,6 +12,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+import yaml
 
 from conftest import (
     API_KEY,
@@ -268,3 +269,31 @@ async def test_the_daemons_broker_socket_sends_without_delay(broker: Broker) -> 
         assert link._client is not None
         sock = link._client._client.socket()
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+async def test_discovery_remove_on_a_broker_that_refuses_its_topics_says_so_and_removes_nothing(
+    tmp_path: Path,
+) -> None:
+    # An ACL that lets the client read and write everything but its own device's topics.
+    broker = Broker(tmp_path, acl="topic readwrite #\ntopic deny edge-tts/kitchen/+\n")
+    broker.start()
+    try:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {"device": {"name": "kitchen"}, "mqtt": {"host": broker.host, "port": broker.port}}
+            )
+        )
+        async with aiomqtt.Client(broker.host, broker.port) as home:
+            await home.publish(
+                "homeassistant/notify/edge_tts_kitchen/say/config", b"{}", retain=True
+            )
+        run = await edge_tts("discovery", "-c", str(config), "remove")
+        assert run.code == 1, run.all
+        assert "nothing was removed" in run.err and "check the broker's ACL" in run.err
+        assert "Traceback" not in run.all
+        assert set(await retained(broker, "homeassistant/#")) == {
+            "homeassistant/notify/edge_tts_kitchen/say/config"
+        }
+    finally:
+        broker.stop()

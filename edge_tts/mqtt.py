@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _OUTBOX_MAX = 1000
 _SPEECH_MAX_BYTES = 8 * 1024 * 1024  # a group's audio waiting to go out, at most
+_MAX_TOPIC_BYTES = 65_535  # what an MQTT string can hold
 
 
 class Kind(StrEnum):
@@ -196,6 +197,19 @@ def _read_topics(path: Path | None) -> list[str]:
     return [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
 
 
+def _our_filter(topic: str, prefix: str) -> bool:
+    """Whether a noted topic is one this daemon could have subscribed to: under its prefix and
+    a well-formed filter (a damaged note must not have the broker end the session)."""
+    levels = topic.split("/")
+    return (
+        topic.startswith(f"{prefix}/")
+        and len(topic.encode()) <= _MAX_TOPIC_BYTES
+        and "\0" not in topic
+        and all(level in ("+", "#") or not {"+", "#"} & set(level) for level in levels)
+        and "#" not in levels[:-1]
+    )
+
+
 def _write_topics(path: Path | None, topics: list[str]) -> None:
     """Note `topics` at `path` when they changed (written whole, then renamed into place)."""
     if path is None or _read_topics(path) == topics:
@@ -300,7 +314,9 @@ class MqttLink:
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Subscribe, announce, say online; then receive until the session ends."""
         wanted = self.topics.subscriptions()
-        stale = sorted(set(_read_topics(self._subscribed)) - {t for t, _ in wanted})
+        prefix = self._config.topic_prefix
+        noted = [t for t in _read_topics(self._subscribed) if _our_filter(t, prefix)]
+        stale = sorted(set(noted) - {t for t, _ in wanted})
         if stale:
             await client.unsubscribe(stale)
             log.info("MQTT: no longer listening on %s", ", ".join(stale))

@@ -543,6 +543,43 @@ async def test_a_group_left_is_no_longer_delivered(broker: Broker, tmp_path: Pat
         await asyncio.gather(second, return_exceptions=True)
 
 
+@pytest.mark.parametrize(
+    "note",
+    [
+        ["", "edge-tts/group/upstairs/say"],  # an empty filter: paho refuses it
+        ["edge-tts/#/say", "edge-tts/group/up+/say"],  # not filters: the broker disconnects
+        ["homeassistant/status", "#"],  # not ours to drop
+        ["edge-tts/group/x/" + "y" * 70_000],  # longer than MQTT carries
+    ],
+)
+async def test_a_damaged_note_of_subscriptions_does_not_keep_the_device_offline(
+    broker: Broker, tmp_path: Path, note: list[str]
+) -> None:
+    """The note is the daemon's own file, but a disk or a hand can spoil it: what it names is
+    unsubscribed only if it is a topic of ours this run could have taken."""
+    from edge_tts.config import parse_config
+    from edge_tts.mqtt import MqttLink
+
+    noted = tmp_path / "subscriptions-den.json"
+    noted.write_text(json.dumps(note))
+
+    async def take(_: object) -> None:
+        return None
+
+    config = parse_config(
+        {"device": {"name": "den"}, "mqtt": {"host": broker.host, "port": broker.port}}
+    )
+    link = MqttLink(config.mqtt, config.device, take, subscribed=noted)
+    task = asyncio.create_task(link.run())
+    try:
+        async with asyncio.timeout(10):
+            await link.connected.wait()
+        assert "edge-tts/den/say" in json.loads(noted.read_text())  # noted afresh
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_flood_of_speech_topics_does_not_cut_off_the_audio_being_played() -> None:
     """Messages on many other announcements' topics (a busy group, or someone flooding it)
     make room by forgetting channels nobody here plays from, never the one being followed."""

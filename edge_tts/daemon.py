@@ -26,7 +26,7 @@ from .keeper import ConnectionKeeper
 from .mqtt import Incoming, Kind, MqttLink
 from .player import AudioSink, Discard, Player
 from .policy import interrupts, play_moment, playback_volume, too_late, too_old
-from .queue import AnnouncementQueue
+from .queue import RANK, AnnouncementQueue
 from .secret import Secret
 from .speaker import Speaker
 from .status import Reporter, Snapshot
@@ -374,6 +374,17 @@ class Daemon:
         if wait <= 0:
             self._put(a)
             return
+        # As many wait as the queue holds: past that the least urgent goes, and of those the
+        # one to be heard last (a flood of far-off messages must not grow without bound).
+        limit = self.queue.max_size
+        if len(self._held) >= limit:
+            worst = max([*self._held, a], key=lambda h: (RANK[h.priority], h.play_at or 0.0))
+            reason = f"too many waiting for their play_at ({limit})"
+            log.info("announcement %s dropped: %s", worst.id, reason)
+            self._emit(Event(worst.id, EventKind.DROPPED, error=reason), worst)
+            if worst is a:
+                return
+            self._held.pop(worst).cancel()
         log.info("announcement %s held until %.0f s before its play_at", a.id, _HOLD_S)
         self._emit(Event(a.id, EventKind.QUEUED), a)
         loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from edge_tts.announcement import Announcement
@@ -292,3 +293,30 @@ def test_a_short_dedupe_window_still_collapses_an_immediate_repeat() -> None:
     q = AnnouncementQueue(max_size=5, dedupe_s=0.5)
     assert q.put(ann("Door open.")) == []
     assert q.put(Announcement(text="Door open.", id="again"))[0].reason == "duplicate of Door open."
+
+
+async def test_announcements_far_ahead_wait_at_most_as_many_as_the_queue_holds(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    # Held until shortly before their play_at, outside the queue: bounded like it, the least
+    # urgent and then the one to be heard last going first, each with an event.
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, announcements__queue_size=2)
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    try:
+        later = time.time() + 600
+        for n, priority, ahead in [(1, "low", 0), (2, "normal", 60), (3, "normal", 0)]:
+            message = {"text": f"Later {n}.", "id": f"later{n}", "priority": priority}
+            await home.say(message | {"play_at": later + ahead})
+        assert (await home.log.event("later1", "dropped"))["error"] == (
+            "too many waiting for their play_at (2)"
+        )
+        await home.say({"text": "One more.", "id": "later4", "play_at": later + 30})
+        assert (await home.log.event("later2", "dropped"))["error"].startswith("too many")
+        await home.say({"text": "Now.", "id": "now"})  # the queue itself is not taken by them
+        assert (await home.log.outcome("now"))["event"] == "finished"
+        await home.stop()
+        for held in ("later3", "later4"):
+            assert (await home.log.event(held, "dropped"))["error"] == "stopped"
+    finally:
+        await daemon.stop()

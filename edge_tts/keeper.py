@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -47,6 +50,61 @@ _ws_log.addFilter(_HideAuthorization())
 
 # After a refused key, try again this rarely: the user has to change something first.
 _REFUSED_RETRY_S = 300.0
+
+
+class _Authorities:
+    """The one TLS context every cloud connection uses, trusting the system's authorities.
+
+    Made anew for each connection (what websockets does when given none), reading the
+    system's ~140 authorities cost 20 ms of CPU here, many times a TLS handshake's 1.3 ms
+    and several times more on a Pi, with the event loop held: at every renewal of the warm
+    connection (about once a minute, idle or not) and before every cold connection's first
+    byte. It is read once, in a thread, and again only when the authorities' file changed
+    (ca-certificates updated, or SSL_CERT_FILE pointed elsewhere), so a running daemon
+    trusts what the system trusts now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+        self._read_from: tuple[object, ...] = ()
+
+    @staticmethod
+    def _source() -> tuple[object, ...]:
+        paths = ssl.get_default_verify_paths()  # SSL_CERT_FILE / SSL_CERT_DIR, or the system's
+        try:
+            st = os.stat(paths.cafile) if paths.cafile else None
+        except OSError:
+            st = None
+        return (paths.cafile, paths.capath, st and st.st_mtime_ns, st and st.st_size)
+
+    def _load(self, source: tuple[object, ...]) -> ssl.SSLContext:
+        with self._lock:
+            if self._context is None or self._read_from != source:
+                self._context = ssl.create_default_context()
+                self._read_from = source
+            return self._context
+
+    async def context(self) -> ssl.SSLContext:
+        source = self._source()
+        context = self._context
+        if context is not None and self._read_from == source:
+            return context
+        return await asyncio.to_thread(self._load, source)
+
+
+_authorities = _Authorities()
+
+
+def _untrusted_hint(verify_code: int) -> str:
+    """What to look at when the service's certificate was not accepted (OpenSSL's codes)."""
+    if verify_code in (9, 10):  # not yet valid, expired
+        return "is the system's clock right? see timedatectl"
+    if verify_code in (62, 63, 64):  # hostname, email, IP address mismatch
+        return "is dashscope.region or the endpoint's URL right? is something in between?"
+    return (
+        "are the system's CA certificates (the package ca-certificates) installed and "
+        "current? is something in between?"
+    )
 
 
 @dataclass
@@ -153,9 +211,11 @@ class ConnectionKeeper:
                 refused=True,
             )
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}"}
+        tls = await _authorities.context() if urlsplit(self.url).scheme == "wss" else None
         try:
             ws = await websockets.connect(
                 self.url,
+                ssl=tls,
                 additional_headers=headers,
                 open_timeout=self._connect_timeout_s,
                 max_size=None,
@@ -177,6 +237,14 @@ class ConnectionKeeper:
                 ) from None
             raise self._failed(
                 CloudUnavailable(f"DashScope at {self.host} answered HTTP {status}")
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            # Before any HTTP: the key was not sent.
+            raise self._failed(
+                CloudUnavailable(
+                    f"DashScope at {self.host} is not trusted: "
+                    f"{exc.verify_message.rstrip('.')} ({_untrusted_hint(exc.verify_code)})"
+                )
             ) from None
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             reason = str(exc) or type(exc).__name__

@@ -26,6 +26,7 @@ import http
 import json
 import math
 import re
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class FakeDashScope:
         idle_timeout_s: float = 60.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.api_key = api_key
         self.first_packet_delay_s = first_packet_delay_s
@@ -145,18 +147,23 @@ class FakeDashScope:
         self._cut_next: int | None = None
         self._open: set[ServerConnection] = set()
         self._host = host
+        self._tls = tls  # served over TLS (wss://), as the service is
         self._port = port
         self._server: Server | None = None
         self.task_done = asyncio.Condition()
 
     @property
     def url(self) -> str:
-        return f"ws://{self._host}:{self._port}{PATH}"
+        return f"{self._scheme}://{self._host}:{self._port}{PATH}"
 
     @property
     def realtime_url(self) -> str:
         """The Qwen-TTS Realtime endpoint; clients add ?model=."""
-        return f"ws://{self._host}:{self._port}{REALTIME_PATH}"
+        return f"{self._scheme}://{self._host}:{self._port}{REALTIME_PATH}"
+
+    @property
+    def _scheme(self) -> str:
+        return "ws" if self._tls is None else "wss"
 
     @property
     def tasks(self) -> list[TaskRecord]:
@@ -170,6 +177,7 @@ class FakeDashScope:
             process_request=self._check_request,
             max_size=None,
             close_timeout=1,
+            ssl=self._tls,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         return self.url

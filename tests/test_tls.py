@@ -1,0 +1,161 @@
+"""The cloud over TLS, as DashScope is served (wss://): every engine speaks through it, a
+server the system's authorities do not vouch for is refused before the key is sent, and the
+authorities are read once for every connection, again only when they changed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from edge_tts.errors import CloudUnavailable
+from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
+from edge_tts.secret import Secret
+
+from conftest import API_KEY, Broker, Capture, Home, fake_cloud
+from fake_dashscope import FakeDashScope, pcm_for
+from test_every_engine import every_engine, spoken
+from test_keeper import IDLE_S, Warm
+from tls import SYSTEM_CA_FILE, Authority, authority, stranger
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    return authority(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def trusted(certificates: Authority, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system's authorities and the test's, where OpenSSL looks first (SSL_CERT_FILE):
+    for this process and the daemons it starts."""
+    bundle = certificates.bundle_with_system()
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    return bundle
+
+
+@pytest.fixture
+async def tls_cloud(certificates: Authority) -> AsyncIterator[FakeDashScope]:
+    async with fake_cloud(tls=certificates.server(), idle_timeout_s=IDLE_S) as fake:
+        assert fake.url.startswith("wss://")
+        yield fake
+
+
+@pytest.fixture
+def contexts_made(monkeypatch: pytest.MonkeyPatch) -> list[ssl.SSLContext]:
+    """Every default TLS context made from here on (each reads the authorities), whoever
+    makes it: edge-tts or, given none, websockets."""
+    made: list[ssl.SSLContext] = []
+    original: Callable[..., ssl.SSLContext] = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    return made
+
+
+async def test_every_engine_speaks_over_tls_exactly(
+    tmp_path: Path,
+    broker: Broker,
+    tls_cloud: FakeDashScope,
+    home: Home,
+    capture: Capture,
+    trusted: Path,
+) -> None:
+    proc = await every_engine(tmp_path, broker, tls_cloud, home)
+    try:
+        started, pcm = await spoken(home, capture, {"text": "Over TLS.", "id": "cosy"})
+        assert started["source"] == "cloud" and pcm == pcm_for("Over TLS.")
+        started, pcm = await spoken(
+            home, capture, {"text": "Qwen too.", "voice": "butler", "id": "qwen"}
+        )
+        assert started["source"] == "cloud" and pcm == pcm_for("Qwen too.", "Serena")
+    finally:
+        await proc.stop()
+    assert API_KEY not in proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("server", "why"),
+    [
+        # A machine in the middle with an authority of its own; the right authority's
+        # certificate for another server.
+        ("stranger", "unable to get local issuer certificate (are the system's CA certificates"),
+        ("other name", "IP address mismatch, certificate is not valid for '127.0.0.1' (is"),
+    ],
+)
+async def test_a_server_not_vouched_for_is_refused_before_the_key_is_sent(
+    tmp_path: Path,
+    broker: Broker,
+    home: Home,
+    capture: Capture,
+    certificates: Authority,
+    trusted: Path,
+    server: str,
+    why: str,
+) -> None:
+    if server == "stranger":
+        impostor = stranger(tmp_path / "stranger")
+    else:  # signed by the trusted authority: only the name is wrong
+        impostor = certificates.issue(f"other-{tmp_path.name}", "DNS:dashscope.example")
+    async with fake_cloud(tls=impostor.server()) as fake:
+        proc = await every_engine(tmp_path, broker, fake, home)
+        try:
+            await home.say({"text": "Listen to me.", "id": "mitm", "voice": "default"})
+            end = await home.log.outcome("mitm", timeout=30)
+        finally:
+            await proc.stop()
+        assert fake.handshakes == 0  # no HTTP request reached it: no Authorization header
+    # The fallback voice spoke it, saying why the cloud did not.
+    assert end["event"] == "finished" and end["source"] == "fallback", end
+    assert f"DashScope at {urlsplit(fake.url).netloc} is not trusted: " in end["reason"]
+    assert why in end["reason"]
+    assert API_KEY not in proc.stderr.decode() and API_KEY not in str(home.log.events)
+
+
+async def test_renewals_read_the_authorities_once(
+    tls_cloud: FakeDashScope, trusted: Path, contexts_made: list[ssl.SSLContext]
+) -> None:
+    fake = tls_cloud
+    async with Warm(fake) as warm:
+        # The warm connection, then three renewals (the fake's idle window is IDLE_S).
+        await fake.wait_for(lambda: fake.handshakes >= 4, timeout=IDLE_S * 8)
+        audio, request = await warm.say("Still warm.")
+    assert audio == pcm_for("Still warm.") and request.trace.connection == "warm"
+    assert warm.keeper.stats.renewals >= 3
+    assert len(contexts_made) == 1  # not one per connection
+
+
+async def test_authorities_changed_on_disk_are_trusted_without_a_restart(
+    tmp_path: Path,
+    tls_cloud: FakeDashScope,
+    certificates: Authority,
+    monkeypatch: pytest.MonkeyPatch,
+    contexts_made: list[ssl.SSLContext],
+) -> None:
+    # The system's authorities alone: the test's is not among them yet.
+    authorities = tmp_path / "ca-certificates.crt"
+    shutil.copyfile(SYSTEM_CA_FILE, authorities)
+    monkeypatch.setenv("SSL_CERT_FILE", str(authorities))
+    settings = ConnectionSettings(keep_warm=False, connect_timeout_s=5)
+    keeper = ConnectionKeeper(tls_cloud.url, Secret(API_KEY), settings)
+    with pytest.raises(CloudUnavailable, match="is not trusted: unable to get local issuer"):
+        await keeper.connect()
+    with pytest.raises(CloudUnavailable):
+        await keeper.connect()
+    assert len(contexts_made) == 1  # read once for both tries
+    # The package is updated (as apt does it: a new file in its place).
+    new = tmp_path / "ca-certificates.new"
+    new.write_bytes(authorities.read_bytes() + certificates.ca_file.read_bytes())
+    os.replace(new, authorities)
+    ws = await keeper.connect()
+    await ws.close()
+    assert len(contexts_made) == 2
+    assert tls_cloud.handshakes == 1

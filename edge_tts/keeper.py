@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -55,41 +56,63 @@ _REFUSED_RETRY_S = 300.0
 class _Authorities:
     """The one TLS context every cloud connection uses, trusting the system's authorities.
 
-    Made anew for each connection (what websockets does when given none), reading the
-    system's ~140 authorities cost 20 ms of CPU here, many times a TLS handshake's 1.3 ms
-    and several times more on a Pi, with the event loop held: at every renewal of the warm
-    connection (about once a minute, idle or not) and before every cold connection's first
-    byte. It is read once, in a thread, and again only when the authorities' file changed
-    (ca-certificates updated, or SSL_CERT_FILE pointed elsewhere), so a running daemon
-    trusts what the system trusts now."""
+    Made anew for each connection (what websockets does when given none), the context read
+    all of the system's ~140 authorities from its bundle: 20 ms of CPU here with the event
+    loop held, 15 times the TLS handshake, several times more on a Pi, and 1.3 MiB, at every
+    renewal of the warm connection (about once a minute, idle or not) and before every cold
+    connection's first byte. Now one context serves every connection, and it looks an
+    authority up in the system's hashed directory (/etc/ssl/certs, kept by
+    update-ca-certificates beside the bundle) when a server names it, so it holds the one
+    DashScope's chain needs. Where there is no such directory, or SSL_CERT_FILE names a file,
+    the file is read whole, as Python does by default. It is made in a thread, and again when
+    the file or the directory changed (ca-certificates updated), so a running daemon trusts
+    what the system trusts now."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._context: ssl.SSLContext | None = None
-        self._read_from: tuple[object, ...] = ()
+        self._made_from: tuple[object, ...] = ()
 
     @staticmethod
     def _source() -> tuple[object, ...]:
+        """Where the authorities are and when they last changed (cheap: two stats)."""
         paths = ssl.get_default_verify_paths()  # SSL_CERT_FILE / SSL_CERT_DIR, or the system's
-        try:
-            st = os.stat(paths.cafile) if paths.cafile else None
-        except OSError:
-            st = None
-        return (paths.cafile, paths.capath, st and st.st_mtime_ns, st and st.st_size)
+        changed = []
+        for path in (paths.cafile, paths.capath):
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                st = None
+            changed.append(st and (st.st_mtime_ns, st.st_size))
+        return (os.environ.get("SSL_CERT_FILE"), paths.cafile, paths.capath, *changed)
+
+    @staticmethod
+    def _make(source: tuple[object, ...]) -> ssl.SSLContext:
+        file_asked, _, capath = source[:3]
+        if not file_asked and isinstance(capath, str) and _hashed(capath):
+            return ssl.create_default_context(capath=capath)
+        return ssl.create_default_context()
 
     def _load(self, source: tuple[object, ...]) -> ssl.SSLContext:
         with self._lock:
-            if self._context is None or self._read_from != source:
-                self._context = ssl.create_default_context()
-                self._read_from = source
+            if self._context is None or self._made_from != source:
+                self._context = self._make(source)
+                self._made_from = source
             return self._context
 
     async def context(self) -> ssl.SSLContext:
         source = self._source()
         context = self._context
-        if context is not None and self._read_from == source:
+        if context is not None and self._made_from == source:
             return context
         return await asyncio.to_thread(self._load, source)
+
+
+def _hashed(directory: str) -> bool:
+    """Whether OpenSSL can look authorities up in `directory` (a link named by the subject's
+    hash, as c_rehash and update-ca-certificates make them)."""
+    with os.scandir(directory) as entries:
+        return any(re.fullmatch(r"[0-9a-f]{8}\.[0-9]+", e.name) for e in entries)
 
 
 _authorities = _Authorities()

@@ -22,7 +22,7 @@ from conftest import API_KEY, Broker, Capture, Home, fake_cloud
 from fake_dashscope import FakeDashScope, pcm_for
 from test_every_engine import every_engine, spoken
 from test_keeper import IDLE_S, Warm
-from tls import SYSTEM_CA_FILE, Authority, authority, stranger
+from tls import SYSTEM_CA_FILE, Authority, authority, hashed_directory, stranger
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,13 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Authority:
 
 @pytest.fixture
 def trusted(certificates: Authority, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The system's authorities and the test's, where OpenSSL looks first (SSL_CERT_FILE):
-    for this process and the daemons it starts."""
-    bundle = certificates.bundle_with_system()
-    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
-    return bundle
+    """The system's authorities and the test's in a hashed directory, as Debian keeps
+    /etc/ssl/certs, where OpenSSL looks (SSL_CERT_DIR): for this process and the daemons it
+    starts."""
+    directory = certificates.directory_with_system()
+    monkeypatch.setenv("SSL_CERT_DIR", str(directory))
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    return directory
 
 
 @pytest.fixture
@@ -133,29 +135,46 @@ async def test_renewals_read_the_authorities_once(
     assert len(contexts_made) == 1  # not one per connection
 
 
+@pytest.mark.parametrize("kept_as", ["directory", "file"])
 async def test_authorities_changed_on_disk_are_trusted_without_a_restart(
     tmp_path: Path,
     tls_cloud: FakeDashScope,
     certificates: Authority,
     monkeypatch: pytest.MonkeyPatch,
     contexts_made: list[ssl.SSLContext],
+    kept_as: str,
 ) -> None:
-    # The system's authorities alone: the test's is not among them yet.
-    authorities = tmp_path / "ca-certificates.crt"
-    shutil.copyfile(SYSTEM_CA_FILE, authorities)
-    monkeypatch.setenv("SSL_CERT_FILE", str(authorities))
+    # The system's authorities alone: the test's is not among them yet. Kept as Debian
+    # keeps them (a hashed directory, and a bundle file that is not read), or as a file
+    # SSL_CERT_FILE names.
+    bundle, directory = tmp_path / "ca-certificates.crt", tmp_path / "certs"
+    shutil.copyfile(SYSTEM_CA_FILE, bundle)
+    hashed_directory(directory)
+    monkeypatch.setenv("SSL_CERT_DIR", str(directory))
+    if kept_as == "file":
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    else:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     settings = ConnectionSettings(keep_warm=False, connect_timeout_s=5)
     keeper = ConnectionKeeper(tls_cloud.url, Secret(API_KEY), settings)
     with pytest.raises(CloudUnavailable, match="is not trusted: unable to get local issuer"):
         await keeper.connect()
     with pytest.raises(CloudUnavailable):
         await keeper.connect()
-    assert len(contexts_made) == 1  # read once for both tries
-    # The package is updated (as apt does it: a new file in its place).
+    assert len(contexts_made) == 1  # made once for both tries
+    # The package is updated: the authority added to both, the file replaced as apt does it.
+    hashed_directory(directory, certificates.ca_file)
     new = tmp_path / "ca-certificates.new"
-    new.write_bytes(authorities.read_bytes() + certificates.ca_file.read_bytes())
-    os.replace(new, authorities)
+    new.write_bytes(bundle.read_bytes() + certificates.ca_file.read_bytes())
+    os.replace(new, bundle)
     ws = await keeper.connect()
+    held = ws.transport.get_extra_info("sslcontext").cert_store_stats()["x509_ca"]
     await ws.close()
     assert len(contexts_made) == 2
     assert tls_cloud.handshakes == 1
+    # Looked up in the directory, the context holds the one authority the server's chain
+    # needed; read from the file, every one of them.
+    if kept_as == "directory":
+        assert held == 1
+    else:
+        assert held == len(ssl.create_default_context(cafile=str(bundle)).get_ca_certs()) > 100

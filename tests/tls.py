@@ -5,19 +5,23 @@
 127.0.0.1 and localhost (`.issue()` makes another, for other names); `.server()` is the
 server's SSL context, `.bundle_with_system()` a CA file holding the system's authorities
 and this one (what SSL_CERT_FILE points a client at, so it trusts the fake as it trusts the
-real service and loads as many authorities as it would). `stranger(dir)` is another
+real service), `.directory_with_system()` the same as a hashed directory (SSL_CERT_DIR; how
+Debian's /etc/ssl/certs is kept). `stranger(dir)` is another
 authority's certificate for the same names: a machine in the middle.
 """
 
 from __future__ import annotations
 
+import shutil
 import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 SYSTEM_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
+SYSTEM_CA_DIR = Path("/etc/ssl/certs")
 BUNDLE = "system-and-test-ca.pem"  # bundle_with_system()'s file, beside the authority's
+DIRECTORY = "system-and-test-ca"  # directory_with_system()'s, beside it
 
 
 def _openssl(*args: str) -> None:
@@ -54,6 +58,21 @@ class Authority:
         bundle = self.ca_file.with_name(BUNDLE)
         bundle.write_bytes(SYSTEM_CA_FILE.read_bytes() + self.ca_file.read_bytes())
         return bundle
+
+    def directory_with_system(self) -> Path:
+        """A hashed directory of the system's authorities and this one, as
+        update-ca-certificates keeps /etc/ssl/certs (for a client's SSL_CERT_DIR)."""
+        return hashed_directory(self.ca_file.with_name(DIRECTORY), self.ca_file)
+
+
+def hashed_directory(directory: Path, *extra: Path) -> Path:
+    """The system's authorities and `extra` CA files in `directory`, hashed for lookup as
+    update-ca-certificates does it (again after each call: files may be added)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for cert in [*SYSTEM_CA_DIR.glob("*.pem"), *extra]:
+        shutil.copyfile(cert, directory / cert.name)
+    _openssl("rehash", str(directory))
+    return directory
 
 
 _RSA = ("-newkey", "rsa:2048", "-nodes")  # as DashScope's chain is

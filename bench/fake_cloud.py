@@ -1,9 +1,12 @@
 """The fake DashScope server in a process of its own, optionally behind a proxy that adds
 network round-trip time, so a benchmark's client never shares an event loop with it.
 
-    python bench/fake_cloud.py --first-packet-ms 300 --idle-s 60 --rtt-ms 50
+    python bench/fake_cloud.py --first-packet-ms 300 --idle-s 60 --rtt-ms 50 [--tls DIR]
 
-prints the URL to use on its first line of output and serves until killed.
+prints the URL to use on its first line of output and serves until killed. With --tls it
+serves wss://, as the service does, with a certificate from a new authority it writes to
+DIR, and there, as tls.DIRECTORY, a hashed directory of the system's authorities and that
+one, for a client's SSL_CERT_DIR (tests/tls.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fake_dashscope import PATH, FakeDashScope
+from tls import authority
 
 API_KEY = "sk-bench-0123456789abcdef"
 
@@ -78,15 +82,22 @@ async def main() -> None:
     p.add_argument("--first-packet-ms", type=float, default=300)
     p.add_argument("--idle-s", type=float, default=60)
     p.add_argument("--rtt-ms", type=float, default=0)
+    p.add_argument("--tls", type=Path, metavar="DIR", help="serve wss://, certificates in DIR")
     args = p.parse_args()
+    ca = authority(args.tls) if args.tls else None
     fake = FakeDashScope(
-        API_KEY, first_packet_delay_s=args.first_packet_ms / 1000, idle_timeout_s=args.idle_s
+        API_KEY,
+        first_packet_delay_s=args.first_packet_ms / 1000,
+        idle_timeout_s=args.idle_s,
+        tls=ca.server() if ca else None,
     )
     url = await fake.start()
     if args.rtt_ms:
         port = await serve_proxy(url, args.rtt_ms / 1000)
-        url = f"ws://127.0.0.1:{port}{PATH}"
+        url = f"{'wss' if ca else 'ws'}://127.0.0.1:{port}{PATH}"
     print(url, flush=True)
+    if ca:
+        ca.directory_with_system()
     await asyncio.Event().wait()
 
 

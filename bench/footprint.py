@@ -2,15 +2,20 @@
 time, and the time from start to `online` — for this tree and, in the same run, for another
 (an earlier commit checked out with `git worktree add`), as a before/after table.
 
-    .venv/bin/python bench/footprint.py [-n 5] [--idle-s 30] [--before DIR] [--python PY]
+    .venv/bin/python bench/footprint.py [-n 5] [--idle-s 130] [--before DIR] [--python PY]
+                                        [--plain]
 
 Each run starts the daemon as a user does (`python -m edge_tts serve`, its own process, the
 shipped defaults but for the broker, the fake cloud and the cache; Home Assistant's voice on,
-advertised by zeroconf, as shipped), measures from outside (/proc), then stops it:
+advertised by zeroconf, as shipped; the cloud over TLS, trusting the system's authorities and
+the fake's, in a hashed directory as Debian keeps them; --plain: over ws://), measures
+from outside (/proc), then stops it:
   - start → `online` retained on its availability topic (ms),
   - resident memory idle once online (MiB), and the anonymous part of it (what no other
     process shares and the kernel cannot drop: the shared libraries' pages can be),
-  - CPU (user + system) over --idle-s seconds of idling (% of one core),
+  - CPU (user + system) over --idle-s seconds of idling (% of one core; the fake cloud ends
+    a connection idle for 60 s, as the service does, so the daemon renews its warm
+    connection about once a minute: the default spans two renewals),
   - CPU per second of speech while speaking 10 warm cloud announcements (ms CPU / s audio),
   - resident memory idle again after them (what a daemon that has spoken holds for good),
   - resident memory after the offline voice (Piper) spoke once, the daemon and any process
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -41,6 +47,7 @@ import aiomqtt
 import yaml
 
 from harness import API_KEY, ROOT, Row, broker, fake_cloud, table
+from tls import DIRECTORY
 
 TICK = os.sysconf("SC_CLK_TCK")
 TEXT = "The washing machine has finished. Please empty it before the evening."
@@ -98,7 +105,7 @@ async def ended(client: aiomqtt.Client) -> None:
 
 
 async def one_run(
-    tree: Path, python: str, url: str, b_host: str, b_port: int, idle_s: float
+    tree: Path, python: str, url: str, b_host: str, b_port: int, idle_s: float, ca: Path | None
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         name = f"bench-{Path(tmp).name}"
@@ -129,6 +136,8 @@ async def one_run(
             XDG_STATE_HOME=f"{tmp}/state",
             PYTHONPATH=str(tree),
         )
+        if ca:
+            env["SSL_CERT_DIR"] = str(ca)
         async with aiomqtt.Client(b_host, b_port) as client:
             await client.subscribe(f"edge-tts/{name}/#", qos=1)
             started = time.monotonic()
@@ -181,18 +190,23 @@ async def one_run(
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-n", type=int, default=5)
-    p.add_argument("--idle-s", type=float, default=30)
+    p.add_argument("--idle-s", type=float, default=130)
     p.add_argument("--before", type=Path, help="another tree (git worktree) to measure too")
     p.add_argument("--python", default=sys.executable, help="the interpreter the daemon runs on")
+    p.add_argument("--plain", action="store_true", help="the cloud over ws://, without TLS")
     args = p.parse_args()
     trees = [("now", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
     rows: dict[str, list[Row]] = {}
-    with broker() as b, fake_cloud(300) as url:
+    with contextlib.ExitStack() as stack:
+        tls = None if args.plain else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        b = stack.enter_context(broker())
+        url = stack.enter_context(fake_cloud(300, tls=tls))
+        ca = tls / DIRECTORY if tls else None
         for label, tree in trees:
             runs = []
             for _ in range(args.n):
                 print(f"{label}: run {len(runs) + 1} of {args.n}", file=sys.stderr)
-                runs.append(await one_run(tree, args.python, url, b.host, b.port, args.idle_s))
+                runs.append(await one_run(tree, args.python, url, b.host, b.port, args.idle_s, ca))
             rows[label] = [
                 Row(f"{label}: start → online (ms)", [r["online"] for r in runs]),
                 Row(f"{label}: resident memory idle (MiB)", [r["rss"] for r in runs]),

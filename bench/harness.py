@@ -40,8 +40,12 @@ from fake_cloud import API_KEY
 
 
 @contextmanager
-def fake_cloud(first_packet_ms: float, idle_s: float = 60, rtt_ms: float = 0) -> Iterator[str]:
-    """The fake DashScope server (behind a delaying proxy when rtt_ms) in its own process."""
+def fake_cloud(
+    first_packet_ms: float, idle_s: float = 60, rtt_ms: float = 0, tls: Path | None = None
+) -> Iterator[str]:
+    """The fake DashScope server (behind a delaying proxy when rtt_ms) in its own process;
+    with tls, over wss:// with certificates written there (a client trusts them, and the
+    system's authorities, through SSL_CERT_DIR=tls / tls.DIRECTORY)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -52,6 +56,7 @@ def fake_cloud(first_packet_ms: float, idle_s: float = 60, rtt_ms: float = 0) ->
             str(idle_s),
             "--rtt-ms",
             str(rtt_ms),
+            *(["--tls", str(tls)] if tls else []),
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -23,9 +23,10 @@ from outside (/proc), then stops it:
     set to 5 s here).
 
 --python runs the daemon on another interpreter with its own packages, e.g. a venv of the
-system's Python as `scripts/install` makes it (`/usr/bin/python3 -m venv
---system-site-packages DIR && DIR/bin/pip install '.[offline]'`; the offline voice speaks
-once): the tree's edge_tts runs on it (on PYTHONPATH). The project's .venv may be built
+system's Python as `scripts/install` makes it (`/usr/bin/python3 -m venv DIR &&
+DIR/bin/pip install '.[offline]'`; the offline voice speaks once; --system-site-packages
+to measure a tree from before 2026-11-26, whose install used python3-systemd): the tree's
+edge_tts runs on it (on PYTHONPATH). The project's .venv may be built
 on another Python (pyenv's has a shared libpython: 2 MiB more than Debian's).
 """
 

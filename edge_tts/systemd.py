@@ -1,29 +1,34 @@
 """Living under systemd: readiness, status and watchdog notifications, and logging to the
 journal with priorities and fields. Every part is a no-op off systemd.
 
-Notifications go over $NOTIFY_SOCKET directly (the protocol is one datagram), from a
-non-blocking socket: a supervisor that does not read them (its queue full) costs a dropped
-notification and one log line, never a blocked event loop. (libsystemd's sd_notify sends on
-a blocking socket, so it is not used for this.) systemd-python (the `systemd` extra) is used
-for journal fields when installed; without it, log lines to a journal stream carry their
-priority as a `<N>` prefix, which journald reads.
+Both speak systemd's documented datagram protocols directly, each from a non-blocking
+socket: a supervisor or a journald that does not read (its queue full) costs dropped
+datagrams and one line saying so, never a blocked event loop. Notifications go to
+$NOTIFY_SOCKET (sd_notify's protocol: one datagram). Log lines go to the journal's native
+socket (https://systemd.io/JOURNAL_NATIVE_PROTOCOL/) with their priority and fields such as
+ANNOUNCEMENT_ID (`journalctl ANNOUNCEMENT_ID=...`). libsystemd, through systemd-python, does
+both on blocking sockets and costs the daemon 1.7 MiB (libsystemd and the compression and
+crypto libraries it loads), so neither is used. Where the journal's socket is not there, log
+lines to a journal stream carry their priority as a `<N>` prefix, which journald reads.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import errno
+import fcntl
 import logging
 import os
+import re
 import socket
+import struct
 import sys
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
-try:  # the optional extra
-    from systemd import journal as _sd_journal  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the install
-    _sd_journal = None
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
 class Notifier:
@@ -107,14 +112,102 @@ class Notifier:
             await asyncio.sleep(self.watchdog_interval_s / 2)
 
 
+def _priority(record: logging.LogRecord) -> int:
+    """syslog's priority for a record's level: crit 2, err 3, warning 4, info 6, debug 7."""
+    levels = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+    return next((p for level, p in levels if record.levelno >= level), 7)
+
+
 class _PriorityPrefix(logging.Formatter):
     """`<N>message` for a stderr that journald reads (SyslogLevelPrefix=yes by default)."""
 
-    _LEVELS = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
-
     def format(self, record: logging.LogRecord) -> str:
-        priority = next((p for level, p in self._LEVELS if record.levelno >= level), 7)
-        return f"<{priority}>{super().format(record)}"
+        return f"<{_priority(record)}>{super().format(record)}"
+
+
+# A journal field's name: capitals, digits and underscores, not first (those are journald's).
+_FIELD = re.compile(r"[A-Z0-9][A-Z0-9_]{0,63}")
+
+
+class JournalHandler(logging.Handler):
+    """Log records as journal entries, over the native protocol: MESSAGE, PRIORITY,
+    SYSLOG_IDENTIFIER, LOGGER and CODE_* fields, and every `extra=` field of the log call
+    whose name is a journal field's (ANNOUNCEMENT_ID, SOURCE)."""
+
+    def __init__(self, identifier: str = "edge-tts", path: str = JOURNAL_SOCKET) -> None:
+        super().__init__()
+        self._identifier = identifier
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._socket.setblocking(False)
+        self._socket.connect(path)  # OSError when there is no journal here
+        self._dropped = 0  # entries lost while journald was not reading
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self._dropped:  # said first, once the journal reads again
+                self._send(self._entry(self._dropped_record()))
+                self._dropped = 0
+            self._send(self._entry(record))
+        except BlockingIOError:
+            self._dropped += 1
+        except Exception:  # logging's own rule: a handler never raises
+            self.handleError(record)
+
+    def _entry(self, record: logging.LogRecord) -> list[bytes]:
+        fields: dict[str, object] = {
+            "MESSAGE": self.format(record),
+            "PRIORITY": _priority(record),
+            "SYSLOG_IDENTIFIER": self._identifier,
+            "LOGGER": record.name,
+            "CODE_FILE": record.pathname,
+            "CODE_LINE": record.lineno,
+            "CODE_FUNC": record.funcName,
+        }
+        for name, value in vars(record).items():
+            if _FIELD.fullmatch(name) and name not in fields:
+                fields[name] = value
+        return [_field(name, str(value)) for name, value in fields.items()]
+
+    def _dropped_record(self) -> logging.LogRecord:
+        return logging.LogRecord(
+            __name__, logging.WARNING, __file__, 0,
+            "%d earlier log line(s) dropped: the journal was not reading",
+            (self._dropped,), None,
+        )  # fmt: skip
+
+    def _send(self, entry: list[bytes]) -> None:
+        payload = b"".join(entry)
+        try:
+            self._socket.send(payload)
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+            self._send_large(payload)
+
+    def _send_large(self, payload: bytes) -> None:
+        """An entry over the socket's datagram size, as the protocol says: in a sealed
+        memory file whose descriptor is the datagram."""
+        fd = os.memfd_create("journal-entry", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.write(fd, payload)
+            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            fds = array.array("i", [fd])
+            self._socket.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self._socket.close()
+        super().close()
+
+
+def _field(name: str, value: str) -> bytes:
+    """One field: NAME=value, or, for a value with a newline, NAME, its length and itself."""
+    data = value.encode("utf-8", "replace")
+    if b"\n" not in data:
+        return name.encode() + b"=" + data + b"\n"
+    return name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
 
 
 def log_handler(environ: Mapping[str, str] | None = None) -> logging.Handler:
@@ -124,13 +217,13 @@ def log_handler(environ: Mapping[str, str] | None = None) -> logging.Handler:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         return handler
-    if _sd_journal is not None:
-        # Fields such as ANNOUNCEMENT_ID and SOURCE come from `extra=` on the log call.
-        handler = _sd_journal.JournalHandler(SYSLOG_IDENTIFIER="edge-tts")
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    try:
+        handler = JournalHandler()
+    except OSError:  # no journal socket (a container's journal stream, say)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PriorityPrefix("%(name)s: %(message)s"))
         return handler
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PriorityPrefix("%(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     return handler
 
 

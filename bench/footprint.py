@@ -5,11 +5,11 @@ time, and the time from start to `online` — for this tree and, in the same run
     .venv/bin/python bench/footprint.py [-n 5] [--idle-s 130] [--before DIR] [--python PY]
                                         [--plain]
 
-Each run starts the daemon as a user does (`python -m edge_tts serve`, its own process, the
-shipped defaults but for the broker, the fake cloud and the cache; Home Assistant's voice on,
-advertised by zeroconf, as shipped; the cloud over TLS, trusting the system's authorities and
-the fake's, in a hashed directory as Debian keeps them; --plain: over ws://), measures
-from outside (/proc), then stops it:
+Each run starts the daemon as a user does (`python -m edge_tts serve`, its own process, its
+modules compiled as pip installs them, the shipped defaults but for the broker, the fake
+cloud and the cache; Home Assistant's voice on, advertised by zeroconf, as shipped; the cloud
+over TLS, trusting the system's authorities and the fake's, in a hashed directory as Debian
+keeps them; --plain: over ws://), measures from outside (/proc), then stops it:
   - start → `online` retained on its availability topic (ms),
   - resident memory idle once online (MiB), and the anonymous part of it (what no other
     process shares and the kernel cannot drop: the shared libraries' pages can be),
@@ -47,7 +47,7 @@ from pathlib import Path
 import aiomqtt
 import yaml
 
-from harness import API_KEY, ROOT, Row, broker, fake_cloud, table
+from harness import API_KEY, ROOT, Row, broker, compiled, fake_cloud, table
 from tls import DIRECTORY
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -204,6 +204,7 @@ async def main() -> None:
         url = stack.enter_context(fake_cloud(300, tls=tls))
         ca = tls / DIRECTORY if tls else None
         for label, tree in trees:
+            compiled(tree, args.python)
             runs = []
             for _ in range(args.n):
                 print(f"{label}: run {len(runs) + 1} of {args.n}", file=sys.stderr)

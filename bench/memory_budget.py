@@ -5,7 +5,8 @@ loads it, as what it adds to a fresh interpreter's resident memory (MiB), median
 
 Each run is a fresh interpreter (--python: the one the daemon runs on, e.g. a venv of the
 system's Python as `scripts/install` makes it; this tree's edge_tts on PYTHONPATH) that
-imports the parts one after another and reads its VmRSS after each. The first row is the
+imports the parts one after another (edge_tts compiled, as installed) and reads its VmRSS
+after each. The first row is the
 interpreter itself (the reference the others add to); the last is the sum, to compare with
 `bench/footprint.py`'s idle figure for a running daemon (which adds its connections, tasks
 and buffers). A part's figure includes the standard library modules it is first to import.
@@ -19,7 +20,7 @@ import os
 import subprocess
 import sys
 
-from harness import ROOT, Row, table
+from harness import ROOT, Row, compiled, table
 
 # (what, the modules it is)
 PARTS: list[tuple[str, list[str]]] = [
@@ -66,6 +67,7 @@ def main() -> None:
     p.add_argument("-n", type=int, default=5)
     p.add_argument("--python", default=sys.executable, help="the interpreter to measure")
     args = p.parse_args()
+    compiled(ROOT, args.python)
     runs = [one_run(args.python) for _ in range(args.n)]
     rows = [Row("the interpreter, started (MiB)", [r[0] for r in runs])]
     rows += [

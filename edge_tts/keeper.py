@@ -13,10 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +27,7 @@ from .backoff import Backoff
 from .config import DashscopeConfig
 from .errors import CloudUnavailable
 from .secret import Secret
+from .trust import cloud_context, untrusted_hint
 
 log = logging.getLogger(__name__)
 
@@ -51,83 +49,6 @@ _ws_log.addFilter(_HideAuthorization())
 
 # After a refused key, try again this rarely: the user has to change something first.
 _REFUSED_RETRY_S = 300.0
-
-
-class _Authorities:
-    """The one TLS context every cloud connection uses, trusting the system's authorities.
-
-    Made anew for each connection (what websockets does when given none), the context read
-    all of the system's ~140 authorities from its bundle: 20 ms of CPU here with the event
-    loop held, 15 times the TLS handshake, several times more on a Pi, and 1.3 MiB, at every
-    renewal of the warm connection (about once a minute, idle or not) and before every cold
-    connection's first byte. Now one context serves every connection, and it looks an
-    authority up in the system's hashed directory (/etc/ssl/certs, kept by
-    update-ca-certificates beside the bundle) when a server names it, so it holds the one
-    DashScope's chain needs. Where there is no such directory, or SSL_CERT_FILE names a file,
-    the file is read whole, as Python does by default. It is made in a thread, and again when
-    the file or the directory changed (ca-certificates updated), so a running daemon trusts
-    what the system trusts now."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._context: ssl.SSLContext | None = None
-        self._made_from: tuple[object, ...] = ()
-
-    @staticmethod
-    def _source() -> tuple[object, ...]:
-        """Where the authorities are and when they last changed (cheap: two stats)."""
-        paths = ssl.get_default_verify_paths()  # SSL_CERT_FILE / SSL_CERT_DIR, or the system's
-        changed = []
-        for path in (paths.cafile, paths.capath):
-            try:
-                st = os.stat(path) if path else None
-            except OSError:
-                st = None
-            changed.append(st and (st.st_mtime_ns, st.st_size))
-        return (os.environ.get("SSL_CERT_FILE"), paths.cafile, paths.capath, *changed)
-
-    @staticmethod
-    def _make(source: tuple[object, ...]) -> ssl.SSLContext:
-        file_asked, _, capath = source[:3]
-        if not file_asked and isinstance(capath, str) and _hashed(capath):
-            return ssl.create_default_context(capath=capath)
-        return ssl.create_default_context()
-
-    def _load(self, source: tuple[object, ...]) -> ssl.SSLContext:
-        with self._lock:
-            if self._context is None or self._made_from != source:
-                self._context = self._make(source)
-                self._made_from = source
-            return self._context
-
-    async def context(self) -> ssl.SSLContext:
-        source = self._source()
-        context = self._context
-        if context is not None and self._made_from == source:
-            return context
-        return await asyncio.to_thread(self._load, source)
-
-
-def _hashed(directory: str) -> bool:
-    """Whether OpenSSL can look authorities up in `directory` (a link named by the subject's
-    hash, as c_rehash and update-ca-certificates make them)."""
-    with os.scandir(directory) as entries:
-        return any(re.fullmatch(r"[0-9a-f]{8}\.[0-9]+", e.name) for e in entries)
-
-
-_authorities = _Authorities()
-
-
-def _untrusted_hint(verify_code: int) -> str:
-    """What to look at when the service's certificate was not accepted (OpenSSL's codes)."""
-    if verify_code in (9, 10):  # not yet valid, expired
-        return "is the system's clock right? see timedatectl"
-    if verify_code in (62, 63, 64):  # hostname, email, IP address mismatch
-        return "is dashscope.region or the endpoint's URL right? is something in between?"
-    return (
-        "are the system's CA certificates (the package ca-certificates) installed and "
-        "current? is something in between?"
-    )
 
 
 @dataclass
@@ -234,7 +155,11 @@ class ConnectionKeeper:
                 refused=True,
             )
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}"}
-        tls = await _authorities.context() if urlsplit(self.url).scheme == "wss" else None
+        try:
+            tls = await cloud_context() if urlsplit(self.url).scheme == "wss" else None
+        except (OSError, ssl.SSLError) as exc:
+            reason = f"cannot set up TLS for DashScope: {exc}"
+            raise self._failed(CloudUnavailable(reason)) from None
         try:
             ws = await websockets.connect(
                 self.url,
@@ -266,7 +191,7 @@ class ConnectionKeeper:
             raise self._failed(
                 CloudUnavailable(
                     f"DashScope at {self.host} is not trusted: "
-                    f"{exc.verify_message.rstrip('.')} ({_untrusted_hint(exc.verify_code)})"
+                    f"{exc.verify_message.rstrip('.')} ({untrusted_hint(exc.verify_code)})"
                 )
             ) from None
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:

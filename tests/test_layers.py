@@ -23,6 +23,7 @@ LEVELS: dict[str, int] = {
     "edge_tts.systemd": 0,
     "edge_tts.ssml": 0,
     "edge_tts.clock": 0,
+    "edge_tts.trust": 0,
     "edge_tts.protocols": 0,
     "edge_tts.protocols.inference": 1,
     "edge_tts.protocols.realtime": 1,

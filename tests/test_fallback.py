@@ -260,6 +260,36 @@ async def test_a_child_that_dies_is_a_reason_and_the_next_request_gets_a_new_one
     await engine.close()
 
 
+async def test_a_model_that_never_loads_is_given_up_and_its_process_ended(tmp_path: Path) -> None:
+    # A model whose config never arrives (a FIFO nobody writes: a stuck network disk, say).
+    model = tmp_path / "stuck.onnx"
+    model.write_bytes(b"not read")
+    os.mkfifo(f"{model}.json")
+    engine = PiperEngine(release_after_s=0, load_timeout_s=2)
+    stuck = Voice(name="stuck", engine="piper", model=str(model))
+    request = SynthesisRequest(text="Hello.", voice=stuck, sample_rate=RATE)
+    with pytest.raises(SynthesisError, match=r"did not load stuck.onnx within 2 s; its process"):
+        [c async for c in engine.synthesize(request)]
+    assert engine.pid is None  # killed, not left behind
+    await engine.close()
+
+
+async def test_a_child_that_stops_answering_is_ended_and_the_next_request_gets_a_new_one() -> None:
+    engine = PiperEngine(release_after_s=0, reply_timeout_s=5)
+    request = SynthesisRequest(text="Before.", voice=VOICE, sample_rate=RATE)
+    assert [c async for c in engine.synthesize(request)]
+    pid = engine.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # frozen, as a Pi thrashing for memory freezes it
+    with pytest.raises(SynthesisError, match=r"did not speak within 5 s; its process was ended"):
+        [c async for c in engine.synthesize(request)]
+    assert proc(pid, "stat") == ""  # gone, not left stopped
+    back = SynthesisRequest(text="Back.", voice=VOICE, sample_rate=RATE)
+    assert [c async for c in engine.synthesize(back)]
+    assert engine.pid not in (None, pid)
+    await engine.close()
+
+
 def test_resampling_keeps_the_duration_and_the_tone() -> None:
     tone = array.array(
         "h", (int(8000 * math.sin(2 * math.pi * 440 * n / 22050)) for n in range(22050))

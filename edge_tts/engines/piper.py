@@ -6,7 +6,9 @@ byte it used goes back to the system, where a released model in this process wou
 onnxruntime's tens of MB mapped for good. The child starts on first use (`fallback.preload`:
 at start), loads the model once, and answers each request sentence by sentence, resampled to
 the output rate, so speech starts when its first sentence is ready. One request at a time;
-a request abandoned mid-way (a stop) is told to stop and drained before the next.
+a request abandoned mid-way (a stop) is told to stop and drained before the next. A child
+that does not answer in time (a model on a stuck disk, a Pi thrashing for memory) is
+ended: the request fails with that reason, and the next one starts a new child.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
+
+# How long the child may take to load a model (seconds on a PC, tens on a Pi Zero 2 W), and
+# to send each next thing of a request (a sentence's audio, its end).
+LOAD_TIMEOUT_S = 120.0
+REPLY_TIMEOUT_S = 60.0
 
 
 def default_model() -> Path:
@@ -185,16 +192,29 @@ class _Child:
             raise SynthesisError(self._gone())
         return message
 
-    async def drain(self) -> None:
+    async def drain(self, timeout_s: float) -> None:
         """Read to the end of a request abandoned mid-way."""
         while self.busy:
-            if (await self.receive())[0] in ("end", "error"):
+            if (await self.reply(timeout_s, "finish a stopped request"))[0] in ("end", "error"):
                 self.busy = False
 
     def _gone(self) -> str:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(1)
         return f"the offline voice's process ended (exit code {self.process.returncode})"
+
+    async def reply(self, timeout_s: float, doing: str) -> tuple[Any, ...]:
+        """The next message, or, past timeout_s, the process killed and a SynthesisError
+        saying what it was doing."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.receive()
+        except TimeoutError:
+            await asyncio.to_thread(self.stop, 0)
+            raise SynthesisError(
+                f"the offline voice did not {doing} within {timeout_s:g} s; its process "
+                "was ended (the next use starts it again)"
+            ) from None
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the process (blocking: from a worker thread)."""
@@ -211,8 +231,16 @@ class _Child:
 class PiperEngine:
     """Synthesizes with Piper voices in a child process, kept while in use."""
 
-    def __init__(self, *, release_after_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        *,
+        release_after_s: float = 300.0,
+        load_timeout_s: float = LOAD_TIMEOUT_S,
+        reply_timeout_s: float = REPLY_TIMEOUT_S,
+    ) -> None:
         self._release_after_s = release_after_s
+        self._load_timeout_s = load_timeout_s
+        self._reply_timeout_s = reply_timeout_s
         self._child: _Child | None = None
         self._lock = asyncio.Lock()  # one request at a time
         self._last_use = 0.0
@@ -247,14 +275,14 @@ class PiperEngine:
             if child is not None:
                 await asyncio.to_thread(child.stop)
             child = self._child = await asyncio.to_thread(_Child, asyncio.get_running_loop())
-        await child.drain()
+        await child.drain(self._reply_timeout_s)
         return child
 
     async def _load(self, model: str) -> _Child:
         child = await self._ready()
         if model not in child.models:
             child.send("load", model)
-            reply = await child.receive()
+            reply = await child.reply(self._load_timeout_s, f"load {Path(model).name}")
             if reply[0] == "error":
                 raise SynthesisError(reply[1])
             child.models.add(model)
@@ -270,7 +298,7 @@ class PiperEngine:
             child.busy = True
             try:
                 while True:
-                    reply = await child.receive()
+                    reply = await child.reply(self._reply_timeout_s, "speak")
                     if reply[0] == "audio":
                         yield reply[1]
                         continue

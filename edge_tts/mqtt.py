@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 
 from .backoff import Backoff
 from .config import DeviceConfig, MqttConfig
+from .trust import system_context, untrusted_hint
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ OnMessage = Callable[[Incoming], Awaitable[None]]
 def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     if config.tls is None:
         return None
-    context = ssl.create_default_context(cafile=config.tls.ca_file)
+    ca_file = config.tls.ca_file
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else system_context()
     if config.tls.cert_file:
         context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
     return context
@@ -180,6 +182,15 @@ def make_client(
 
 def describe_error(exc: aiomqtt.MqttError) -> str:
     """A readable cause for a broker error (never containing credentials)."""
+    cause = exc.__cause__ or exc.__context__  # aiomqtt raises its error `from None`
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        hint = (
+            untrusted_hint(cause.verify_code)
+            if cause.verify_code in (9, 10)
+            else "does mqtt.tls.ca_file name the authority that signed its certificate "
+            "(none: the system's), and mqtt.host a name on it?"
+        )
+        return f"the broker is not trusted: {cause.verify_message.rstrip('.')} ({hint})"
     text = str(exc)
     if "Not authorized" in text or "Bad user name or password" in text:
         return "the broker refused the username or password"

@@ -30,39 +30,45 @@ class _Authorities:
         self._context: ssl.SSLContext | None = None
         self._made_from: tuple[object, ...] = ()
 
-    @staticmethod
-    def _source() -> tuple[object, ...]:
-        """Where the authorities are and when they last changed (cheap: two stats)."""
-        paths = ssl.get_default_verify_paths()  # SSL_CERT_FILE / SSL_CERT_DIR, or the system's
-        changed = []
-        for path in (paths.cafile, paths.capath):
-            try:
-                st = os.stat(path) if path else None
-            except OSError:
-                st = None
-            changed.append(st and (st.st_mtime_ns, st.st_size))
-        return (os.environ.get("SSL_CERT_FILE"), paths.cafile, paths.capath, *changed)
-
-    @staticmethod
-    def _make(source: tuple[object, ...]) -> ssl.SSLContext:
-        file_asked, _, capath = source[:3]
-        if not file_asked and isinstance(capath, str) and _hashed(capath):
-            return ssl.create_default_context(capath=capath)
-        return ssl.create_default_context()
-
     def _load(self, source: tuple[object, ...]) -> ssl.SSLContext:
         with self._lock:
             if self._context is None or self._made_from != source:
-                self._context = self._make(source)
+                self._context = _make(source)
                 self._made_from = source
             return self._context
 
     async def context(self) -> ssl.SSLContext:
-        source = self._source()
+        source = _source()
         context = self._context
         if context is not None and self._made_from == source:
             return context
         return await asyncio.to_thread(self._load, source)
+
+
+def _source() -> tuple[object, ...]:
+    """Where the authorities are and when they last changed (cheap: two stats)."""
+    paths = ssl.get_default_verify_paths()  # SSL_CERT_FILE / SSL_CERT_DIR, or the system's
+    changed = []
+    for path in (paths.cafile, paths.capath):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        changed.append(st and (st.st_mtime_ns, st.st_size))
+    return (os.environ.get("SSL_CERT_FILE"), paths.cafile, paths.capath, *changed)
+
+
+def _make(source: tuple[object, ...]) -> ssl.SSLContext:
+    file_asked, _, capath = source[:3]
+    if not file_asked and isinstance(capath, str) and _hashed(capath):
+        return ssl.create_default_context(capath=capath)
+    return ssl.create_default_context()
+
+
+def system_context() -> ssl.SSLContext:
+    """A new TLS client context of one's own (to add a client certificate to, say), trusting
+    the system's authorities as the cloud's does: looked up as needed."""
+    return _make(_source())
 
 
 def _hashed(directory: str) -> bool:

@@ -19,10 +19,18 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto broker of the test's own, on a free port, that can be stopped and restarted."""
 
-    def __init__(self, workdir: Path, *, persistent: bool = False, acl: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        persistent: bool = False,
+        acl: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         """`persistent`: sessions and queued messages survive a restart, as on a Home
         Assistant broker (Mosquitto's persistence, saved when it stops). `acl`: the text of
-        an ACL file (Mosquitto's `acl_file`) for every client."""
+        an ACL file (Mosquitto's `acl_file`) for every client. `tls`: (certificate, key) for
+        a listener that speaks only TLS."""
         self.host = "127.0.0.1"
         self.port = free_port()
         self._conf = workdir / "mosquitto.conf"
@@ -34,11 +42,14 @@ class Broker:
         if acl is not None:
             (workdir / "acl").write_text(acl)
             settings += f"acl_file {workdir / 'acl'}\n"
+        listener = f"listener {self.port} 127.0.0.1\n"
+        if tls is not None:
+            listener += f"certfile {tls[0]}\nkeyfile {tls[1]}\n"
         self._conf.write_text(
             # Started as root, Mosquitto would switch to its own user and could not save its
             # persistence in the test's private directory: it stays who we are.
             f"user {getpass.getuser()}\n"
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{settings}"
+            f"{listener}allow_anonymous true\n{settings}"
             "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n"
             "log_type notice\nlog_type information\n"
         )

@@ -104,6 +104,9 @@ def test_lines_and_sizes_the_datagram_cannot_hold_arrive_whole(tmp_path: Path) -
         "log.warning('two\\nlines', extra={'ANNOUNCEMENT_ID': 'multi', 'lower_case': 'no'})\n"
         f"log.error('big %s', 'y' * {len(big)}, extra={{'ANNOUNCEMENT_ID': 'big'}})\n"
         "log.info('Küche: 厨房', extra={'ANNOUNCEMENT_ID': 'utf-8'})\n"
+        # Text from outside (an announcement's id or words) cannot add or change fields.
+        "log.warning('x\\nPRIORITY=0\\nSYSLOG_IDENTIFIER=evil',"
+        " extra={'ANNOUNCEMENT_ID': 'in\\nPRIORITY=1'})\n"
         "subprocess.run(['journalctl', '--sync'], check=True)\n"
     )
     try:
@@ -115,6 +118,9 @@ def test_lines_and_sizes_the_datagram_cannot_hold_arrive_whole(tmp_path: Path) -
     assert "LOWER_CASE" not in journal["multi"] and "lower_case" not in journal["multi"]
     assert journal["big"]["MESSAGE"] == f"big {big}" and journal["big"]["PRIORITY"] == "3"
     assert journal["utf-8"]["MESSAGE"] == "Küche: 厨房"
+    injected = journal["in\nPRIORITY=1"]
+    assert injected["MESSAGE"] == "x\nPRIORITY=0\nSYSLOG_IDENTIFIER=evil"
+    assert injected["PRIORITY"] == "4" and injected["SYSLOG_IDENTIFIER"] == "edge-tts"
 
 
 def test_a_journal_that_does_not_read_never_blocks_and_is_told_what_was_dropped(

@@ -18,7 +18,7 @@ from edge_tts.errors import CloudUnavailable
 from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
 from edge_tts.secret import Secret
 
-from conftest import API_KEY, Broker, Capture, Home, fake_cloud
+from conftest import API_KEY, Broker, Capture, Home, edge_tts, fake_cloud, write_config
 from fake_dashscope import FakeDashScope, pcm_for
 from test_every_engine import every_engine, spoken
 from test_keeper import IDLE_S, Warm
@@ -178,3 +178,42 @@ async def test_authorities_changed_on_disk_are_trusted_without_a_restart(
         assert held == 1
     else:
         assert held == len(ssl.create_default_context(cafile=str(bundle)).get_ca_certs()) > 100
+
+
+# --- the broker over TLS -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tls", "trusted_by"),
+    [
+        ({}, "the system"),  # a broker with a certificate from a public authority
+        ({"ca_file": "CA"}, "mqtt.tls.ca_file"),  # the broker's own authority named
+    ],
+)
+async def test_the_broker_over_tls_is_trusted_as_configured(
+    tmp_path: Path,
+    certificates: Authority,
+    trusted: Path,
+    dashscope: FakeDashScope,
+    tls: dict[str, str],
+    trusted_by: str,
+) -> None:
+    broker = Broker(tmp_path, tls=(certificates.cert_file, certificates.key_file))
+    broker.start()
+    try:
+        tls = {k: str(certificates.ca_file) for k in tls}
+        config = write_config(tmp_path / "c.yaml", broker, dashscope, mqtt__tls=tls)
+        run = await edge_tts("check", "-c", str(config))
+        stranger_ca = stranger(tmp_path / "stranger").ca_file
+        config = write_config(
+            tmp_path / "c.yaml", broker, dashscope, mqtt__tls={"ca_file": str(stranger_ca)}
+        )
+        refused = await edge_tts("check", "-c", str(config))
+    finally:
+        broker.stop()
+    assert f"ok   broker {broker.host}:{broker.port}" in run.out, (trusted_by, run.all)
+    assert f"FAIL broker {broker.host}:{broker.port}: " in refused.out, refused.all
+    assert (
+        "the broker is not trusted: unable to get local issuer certificate (does "
+        "mqtt.tls.ca_file name the authority"
+    ) in refused.out

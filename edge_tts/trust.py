@@ -1,5 +1,5 @@
-"""Whom the cloud connections trust: the system's certificate authorities, in one TLS
-context for every connection."""
+"""Whom edge-tts's TLS connections trust: the system's certificate authorities, looked up
+as needed; one context for every connection to the cloud, a new one for the broker."""
 
 from __future__ import annotations
 

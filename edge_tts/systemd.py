@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import struct
 import sys
 from collections.abc import Mapping
@@ -137,10 +138,13 @@ class JournalHandler(logging.Handler):
     def __init__(self, identifier: str = "edge-tts", path: str = JOURNAL_SOCKET) -> None:
         super().__init__()
         self._identifier = identifier
+        if not stat.S_ISSOCK(os.stat(path).st_mode):  # OSError when there is no journal here
+            raise FileNotFoundError(f"{path} is not a socket")
+        # Addressed on every send, not connected: a restarted journald is a new socket.
+        self._path = path
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._socket.setblocking(False)
-        self._socket.connect(path)  # OSError when there is no journal here
-        self._dropped = 0  # entries lost while journald was not reading
+        self._dropped = 0  # entries lost while journald was not reading (or not there)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -148,8 +152,8 @@ class JournalHandler(logging.Handler):
                 self._send(self._entry(self._dropped_record()))
                 self._dropped = 0
             self._send(self._entry(record))
-        except BlockingIOError:
-            self._dropped += 1
+        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+            self._dropped += 1  # full, or restarting: said once it reads again
         except Exception:  # logging's own rule: a handler never raises
             self.handleError(record)
 
@@ -178,7 +182,7 @@ class JournalHandler(logging.Handler):
     def _send(self, entry: list[bytes]) -> None:
         payload = b"".join(entry)
         try:
-            self._socket.send(payload)
+            self._socket.sendto(payload, self._path)
         except OSError as exc:
             if exc.errno != errno.EMSGSIZE:
                 raise
@@ -189,11 +193,13 @@ class JournalHandler(logging.Handler):
         memory file whose descriptor is the datagram."""
         fd = os.memfd_create("journal-entry", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.write(fd, payload)
+            written = 0
+            while written < len(payload):
+                written += os.write(fd, payload[written:])
             seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
             fds = array.array("i", [fd])
-            self._socket.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            self._socket.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, self._path)
         finally:
             os.close(fd)
 

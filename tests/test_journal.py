@@ -154,3 +154,30 @@ def test_a_journal_that_does_not_read_never_blocks_and_is_told_what_was_dropped(
     assert b"MESSAGE=1 earlier log line(s) dropped: the journal was not reading\n" in notice
     assert b"PRIORITY=4\n" in notice
     assert b"MESSAGE=the journal reads again\n" in line
+
+
+def test_a_restarted_journal_gets_the_next_lines(tmp_path: Path) -> None:
+    path = str(tmp_path / "socket")
+    log = logging.getLogger("edge_tts.test.restart")
+    log.propagate = False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as first:
+        first.bind(path)
+        first.settimeout(10)  # a line that never comes fails the test, not hangs it
+        handler = JournalHandler(path=path)
+        log.addHandler(handler)
+        try:
+            log.warning("before")
+            assert b"MESSAGE=before\n" in first.recv(65536)
+            first.close()
+            os.unlink(path)
+            log.warning("while it restarts")  # nobody there: counted, not raised
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as second:
+                second.bind(path)  # journald again, a new socket at the same place
+                second.settimeout(10)
+                log.warning("after")
+                notice, line = second.recv(65536), second.recv(65536)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+    assert b"MESSAGE=1 earlier log line(s) dropped: the journal was not reading\n" in notice
+    assert b"MESSAGE=after\n" in line

@@ -106,7 +106,8 @@ def test_lines_and_sizes_the_datagram_cannot_hold_arrive_whole(tmp_path: Path) -
         "log.info('Küche: 厨房', extra={'ANNOUNCEMENT_ID': 'utf-8'})\n"
         # Text from outside (an announcement's id or words) cannot add or change fields.
         "log.warning('x\\nPRIORITY=0\\nSYSLOG_IDENTIFIER=evil',"
-        " extra={'ANNOUNCEMENT_ID': 'in\\nPRIORITY=1'})\n"
+        " extra={'ANNOUNCEMENT_ID': 'in\\nPRIORITY=1', 'PRIORITY': '0',"
+        " 'SYSLOG_IDENTIFIER': 'evil'})\n"
         "subprocess.run(['journalctl', '--sync'], check=True)\n"
     )
     try:
@@ -141,19 +142,59 @@ def test_a_journal_that_does_not_read_never_blocks_and_is_told_what_was_dropped(
                 sent += 1
                 if handler._dropped:
                     break
+            log.warning("one more, dropped too")
             received = []
             with pytest.raises(BlockingIOError):
                 while True:
                     received.append(journal.recv(65536))
             log.warning("the journal reads again")
             notice, line = journal.recv(65536), journal.recv(65536)
+            log.warning("and on")
+            after = [journal.recv(65536)]
+            with pytest.raises(BlockingIOError):
+                after.append(journal.recv(65536))  # no second notice
         finally:
             log.removeHandler(handler)
             handler.close()
     assert len(received) == sent - 1
-    assert b"MESSAGE=1 earlier log line(s) dropped: the journal was not reading\n" in notice
+    assert b"MESSAGE=2 earlier log line(s) dropped: the journal was not reading\n" in notice
     assert b"PRIORITY=4\n" in notice
     assert b"MESSAGE=the journal reads again\n" in line
+    assert len(after) == 1 and b"MESSAGE=and on\n" in after[0]
+
+
+def test_each_level_has_its_syslog_priority(tmp_path: Path) -> None:
+    path = str(tmp_path / "socket")
+    log = logging.getLogger("edge_tts.test.levels")
+    log.propagate = False
+    log.setLevel(1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
+        journal.bind(path)
+        journal.settimeout(10)
+        handler = JournalHandler(path=path)
+        log.addHandler(handler)
+        try:
+            for level in (5, logging.DEBUG, logging.INFO, 25, logging.WARNING, logging.ERROR,
+                          logging.CRITICAL):  # fmt: skip
+                log.log(level, "level %d", level)
+            priorities = [
+                next(f for f in journal.recv(65536).split(b"\n") if f.startswith(b"PRIORITY="))
+                for _ in range(7)
+            ]
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+    # Below debug, debug: 7; info and what lies between it and warning: 6; warning 4;
+    # error 3; critical 2 (syslog's, which journalctl -p reads).
+    assert [p.removeprefix(b"PRIORITY=") for p in priorities] == [
+        b"7",
+        b"7",
+        b"6",
+        b"6",
+        b"4",
+        b"3",
+        b"2",
+    ]
 
 
 def test_a_restarted_journal_gets_the_next_lines(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 from edge_tts.errors import CloudUnavailable
 from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
 from edge_tts.secret import Secret
+from edge_tts.trust import untrusted_hint
 
 from conftest import API_KEY, Broker, Capture, Home, edge_tts, fake_cloud, write_config
 from fake_dashscope import FakeDashScope, pcm_for
@@ -157,7 +158,12 @@ async def test_authorities_changed_on_disk_are_trusted_without_a_restart(
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     settings = ConnectionSettings(keep_warm=False, connect_timeout_s=5)
     keeper = ConnectionKeeper(tls_cloud.url, Secret(API_KEY), settings)
-    with pytest.raises(CloudUnavailable, match="is not trusted: unable to get local issuer"):
+    with pytest.raises(
+        CloudUnavailable,
+        match=r"is not trusted: unable to get local issuer certificate \(are the system's CA "
+        r"certificates \(the package ca-certificates\) installed and current\? is something "
+        r"in between\?\)",
+    ):
         await keeper.connect()
     with pytest.raises(CloudUnavailable):
         await keeper.connect()
@@ -178,6 +184,41 @@ async def test_authorities_changed_on_disk_are_trusted_without_a_restart(
         assert held == 1
     else:
         assert held == len(ssl.create_default_context(cafile=str(bundle)).get_ca_certs()) > 100
+
+
+CLOCK = "is the system's clock right? see timedatectl"
+NAME = "is dashscope.region or the endpoint's URL right? is something in between?"
+AUTHORITIES = (
+    "are the system's CA certificates (the package ca-certificates) installed and current? "
+    "is something in between?"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "hint"),
+    # Not yet valid, expired; a hostname, e-mail or IP address mismatch; anything else.
+    [
+        (9, CLOCK),
+        (10, CLOCK),
+        (62, NAME),
+        (63, NAME),
+        (64, NAME),
+        (11, AUTHORITIES),
+        (65, AUTHORITIES),
+    ],
+)
+def test_each_refusal_says_what_to_look_at(code: int, hint: str) -> None:
+    assert untrusted_hint(code) == hint
+
+
+async def test_a_certificate_file_named_but_missing_leaves_the_directory(
+    tls_cloud: FakeDashScope, trusted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted / "no-such-file.pem"))
+    settings = ConnectionSettings(keep_warm=False, connect_timeout_s=5)
+    ws = await ConnectionKeeper(tls_cloud.url, Secret(API_KEY), settings).connect()
+    await ws.close()
+    assert tls_cloud.handshakes == 1
 
 
 # --- the broker over TLS -------------------------------------------------------------------

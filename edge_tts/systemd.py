@@ -8,8 +8,9 @@ $NOTIFY_SOCKET (sd_notify's protocol: one datagram). Log lines go to the journal
 socket (https://systemd.io/JOURNAL_NATIVE_PROTOCOL/) with their priority and fields such as
 ANNOUNCEMENT_ID (`journalctl ANNOUNCEMENT_ID=...`). libsystemd, through systemd-python, does
 both on blocking sockets and cost the daemon 1.1 MiB (1.7 on import: libsystemd and the
-compression and crypto libraries it loads), so neither is used. Where the journal's socket is not there, log
-lines to a journal stream carry their priority as a `<N>` prefix, which journald reads.
+compression and crypto libraries it loads), so neither is used. Where the journal's socket
+is not there, log lines to a journal stream carry their priority as a `<N>` prefix, which
+journald reads.
 """
 
 from __future__ import annotations

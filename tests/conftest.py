@@ -346,6 +346,24 @@ class DaemonProcess:
         return self.proc is not None and self.proc.returncode is None
 
 
+def configured_daemon(
+    path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    *,
+    key: str | None = API_KEY,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> DaemonProcess:
+    """The daemon on the test config (written to `path`) with `overrides`, not yet started;
+    with the fake's API key unless key=None, and `env` added to this process's."""
+    config = write_config(path, broker, dashscope, **overrides)
+    environment = dict(os.environ) | (env or {})
+    if key is not None:
+        environment["DASHSCOPE_API_KEY"] = key
+    return DaemonProcess(config, environment)
+
+
 @pytest.fixture
 async def daemon(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
@@ -369,10 +387,8 @@ async def daemon_with(
     started: list[DaemonProcess] = []
 
     async def start(**overrides: Any) -> DaemonProcess:
-        config = write_config(
-            tmp_path / f"config-{len(started)}.yaml", broker, dashscope, **overrides
-        )
-        proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+        path = tmp_path / f"config-{len(started)}.yaml"
+        proc = configured_daemon(path, broker, dashscope, **overrides)
         started.append(proc)
         await proc.start(home)
         return proc

@@ -5,7 +5,6 @@ engine speaks the next one."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -14,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import (
-    API_KEY,
     Broker,
     Capture,
     DaemonProcess,
     Home,
+    configured_daemon,
     free_port,
     split_speech,
     write_config,
@@ -48,15 +47,15 @@ async def every_engine(
     **overrides: object,
 ) -> DaemonProcess:
     """The daemon with a voice of each engine (and `overrides`), started and online."""
-    config = write_config(
+    proc = configured_daemon(
         tmp_path / "config.yaml",
         broker,
         dashscope,
+        env=env,
         dashscope__realtime_url=dashscope.realtime_url,
         fallback__first_audio_ms=3000,
         **(VOICES | overrides),
     )
-    proc = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY) | (env or {}))
     await proc.start(home)
     return proc
 

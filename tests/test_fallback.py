@@ -27,6 +27,7 @@ from conftest import (
     Capture,
     DaemonProcess,
     Home,
+    configured_daemon,
     edge_tts,
     split_speech,
     write_config,
@@ -57,18 +58,15 @@ async def start_daemon(
     key: str | None = API_KEY,
     **overrides: object,
 ) -> DaemonProcess:
-    config = write_config(
+    daemon = configured_daemon(
         tmp_path / "config.yaml",
         broker,
         dashscope,
+        key=key,
         voices__offline=OFFLINE,
         fallback__first_audio_ms=800,
         **overrides,
     )
-    env = dict(os.environ)
-    if key is not None:
-        env["DASHSCOPE_API_KEY"] = key
-    daemon = DaemonProcess(config, env)
     await daemon.start(home)
     return daemon
 

@@ -27,7 +27,7 @@ from .backoff import Backoff
 from .config import DashscopeConfig
 from .errors import CloudUnavailable
 from .secret import Secret
-from .trust import cloud_context, untrusted_hint
+from .trust import cloud_context, untrusted
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class ConnectionKeeper:
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}"}
         try:
             tls = await cloud_context() if urlsplit(self.url).scheme == "wss" else None
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError among them
             reason = f"cannot set up TLS for DashScope: {exc}"
             raise self._failed(CloudUnavailable(reason)) from None
         try:
@@ -188,12 +188,9 @@ class ConnectionKeeper:
             ) from None
         except ssl.SSLCertVerificationError as exc:
             # Before any HTTP: the key was not sent.
-            raise self._failed(
-                CloudUnavailable(
-                    f"DashScope at {self.host} is not trusted: "
-                    f"{exc.verify_message.rstrip('.')} ({untrusted_hint(exc.verify_code)})"
-                )
-            ) from None
+            names = "is dashscope.region or the endpoint's URL right? is something in between?"
+            reason = untrusted(f"DashScope at {self.host}", exc, names=names)
+            raise self._failed(CloudUnavailable(reason)) from None
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             reason = str(exc) or type(exc).__name__
             raise self._failed(

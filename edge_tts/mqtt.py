@@ -21,7 +21,7 @@ from paho.mqtt.properties import Properties
 
 from .backoff import Backoff
 from .config import DeviceConfig, MqttConfig
-from .trust import system_context, untrusted_hint
+from .trust import system_context, untrusted
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +184,13 @@ def describe_error(exc: aiomqtt.MqttError) -> str:
     """A readable cause for a broker error (never containing credentials)."""
     cause = exc.__cause__ or exc.__context__  # aiomqtt raises its error `from None`
     if isinstance(cause, ssl.SSLCertVerificationError):
-        hint = (
-            untrusted_hint(cause.verify_code)
-            if cause.verify_code in (9, 10)
-            else "does mqtt.tls.ca_file name the authority that signed its certificate "
-            "(none: the system's), and mqtt.host a name on it?"
+        return untrusted(
+            "the broker",
+            cause,
+            names="is mqtt.host a name on its certificate? is something in between?",
+            authorities="does mqtt.tls.ca_file name the authority that signed its certificate "
+            "(none: the system's)?",
         )
-        return f"the broker is not trusted: {cause.verify_message.rstrip('.')} ({hint})"
     text = str(exc)
     if "Not authorized" in text or "Bad user name or password" in text:
         return "the broker refused the username or password"

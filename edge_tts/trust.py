@@ -90,13 +90,27 @@ async def cloud_context() -> ssl.SSLContext:
     return await _authorities.context()
 
 
-def untrusted_hint(verify_code: int) -> str:
-    """What to look at when the service's certificate was not accepted (OpenSSL's codes)."""
-    if verify_code in (9, 10):  # not yet valid, expired
-        return "is the system's clock right? see timedatectl"
-    if verify_code in (62, 63, 64):  # hostname, email, IP address mismatch
-        return "is dashscope.region or the endpoint's URL right? is something in between?"
-    return (
-        "are the system's CA certificates (the package ca-certificates) installed and "
-        "current? is something in between?"
-    )
+_CLOCK = "is the system's clock right? see timedatectl"
+_SYSTEM_AUTHORITIES = (
+    "are the system's CA certificates (the package ca-certificates) installed and current? "
+    "is something in between?"
+)
+
+
+def untrusted(
+    who: str,
+    exc: ssl.SSLCertVerificationError,
+    *,
+    names: str,
+    authorities: str = _SYSTEM_AUTHORITIES,
+) -> str:
+    """Why `who` was refused and what to look at, by OpenSSL's verification code: the clock
+    (not yet valid, expired), `names` (a hostname, e-mail or IP address mismatch), else
+    `authorities`."""
+    if exc.verify_code in (9, 10):
+        hint = _CLOCK
+    elif exc.verify_code in (62, 63, 64):
+        hint = names
+    else:
+        hint = authorities
+    return f"{who} is not trusted: {exc.verify_message.rstrip('.')} ({hint})"

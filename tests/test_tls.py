@@ -17,7 +17,7 @@ import pytest
 from edge_tts.errors import CloudUnavailable
 from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
 from edge_tts.secret import Secret
-from edge_tts.trust import untrusted_hint
+from edge_tts.trust import untrusted
 
 from conftest import API_KEY, Broker, Capture, Home, edge_tts, fake_cloud, write_config
 from fake_dashscope import FakeDashScope, pcm_for
@@ -187,11 +187,8 @@ async def test_authorities_changed_on_disk_are_trusted_without_a_restart(
 
 
 CLOCK = "is the system's clock right? see timedatectl"
-NAME = "is dashscope.region or the endpoint's URL right? is something in between?"
-AUTHORITIES = (
-    "are the system's CA certificates (the package ca-certificates) installed and current? "
-    "is something in between?"
-)
+NAMES = "is the name right?"
+AUTHORITIES = "is the authority right?"
 
 
 @pytest.mark.parametrize(
@@ -200,15 +197,18 @@ AUTHORITIES = (
     [
         (9, CLOCK),
         (10, CLOCK),
-        (62, NAME),
-        (63, NAME),
-        (64, NAME),
+        (62, NAMES),
+        (63, NAMES),
+        (64, NAMES),
         (11, AUTHORITIES),
         (65, AUTHORITIES),
     ],
 )
 def test_each_refusal_says_what_to_look_at(code: int, hint: str) -> None:
-    assert untrusted_hint(code) == hint
+    exc = ssl.SSLCertVerificationError()
+    exc.verify_code, exc.verify_message = code, "what OpenSSL says."
+    reason = untrusted("the peer", exc, names=NAMES, authorities=AUTHORITIES)
+    assert reason == f"the peer is not trusted: what OpenSSL says ({hint})"
 
 
 async def test_a_certificate_file_named_but_missing_leaves_the_directory(

@@ -3,10 +3,9 @@
 
 `authority(dir)` makes a certificate authority and, signed by it, a certificate for
 127.0.0.1 and localhost (`.issue()` makes another, for other names); `.server()` is the
-server's SSL context, `.bundle_with_system()` a CA file holding the system's authorities
-and this one (what SSL_CERT_FILE points a client at, so it trusts the fake as it trusts the
-real service), `.directory_with_system()` the same as a hashed directory (SSL_CERT_DIR; how
-Debian's /etc/ssl/certs is kept). `stranger(dir)` is another
+server's SSL context, `.directory_with_system()` a hashed directory of the system's
+authorities and this one (what SSL_CERT_DIR points a client at, so it trusts the fake as it
+trusts the real service; Debian keeps /etc/ssl/certs so). `stranger(dir)` is another
 authority's certificate for the same names: a machine in the middle.
 """
 
@@ -20,8 +19,7 @@ from pathlib import Path
 
 SYSTEM_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
 SYSTEM_CA_DIR = Path("/etc/ssl/certs")
-BUNDLE = "system-and-test-ca.pem"  # bundle_with_system()'s file, beside the authority's
-DIRECTORY = "system-and-test-ca"  # directory_with_system()'s, beside it
+DIRECTORY = "system-and-test-ca"  # directory_with_system()'s, beside the authority's files
 
 
 def _openssl(*args: str) -> None:
@@ -53,11 +51,6 @@ class Authority:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_file, self.key_file)
         return context
-
-    def bundle_with_system(self) -> Path:
-        bundle = self.ca_file.with_name(BUNDLE)
-        bundle.write_bytes(SYSTEM_CA_FILE.read_bytes() + self.ca_file.read_bytes())
-        return bundle
 
     def directory_with_system(self) -> Path:
         """A hashed directory of the system's authorities and this one, as

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import socket
@@ -203,6 +202,8 @@ class _Section:
             raise ConfigError(f"{path or 'config'}: must be a mapping of keys to values")
         for key in data:
             if key not in known:
+                import difflib  # a wrong key only: no running daemon holds it for nothing
+
                 hint = difflib.get_close_matches(str(key), known, n=1)
                 more = f" (did you mean {hint[0]}?)" if hint else f" (known: {', '.join(known)})"
                 raise ConfigError(f"{self._join(path, str(key))}: unknown key{more}")

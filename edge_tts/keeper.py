@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 import websockets
@@ -30,6 +32,13 @@ from .secret import Secret
 from .trust import cloud_context, untrusted
 
 log = logging.getLogger(__name__)
+
+
+def _proxy() -> Literal[True] | None:
+    """A proxy named in the environment (`https_proxy`, `no_proxy`, ... as curl reads them) is
+    used, found by websockets' own lookup; with none named, no lookup: it would load
+    urllib.request (with http.client and email: 1.5 MiB an idle Pi would keep) to find none."""
+    return True if any(name.lower().endswith("_proxy") for name in os.environ) else None
 
 
 class _HideAuthorization(logging.Filter):
@@ -176,6 +185,7 @@ class ConnectionKeeper:
                 # behind the close frame; don't wait long for a polite goodbye.
                 close_timeout=1,
                 logger=_ws_log,
+                proxy=_proxy(),
             )
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code

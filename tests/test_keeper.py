@@ -4,8 +4,10 @@ before break), replaced after any fault, backing off when the cloud is away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +16,7 @@ from edge_tts.config import Voice
 from edge_tts.engines import AudioWaitSettings, SynthesisRequest
 from edge_tts.engines.cosyvoice import CosyVoiceEngine
 from edge_tts.errors import CloudUnavailable, ConnectionLost, SynthesisError
-from edge_tts.keeper import ConnectionKeeper, ConnectionSettings
+from edge_tts.keeper import ConnectionKeeper, ConnectionSettings, _proxy
 from edge_tts.secret import Secret
 
 from conftest import API_KEY, fake_cloud
@@ -251,3 +253,85 @@ async def test_a_connection_about_to_idle_out_is_not_lent(dashscope: FakeDashSco
     finally:
         await keeper.close()
     assert keeper.stats.reused == 1 and keeper.stats.opened == 2
+
+
+class ConnectProxy:
+    """An HTTP proxy that tunnels CONNECT, as a company's or a home lab's does, noting each
+    tunnel's target."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ConnectProxy:
+        self._server = await asyncio.start_server(self._tunnel, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        method, target, _ = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0].split(b" ")
+        assert method == b"CONNECT"
+        self.tunnels.append(target.decode())
+        host, port = target.decode().rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.fixture
+def no_proxy_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_proxy_named")
+async def test_a_proxy_named_in_the_environment_carries_the_connection(
+    dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with ConnectProxy() as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        async with Warm(dashscope) as warm:
+            audio, _ = await warm.say("Through the proxy.")
+    assert audio == pcm_for("Through the proxy.")
+    assert proxy.tunnels and set(proxy.tunnels) == {dashscope.url.split("/")[2]}
+
+
+@pytest.mark.usefixtures("no_proxy_named")
+async def test_a_host_the_environment_exempts_is_reached_directly(
+    dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with ConnectProxy() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        async with Warm(dashscope) as warm:
+            audio, _ = await warm.say("Around the proxy.")
+    assert audio == pcm_for("Around the proxy.")
+    assert proxy.tunnels == []
+
+
+@pytest.mark.usefixtures("no_proxy_named")
+def test_the_proxy_lookup_runs_only_when_the_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Looking finds nothing without one, but would load urllib.request: 1.5 MiB at idle."""
+    assert _proxy() is None
+    monkeypatch.setenv("HOME", "/root")
+    assert _proxy() is None
+    for name in ("https_proxy", "ALL_PROXY", "no_proxy"):
+        with monkeypatch.context() as env:
+            env.setenv(name, "http://proxy.lan:3128")
+            assert _proxy() is True

@@ -1,0 +1,116 @@
+"""What the daemon's libraries import and never use waits until something uses it
+(edge_tts.lean); whoever does gets the real module. Each case is a fresh interpreter: this
+one has imported them all already (pytest reads plugins with importlib.metadata)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge_tts.lean import _installed_version
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_library_that_uses_a_waiting_module_gets_the_real_one() -> None:
+    out = run("""
+        import importlib.util, sys, types
+        import edge_tts
+        names = ("urllib.request", "importlib.metadata")
+        print({n: type(sys.modules[n]).__name__ for n in names})
+        assert not any(n.startswith(("email", "http.client")) for n in sys.modules)
+        # Asked where it is, it answers without loading (the import system reads its spec).
+        assert importlib.util.find_spec("urllib.request").origin.endswith("urllib/request.py")
+        assert type(sys.modules["urllib.request"]).__name__ == "_Deferred"
+
+        import urllib.request  # as paho does, then an attribute read
+        assert urllib.request.Request("http://example.com/a").full_url == "http://example.com/a"
+        assert type(sys.modules["urllib.request"]) is types.ModuleType
+        assert urllib.request is sys.modules["urllib.request"]
+
+        from importlib.metadata import version  # as wyoming does
+        import websockets.version
+        assert version("websockets") == websockets.version.version
+        assert type(sys.modules["importlib.metadata"]) is types.ModuleType
+        print("email.parser" in sys.modules)
+    """)
+    assert out.splitlines() == [
+        "{'urllib.request': '_Deferred', 'importlib.metadata': '_Deferred'}",
+        "True",
+    ]
+
+
+def test_a_name_bound_to_the_stand_in_before_it_loaded_still_works() -> None:
+    """`import importlib.metadata as m` before any use binds the stand-in itself."""
+    out = run("""
+        import edge_tts
+        import importlib.metadata as m
+        from urllib import request
+        print(type(m).__name__, type(request).__name__)
+        print(m.version("wyoming") == m.version("wyoming"), callable(request.urlopen))
+        print(type(m.distribution("wyoming")).__name__)
+    """)
+    assert out.splitlines() == ["_Deferred _Deferred", "True True", "PathDistribution"]
+
+
+def test_a_module_imported_before_edge_tts_is_left_alone() -> None:
+    out = run("""
+        import sys, types, urllib.request
+        import edge_tts
+        print(type(sys.modules["urllib.request"]) is types.ModuleType)
+        print(type(sys.modules["importlib.metadata"]).__name__)
+    """)
+    assert out.splitlines() == ["True", "_Deferred"]
+
+
+def test_wyoming_has_the_version_it_would_have_read_itself() -> None:
+    out = run("""
+        import sys
+        import edge_tts, wyoming
+        print("email.parser" in sys.modules, "importlib.metadata._meta" in sys.modules)
+        from importlib.metadata import version
+        print(wyoming.__version__ == version("wyoming"), wyoming.__version__.count(".") >= 1)
+    """)
+    assert out.splitlines() == ["False False", "True True"]
+
+
+@pytest.mark.parametrize(
+    ("dist_infos", "expected"),
+    [
+        (["somepkg-1.10.2.dist-info"], "1.10.2"),
+        (["somepkg-2.0.0rc1.dist-info"], "2.0.0rc1"),
+        ([], None),  # installed some other way: wyoming reads its own
+        (["somepkg-1.0.dist-info", "somepkg-1.1.dist-info"], None),  # a leftover: unsure
+        (["somepkg_extra-3.0.dist-info"], None),  # another package's
+    ],
+)
+def test_a_version_is_read_from_the_dist_info_only_when_certain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dist_infos: list[str], expected: str | None
+) -> None:
+    (tmp_path / "somepkg").mkdir()
+    (tmp_path / "somepkg" / "__init__.py").write_text("")
+    for name in dist_infos:
+        (tmp_path / name).mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _installed_version("somepkg") == expected
+
+
+def test_no_version_for_a_package_not_installed_or_not_a_package() -> None:
+    assert _installed_version("no_such_package_here") is None
+    assert _installed_version("textwrap") is None  # a module, not a package

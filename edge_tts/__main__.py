@@ -24,7 +24,7 @@ from .discovery import removal_messages
 from .engines.cloud import build_engines
 from .errors import BadAnnouncement, ConfigError
 from .events import Event, EventKind
-from .mqtt import describe_error, make_client
+from .mqtt import describe_error, make_client, memberships, orphans
 from .player import Discard, Player, WavWriter
 from .secret import RedactSecrets, Secret
 from .speaker import Speaker
@@ -255,17 +255,22 @@ def cmd_discovery(args: argparse.Namespace, config: Config, api_key: Secret | No
         return 1
     me = config.device.name
 
-    async def publish() -> tuple[int, list[str]]:
+    async def publish() -> tuple[int, list[str], list[str]]:
         async with make_client(config.mqtt, timeout=10) as client:
-            others = sorted(await _other_devices(client, config.mqtt.topic_prefix, me))
-            messages = removal_messages(config, last=not others)
+            others = await memberships(client, config.mqtt.topic_prefix, me)
+            groups = config.device.all_groups
+            gone = orphans(groups, others)
+            messages = removal_messages(config, orphans=gone)
             for topic, payload in messages:
                 await client.publish(topic, payload, qos=1, retain=True)
-        return sum(1 for topic, _ in messages if topic.endswith("/config")), others
+        entities = sum(1 for topic, _ in messages if topic.endswith("/config"))
+        kept = [g for g in groups if g not in gone]
+        sharing = sorted(d for d, of in others.items() if of is None or of & set(kept))
+        return entities, sharing, kept
 
     broker = f"{config.mqtt.host}:{config.mqtt.port}"
     try:
-        entities, others = asyncio.run(publish())
+        entities, sharing, kept = asyncio.run(publish())
     except aiomqtt.MqttError as exc:
         print(f"edge-tts: broker {broker}: {describe_error(exc)}", file=sys.stderr)
         return 1
@@ -283,29 +288,12 @@ def cmd_discovery(args: argparse.Namespace, config: Config, api_key: Secret | No
         "its retained availability, state and stats (they come back when the daemon next "
         "connects; set mqtt.discovery_prefix: null to keep them away)"
     )
-    if others:
-        shown = ", ".join(others[:5]) + (" and more" if len(others) > 5 else "")
-        print(f"its groups' entities stay: other devices use this broker ({shown})")
-    else:
-        print("it was the last device on this broker: its groups' entities are removed too")
+    if kept:
+        shown = ", ".join(sharing[:5]) + (" and more" if len(sharing) > 5 else "")
+        print(f"the entities of {', '.join(kept)} stay: other devices are in them ({shown})")
+    if len(kept) < len(config.device.all_groups):
+        print("the entities of its groups no other device is in are removed too")
     return 0
-
-
-async def _other_devices(client: aiomqtt.Client, prefix: str, me: str) -> set[str]:
-    """The other devices the broker knows (a retained availability of theirs), read without
-    guessing a wait: retained messages come before the echo of a probe sent after subscribing."""
-    probe = f"{prefix}/{me}/probe-{os.getpid()}"
-    await client.subscribe([(f"{prefix}/+/availability", 1), (probe, 1)])
-    await client.publish(probe, b"", qos=1)
-    found: set[str] = set()
-    async with asyncio.timeout(10):
-        async for message in client.messages:
-            topic = str(message.topic)
-            if topic == probe:
-                break
-            if message.payload:
-                found.add(topic.removeprefix(f"{prefix}/").partition("/")[0])
-    return found - {me}
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

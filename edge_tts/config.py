@@ -267,6 +267,7 @@ class _Section:
 
 
 _MAX_GROUPS = 32
+GROUP_NAME = re.compile(r"[a-z0-9_-]{1,40}")  # it names MQTT topics and an entity
 
 
 def _device(root: _Section) -> DeviceConfig:
@@ -279,7 +280,7 @@ def _device(root: _Section) -> DeviceConfig:
         raise s.fail("groups", f"must be a list of at most {_MAX_GROUPS} group names")
     groups: list[str] = []
     for group in raw:
-        if not isinstance(group, str) or not re.fullmatch(r"[a-z0-9_-]{1,40}", group):
+        if not isinstance(group, str) or not GROUP_NAME.fullmatch(group):
             raise s.fail(
                 "groups",
                 f"{group!r} is not a group name: 1-40 of a-z, 0-9, '_' and '-' "

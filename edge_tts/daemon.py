@@ -16,7 +16,7 @@ from .announcement import Announcement, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
 from .config import Config, EngineName
 from .costs import Usage
-from .discovery import discovery_messages
+from .discovery import announce
 from .engines.cloud import Cloud, build_engines, uses_inference
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
@@ -84,7 +84,7 @@ class Daemon:
             self._on_message,
             subscribed=state_dir() / f"subscriptions-{name}.json",
         )
-        link.retained_on_connect = discovery_messages(self.config)
+        announce(link, self.config)
         return link
 
     def _groups(self) -> Groups:

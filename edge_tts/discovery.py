@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from . import __version__
 from .config import Config
-from .mqtt import Topics
+from .mqtt import MqttLink, Topics
 
 COMPONENTS = ("notify", "button", "sensor")
 SUPPORT_URL = "https://github.com/edge-tts/edge-tts"
@@ -204,18 +205,32 @@ def _group_notify(config: Config, group: str, origin: dict[str, str]) -> tuple[s
         "unique_id": f"{node}_say",
         "default_entity_id": f"notify.{entity_slug(name)}",
     }
-    topic = f"{config.mqtt.discovery_prefix}/notify/{node}/say/config"
-    return topic, json.dumps(payload).encode()
+    return group_topics(config, group)[0], json.dumps(payload).encode()
 
 
-def removal_messages(config: Config, *, last: bool = False) -> list[tuple[str, bytes]]:
+def announce(link: MqttLink, config: Config) -> None:
+    """Hand the broker session what discovery keeps on the broker: the device's entities and
+    its groups', published on every connect; a group's, cleared by the last member to leave."""
+    link.retained_on_connect = discovery_messages(config)
+    link.retained_of_group = lambda group: group_topics(config, group)
+
+
+def group_topics(config: Config, group: str) -> list[str]:
+    """The discovery topics a group has while it has members (none with discovery off)."""
+    if not config.mqtt.discovery_prefix:
+        return []
+    return [f"{config.mqtt.discovery_prefix}/notify/{group_node_id(group)}/say/config"]
+
+
+def removal_messages(config: Config, *, orphans: Collection[str] = ()) -> list[tuple[str, bytes]]:
     """Empty retained payloads on every retained topic of the device: its discovery topics
-    (Home Assistant removes the entities) and its availability, state and stats; and, if it
-    is the `last` device on the broker, its groups' entities (else the others publish them)."""
+    (Home Assistant removes the entities) and its availability, state and stats; and the
+    entities of its groups that no other device is in (`orphans`)."""
     if not config.mqtt.discovery_prefix:
         return []
     topics = Topics.of(config.mqtt.topic_prefix, config.device.name)
     own = [topics.availability, topics.state, topics.stats]
     node = f"/{node_id(config.device.name)}/"
-    mine = [t for t, _ in discovery_messages(config) if last or node in t]
+    mine = [t for t, _ in discovery_messages(config) if node in t]
+    mine += [t for g in config.device.all_groups if g in orphans for t in group_topics(config, g)]
     return [(topic, b"") for topic in mine] + [(t, b"") for t in own]

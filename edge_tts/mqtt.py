@@ -9,8 +9,9 @@ import json
 import logging
 import socket
 import ssl
+import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -20,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .backoff import Backoff
-from .config import DeviceConfig, MqttConfig
+from .config import GROUP_NAME, DeviceConfig, MqttConfig
 from .trust import system_context, untrusted
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,70 @@ def _write_topics(path: Path | None, topics: list[str]) -> None:
         log.debug("MQTT: cannot note the subscriptions in %s: %s", path, exc.strerror)
 
 
+_STATS_MAX_BYTES = 64 * 1024  # another device's retained stats: a few hundred bytes
+MEMBERS_TIMEOUT_S = 10.0  # for the broker to echo the probe that ends the retained messages
+
+# Each other device and the groups it is in; None: in which, unknown (its stats are not seen).
+Members = dict[str, set[str] | None]
+
+
+async def memberships(client: aiomqtt.Client, prefix: str, me: str) -> Members:
+    """The other devices the broker knows (a retained availability or stats of theirs) and the
+    groups each is in, as its retained stats say, read without guessing a wait: retained
+    messages come before the echo of a probe published after subscribing. TimeoutError when
+    the probe does not come back (an ACL that refuses it)."""
+    probe = f"{prefix}/{me}/probe/{uuid.uuid4().hex}"
+    await client.subscribe([(f"{prefix}/+/availability", 1), (f"{prefix}/+/stats", 1), (probe, 1)])
+    await client.publish(probe, b"", qos=1)
+    found: Members = {}
+    async with asyncio.timeout(MEMBERS_TIMEOUT_S):
+        async for message in client.messages:
+            topic = str(message.topic)
+            if topic == probe:
+                break
+            device, _, what = topic.removeprefix(f"{prefix}/").partition("/")
+            payload = message.payload
+            if device == me or not isinstance(payload, bytes) or not payload:
+                continue  # ours, or cleared: a device removed
+            groups = _groups_in_stats(payload) if what == "stats" else None
+            if groups is not None or device not in found:
+                found[device] = groups
+    return found
+
+
+def orphans(groups: Iterable[str], others: Members) -> list[str]:
+    """Those of `groups` no other device is in: none while a device's groups are unknown."""
+    return [
+        g
+        for g in groups
+        if all(of is not None and g not in of and g != "all" for of in others.values())
+    ]
+
+
+def _groups_in_stats(payload: bytes) -> set[str] | None:
+    """The groups a device's stats name (`groups.groups`); None from anything else (any client
+    may publish there: the worst it can do is keep a group's entity)."""
+    if len(payload) > _STATS_MAX_BYTES:
+        return None
+    try:
+        stats = json.loads(payload)
+    except ValueError:
+        return None
+    groups = stats.get("groups") if isinstance(stats, dict) else None
+    names = groups.get("groups") if isinstance(groups, dict) else None
+    if not isinstance(names, list) or not all(isinstance(g, str) for g in names):
+        return None
+    return set(names)
+
+
+def _groups_of(topics: list[str], prefix: str) -> list[str]:
+    """The groups whose `say` topic is among `topics` (a group a config could name: the
+    topics come from a note on disk)."""
+    head, tail = f"{prefix}/group/", "/say"
+    names = [t[len(head) : -len(tail)] for t in topics if t.startswith(head) and t.endswith(tail)]
+    return [name for name in names if GROUP_NAME.fullmatch(name)]
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     """Cancel a task and wait for its end. On Python 3.11 a cancellation that lands while an
     aiomqtt publish completes can be swallowed (asyncio.wait_for's race), leaving the task
@@ -274,6 +339,9 @@ class MqttLink:
         self._outbox_ready = asyncio.Event()
         # Published, retained, on every connect (Home Assistant discovery).
         self.retained_on_connect: list[tuple[str, bytes]] = []
+        # What a group holds on the broker because it has members (its Home Assistant
+        # entity): cleared by the member that leaves it last.
+        self.retained_of_group: Callable[[str], list[str]] = lambda group: []
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with exponential backoff until cancelled."""
@@ -332,7 +400,12 @@ class MqttLink:
             await client.unsubscribe(stale)
             log.info("MQTT: no longer listening on %s", ", ".join(stale))
         await client.subscribe(wanted)
-        _write_topics(self._subscribed, [t for t, _ in wanted])
+        now = [t for t, _ in wanted]
+        # Groups left whose entity may be ours to clear: noted once that is done, so that
+        # what cannot be done now is tried again at the next connect or start.
+        left = [g for g in _groups_of(stale, prefix) if self.retained_of_group(g)]
+        if not left:
+            _write_topics(self._subscribed, now)
         for topic, payload in self.retained_on_connect:
             await client.publish(topic, payload, qos=1, retain=True)
         # What waited for the broker (the state, the stats, events) goes out before `online`,
@@ -347,11 +420,43 @@ class MqttLink:
             self.topics.say,
         )
         self.connected.set()
-        sender = asyncio.create_task(self._send_outbox(client))
+        tasks = [asyncio.create_task(self._send_outbox(client), name="mqtt sender")]
+        if left:
+            leave = self._leave(client, left, now)
+            tasks.append(asyncio.create_task(leave, name="mqtt groups left"))
         try:
             await self._receive(client)
         finally:
-            await _cancel(sender)
+            for task in tasks:
+                await _cancel(task)
+
+    async def _leave(self, client: aiomqtt.Client, left: list[str], now: list[str]) -> None:
+        """Clear what the groups this device left hold on the broker (their Home Assistant
+        entity) for each that no other device is in, then note the subscriptions. Who is in
+        which is asked on a connection of its own, which takes nothing meant for us."""
+        prefix = self._config.topic_prefix
+        try:
+            ask = make_client(self._config, identifier=f"edge-tts-{self._device}-members")
+            async with ask:
+                others = await memberships(ask, prefix, self._device)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            why = describe_error(exc) if isinstance(exc, aiomqtt.MqttError) else "no answer"
+            log.warning(
+                "MQTT: cannot find out who else is in %s (%s): its entity stays for now",
+                ", ".join(left),
+                why,
+            )
+            return
+        gone = orphans(left, others)
+        for group in left:
+            if group in gone:
+                for topic in self.retained_of_group(group):
+                    await client.publish(topic, b"", qos=1, retain=True)
+                log.info("MQTT: left group %s, which no other device is in: entity removed", group)
+            else:
+                members = sorted(d for d, of in others.items() if of is None or group in of)
+                log.info("MQTT: left group %s; its entity stays for %s", group, ", ".join(members))
+        _write_topics(self._subscribed, now)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

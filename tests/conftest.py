@@ -280,6 +280,7 @@ class DaemonProcess:
         self.wrap = wrap or []  # a command the daemon runs under (unshare: its own mounts)
         self.proc: asyncio.subprocess.Process | None = None
         self._stderr = bytearray()
+        self._more = asyncio.Event()  # set when more of stderr has been read
         self._reader: asyncio.Task[None] | None = None
 
     @property
@@ -312,6 +313,14 @@ class DaemonProcess:
         while chunk := await proc.stderr.read(65536):
             self._stderr += chunk
             del self._stderr[:-4_000_000]  # the tail is what a failure report needs
+            self._more.set()
+
+    async def logged(self, text: str, timeout: float = 10) -> None:
+        """Until its log has said `text`."""
+        async with asyncio.timeout(timeout):
+            while text.encode() not in self._stderr:
+                self._more.clear()
+                await self._more.wait()
 
     async def stop(self, stop_timeout: float = 20) -> int:
         assert self.proc is not None

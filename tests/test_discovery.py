@@ -141,7 +141,7 @@ async def test_discovery_remove_clears_the_entities(
     run = await edge_tts("discovery", "-c", str(discovering.config), "remove")
     assert run.code == 0, run.all
     assert "removed 7 Home Assistant entities of device 'kitchen'" in run.out
-    assert "it was the last device on this broker" in run.out
+    assert "the entities of its groups no other device is in are removed too" in run.out
     assert await retained(broker, "homeassistant/#") == {}
     assert await retained(broker, "edge-tts/#") == {}  # no availability, state or stats left
 
@@ -155,7 +155,7 @@ async def test_discovery_remove_leaves_the_groups_entities_to_the_other_devices(
     run = await edge_tts("discovery", "-c", str(discovering.config), "remove")
     assert run.code == 0, run.all
     assert "removed 6 Home Assistant entities of device 'kitchen'" in run.out
-    assert "its groups' entities stay: other devices use this broker (den)" in run.out
+    assert "the entities of all stay: other devices are in them (den)" in run.out
     assert set(await retained(broker, "homeassistant/#")) == {
         "homeassistant/notify/edge_tts_group_all/say/config"
     }
@@ -275,7 +275,7 @@ async def test_discovery_remove_on_a_broker_that_refuses_its_topics_says_so_and_
     tmp_path: Path,
 ) -> None:
     # An ACL that lets the client read and write everything but its own device's topics.
-    broker = Broker(tmp_path, acl="topic readwrite #\ntopic deny edge-tts/kitchen/+\n")
+    broker = Broker(tmp_path, acl="topic readwrite #\ntopic deny edge-tts/kitchen/#\n")
     broker.start()
     try:
         config = tmp_path / "config.yaml"
@@ -297,3 +297,77 @@ async def test_discovery_remove_on_a_broker_that_refuses_its_topics_says_so_and_
         }
     finally:
         broker.stop()
+
+
+def group_entity(group: str) -> str:
+    return f"homeassistant/notify/edge_tts_group_{group}/say/config"
+
+
+async def a_device_in(broker: Broker, device: str, *groups: str) -> None:
+    """Another device, away now, as its daemon left it on the broker: a retained availability
+    and stats that name its groups."""
+    stats = {"since": "2026-11-26T08:00:00+00:00", "groups": {"groups": ["all", *groups]}}
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.publish(f"edge-tts/{device}/availability", b"offline", qos=1, retain=True)
+        await client.publish(f"edge-tts/{device}/stats", json.dumps(stats), qos=1, retain=True)
+
+
+async def test_a_group_leaves_home_assistant_with_its_last_member(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home
+) -> None:
+    """Home Assistant shows a group for as long as a device is in it. The kitchen leaves
+    `upstairs` and `downstairs` (a new config, a restart): nobody else is upstairs, so that
+    entity goes; the den is still downstairs, so that one stays, and so does `all`."""
+    await a_device_in(broker, "den", "downstairs")
+    path = tmp_path / "config.yaml"
+    discovery = {"mqtt__discovery_prefix": "homeassistant"}
+    env = dict(os.environ, DASHSCOPE_API_KEY=API_KEY)
+    write_config(path, broker, dashscope, device__groups=["upstairs", "downstairs"], **discovery)
+    first = DaemonProcess(path, env)
+    await first.start(home)
+    await first.stop()
+    assert {group_entity(g) for g in ("upstairs", "downstairs", "all")} <= set(
+        await retained(broker, "homeassistant/#")
+    )
+
+    write_config(path, broker, dashscope, device__groups=[], **discovery)
+    second = DaemonProcess(path, env)
+    await second.start(home)
+    try:
+        await second.logged("left group upstairs, which no other device is in: entity removed")
+        await second.logged("left group downstairs; its entity stays for den")
+        entities = set(await retained(broker, "homeassistant/#"))
+        assert group_entity("upstairs") not in entities
+        assert {group_entity("downstairs"), group_entity("all")} <= entities
+    finally:
+        await second.stop()
+    # Done once: the next start has nothing left to do.
+    third = DaemonProcess(path, env)
+    await third.start(home)
+    await third.stop()
+    assert b"left group" not in third.stderr
+
+
+async def test_discovery_remove_takes_the_groups_only_it_was_in(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home
+) -> None:
+    await a_device_in(broker, "den")
+    await a_device_in(broker, "hall", "downstairs")
+    path = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        dashscope,
+        device__groups=["upstairs", "downstairs"],
+        mqtt__discovery_prefix="homeassistant",
+    )
+    proc = DaemonProcess(path, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await proc.start(home)
+    await proc.stop()
+    run = await edge_tts("discovery", "-c", str(path), "remove")
+    assert run.code == 0, run.all
+    assert "removed 7 Home Assistant entities of device 'kitchen'" in run.out  # 6 and upstairs
+    assert "the entities of all, downstairs stay: other devices are in them (den, hall)" in run.out
+    assert set(await retained(broker, "homeassistant/#")) == {
+        group_entity("downstairs"),
+        group_entity("all"),
+    }

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -665,3 +666,181 @@ def test_a_flood_of_availability_topics_is_bounded() -> None:
     groups.availability("ghost1", False)
     groups.availability("hall", True)  # room again, for a real one
     assert "hall" in groups._online
+
+
+class Said(logging.Handler):
+    """What edge_tts.mqtt logs, as it logs it, to wait for a line without guessing a time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self._more = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        self._more.set()
+
+    async def wait_for(self, text: str, timeout: float = 10) -> str:
+        async with asyncio.timeout(timeout):
+            while not any(text in line for line in self.lines):
+                self._more.clear()
+                await self._more.wait()
+        return next(line for line in self.lines if text in line)
+
+
+@pytest.fixture
+def said() -> Iterator[Said]:
+    handler = Said()
+    logger = logging.getLogger("edge_tts.mqtt")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@asynccontextmanager
+async def kitchen_link(broker: Broker, groups: list[str]) -> AsyncIterator[Any]:
+    """The kitchen's broker session, with discovery as the daemon has it."""
+    from edge_tts.config import parse_config
+    from edge_tts.discovery import announce
+    from edge_tts.journal import state_dir
+    from edge_tts.mqtt import MqttLink
+
+    config = parse_config(
+        {
+            "device": {"name": "kitchen", "groups": groups},
+            "mqtt": {"host": broker.host, "port": broker.port},
+        }
+    )
+
+    async def take(_: object) -> None:
+        return None
+
+    link = MqttLink(
+        config.mqtt, config.device, take, subscribed=state_dir() / "subscriptions-kitchen.json"
+    )
+    announce(link, config)
+    task = asyncio.create_task(link.run())
+    try:
+        async with asyncio.timeout(10):
+            await link.connected.wait()
+        yield link
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+UPSTAIRS = "homeassistant/notify/edge_tts_group_upstairs/say/config"
+
+
+async def put(broker: Broker, retained: dict[str, bytes]) -> None:
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        for topic, payload in retained.items():
+            await client.publish(topic, payload, qos=1, retain=True)
+
+
+async def upstairs_entity(broker: Broker) -> bool:
+    """Whether the broker keeps the upstairs group's entity (read as Home Assistant would)."""
+    probe = f"probe/{os.getpid()}-{time.monotonic_ns()}"
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe([(UPSTAIRS, 1), (probe, 1)])
+        await client.publish(probe, b"", qos=1)
+        async for message in client.messages:
+            return str(message.topic) == UPSTAIRS
+    return False
+
+
+@pytest.mark.parametrize(
+    ("the_den", "stays"),
+    [
+        ({"edge-tts/den/availability": b"online"}, True),  # its groups unknown: kept
+        ({"edge-tts/den/stats": b'{"groups": {"groups": ["all", "upstairs"]}}'}, True),
+        ({"edge-tts/den/stats": b'{"groups": {"groups": ["all"]}}'}, False),
+        ({"edge-tts/den/stats": b"not json"}, True),  # unknown again: kept
+        ({"edge-tts/den/stats": b'{"groups": {"groups": ["upstairs", 7]}}'}, True),
+        ({"edge-tts/den/stats": b'{"groups": ["upstairs"]}'}, True),
+        (
+            {"edge-tts/den/stats": b'{"groups": {"groups": ["a"]}, "x": "' + b"y" * 70_000 + b'"}'},
+            True,
+        ),
+        ({"edge-tts/den/availability": b""}, False),  # a device removed is in nothing
+    ],
+)
+async def test_a_group_left_keeps_its_entity_while_another_device_may_be_in_it(
+    broker: Broker, said: Said, the_den: dict[str, bytes], stays: bool
+) -> None:
+    """Whatever another client left on the broker, a group's entity goes only when every
+    other device's groups are known and none is in it (the worst a hostile one does: keep it)."""
+    async with kitchen_link(broker, ["upstairs"]):
+        pass
+    assert await upstairs_entity(broker)
+    await put(broker, the_den)
+    async with kitchen_link(broker, []):
+        line = await said.wait_for("left group upstairs")
+    assert ("entity removed" not in line) is stays
+    assert await upstairs_entity(broker) is stays
+
+
+async def test_a_group_left_while_who_else_is_in_it_cannot_be_read_is_tried_again(
+    tmp_path: Path, said: Said, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker whose ACL refuses the probe: the entity stays, the log says so, and the next
+    connect asks again (here on a broker that answers)."""
+    import edge_tts.mqtt
+
+    monkeypatch.setattr(edge_tts.mqtt, "MEMBERS_TIMEOUT_S", 0.5)
+    (tmp_path / "strict").mkdir()
+    acl = "topic readwrite #\ntopic deny edge-tts/kitchen/probe/#\n"
+    strict = Broker(tmp_path / "strict", acl=acl)
+    strict.start()
+    try:
+        async with kitchen_link(strict, ["upstairs"]):
+            pass
+        async with kitchen_link(strict, []):
+            await said.wait_for("cannot find out who else is in upstairs (no answer)")
+        assert await upstairs_entity(strict)
+    finally:
+        strict.stop()
+    (tmp_path / "open").mkdir()
+    answering = Broker(tmp_path / "open")
+    answering.start()
+    try:
+        await put(answering, {UPSTAIRS: b"{}"})  # as the kitchen published it there
+        async with kitchen_link(answering, []):
+            await said.wait_for("left group upstairs, which no other device is in")
+        assert not await upstairs_entity(answering)
+    finally:
+        answering.stop()
+
+
+def test_only_a_group_a_config_could_name_is_read_from_the_note() -> None:
+    from edge_tts.mqtt import _groups_of
+
+    noted = [
+        "edge-tts/group/upstairs/say",
+        "edge-tts/group/+/say",  # a filter: no entity of that name to clear
+        "edge-tts/group/#",
+        "edge-tts/group/a/b/say",
+        "edge-tts/group/Upstairs/say",
+        "edge-tts/group//say",
+        "edge-tts/upstairs/say",
+        "edge-tts/group/upstairs/stop",
+        "other/group/den/say",
+    ]
+    assert _groups_of(noted, "edge-tts") == ["upstairs"]
+
+
+@pytest.fixture
+def damaged_note(state_home: Path) -> Path:
+    state_home.mkdir(parents=True)
+    noted = state_home / "subscriptions-kitchen.json"
+    noted.write_text(json.dumps(["edge-tts/group/+/say", "edge-tts/group/+/stop"]))
+    return noted
+
+
+async def test_a_damaged_note_names_no_group_to_clear(broker: Broker, damaged_note: Path) -> None:
+    noted = damaged_note
+    async with kitchen_link(broker, []):
+        assert "edge-tts/kitchen/say" in json.loads(noted.read_text())  # noted afresh at once

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 UNUSED = ("urllib.request", "importlib.metadata")
+VERSIONED = ("wyoming",)  # packages that read their own version at import (`<name>.version`)
 _lock = threading.Lock()
 
 
@@ -49,10 +50,19 @@ def _real(stand_in: _Deferred) -> types.ModuleType:
 
 def defer() -> None:
     """Put the stand-ins in place of modules not imported yet (see the module's docstring)."""
+    # The versions first: finding a stand-in's spec imports its parent package.
+    for package in VERSIONED:
+        if package not in sys.modules and (version := _installed_version(package)):
+            module = types.ModuleType(f"{package}.version", "Its version (edge_tts.lean).")
+            module.__dict__.update(__version__=version, __all__=["__version__"])
+            sys.modules[module.__name__] = module
     for name in UNUSED:
         if name in sys.modules:
             continue
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # its package is not there: importing it fails as ever
+            continue
         if spec is None:
             continue
         stand_in = _Deferred(name)
@@ -60,10 +70,6 @@ def defer() -> None:
         parent, _, child = name.rpartition(".")
         sys.modules[name] = stand_in
         setattr(importlib.import_module(parent), child, stand_in)
-    if "wyoming" not in sys.modules and (version := _installed_version("wyoming")):
-        module = types.ModuleType("wyoming.version", "wyoming's version (edge_tts.lean).")
-        module.__dict__.update(__version__=version, __all__=["__version__"])
-        sys.modules["wyoming.version"] = module
 
 
 def _installed_version(package: str) -> str | None:

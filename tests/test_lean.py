@@ -7,10 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 
+from edge_tts import lean
 from edge_tts.lean import _installed_version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +116,60 @@ def test_a_version_is_read_from_the_dist_info_only_when_certain(
 def test_no_version_for_a_package_not_installed_or_not_a_package() -> None:
     assert _installed_version("no_such_package_here") is None
     assert _installed_version("textwrap") is None  # a module, not a package
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`leanpkg`, installed as pip installs (with its `.dist-info`), not imported yet: its
+    `heavy` module notes in `loads.txt` each time it is run."""
+    root = tmp_path / "site"
+    (root / "leanpkg").mkdir(parents=True)
+    (root / "leanpkg" / "__init__.py").write_text("from .version import __version__\n")
+    (root / "leanpkg" / "version.py").write_text("__version__ = 'read the slow way'\n")
+    (root / "leanpkg" / "heavy.py").write_text(
+        "import pathlib\n"
+        "with open(pathlib.Path(__file__).parent.parent / 'loads.txt', 'a') as f:\n"
+        "    f.write('loaded\\n')\n"
+        "def work():\n    return 42\n"
+    )
+    (root / "leanpkg-3.1.4.dist-info").mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    for name in ("leanpkg", "leanpkg.heavy", "leanpkg.version"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(lean, "UNUSED", ("leanpkg.heavy",))
+    monkeypatch.setattr(lean, "VERSIONED", ("leanpkg",))
+    return root / "loads.txt"
+
+
+def test_a_deferred_module_runs_at_its_first_use_and_only_once(package: Path) -> None:
+    lean.defer()
+    import leanpkg.heavy  # type: ignore[import-not-found]
+
+    assert not package.exists()  # imported, not run
+    assert type(sys.modules["leanpkg.heavy"]).__name__ == "_Deferred"
+    assert sys.modules["leanpkg.heavy"].__spec__.name == "leanpkg.heavy"
+    assert leanpkg.heavy.work() == 42
+    assert leanpkg.heavy.work() == 42
+    assert package.read_text() == "loaded\n"
+    assert type(sys.modules["leanpkg.heavy"]) is types.ModuleType
+    assert sys.modules["leanpkg"].heavy is sys.modules["leanpkg.heavy"]
+    assert leanpkg.__version__ == "3.1.4"  # from the dist-info's name, not version.py
+
+
+def test_a_module_already_imported_is_not_replaced(package: Path) -> None:
+    import leanpkg.heavy
+
+    lean.defer()
+    assert type(sys.modules["leanpkg.heavy"]) is types.ModuleType
+    assert leanpkg.__version__ == "read the slow way"
+    assert package.read_text() == "loaded\n"
+
+
+def test_a_module_that_is_not_there_is_left_to_fail_as_it_would(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lean, "UNUSED", ("leanpkg.missing", "nopkg_here.missing"))
+    lean.defer()
+    assert "leanpkg.missing" not in sys.modules and "nopkg_here" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        import leanpkg.missing  # type: ignore[import-not-found]  # noqa: F401

@@ -756,6 +756,14 @@ async def upstairs_entity(broker: Broker) -> bool:
     ("the_den", "stays"),
     [
         ({"edge-tts/den/availability": b"online"}, True),  # its groups unknown: kept
+        (  # its availability, then its stats: known, and not upstairs
+            {
+                "edge-tts/den/availability": b"online",
+                "edge-tts/den/stats": b'{"groups": {"groups": ["all", "hall"]}}',
+            },
+            False,
+        ),
+        ({"edge-tts/den/stats": b'["upstairs"]'}, True),  # JSON, but not stats
         ({"edge-tts/den/stats": b'{"groups": {"groups": ["all", "upstairs"]}}'}, True),
         ({"edge-tts/den/stats": b'{"groups": {"groups": ["all"]}}'}, False),
         ({"edge-tts/den/stats": b"not json"}, True),  # unknown again: kept
@@ -769,7 +777,7 @@ async def upstairs_entity(broker: Broker) -> bool:
     ],
 )
 async def test_a_group_left_keeps_its_entity_while_another_device_may_be_in_it(
-    broker: Broker, said: Said, the_den: dict[str, bytes], stays: bool
+    broker: Broker, said: Said, state_home: Path, the_den: dict[str, bytes], stays: bool
 ) -> None:
     """Whatever another client left on the broker, a group's entity goes only when every
     other device's groups are known and none is in it (the worst a hostile one does: keep it)."""
@@ -779,7 +787,9 @@ async def test_a_group_left_keeps_its_entity_while_another_device_may_be_in_it(
     await put(broker, the_den)
     async with kitchen_link(broker, []):
         line = await said.wait_for("left group upstairs")
-    assert ("entity removed" not in line) is stays
+        noted = json.loads((state_home / "subscriptions-kitchen.json").read_text())
+    assert not any("upstairs" in topic for topic in noted)  # done: noted without it
+    assert line.endswith("its entity stays for den" if stays else "entity removed")
     assert await upstairs_entity(broker) is stays
 
 
@@ -844,3 +854,18 @@ async def test_a_damaged_note_names_no_group_to_clear(broker: Broker, damaged_no
     noted = damaged_note
     async with kitchen_link(broker, []):
         assert "edge-tts/kitchen/say" in json.loads(noted.read_text())  # noted afresh at once
+
+
+def test_a_group_is_orphaned_only_when_every_other_device_is_known_to_be_out_of_it() -> None:
+    from edge_tts.mqtt import _groups_in_stats, orphans
+
+    assert orphans(["all", "up"], {}) == ["all", "up"]  # the last device of all
+    assert orphans(["all", "up"], {"den": set()}) == ["up"]  # every device is in all
+    assert orphans(["all", "up"], {"den": {"all", "up"}}) == []
+    assert orphans(["up"], {"den": {"down"}, "hall": None}) == []  # the hall may be
+    limit = 64 * 1024
+    head = b'{"groups": {"groups": ["up"]}, "pad": "'
+    at_limit = head + b"x" * (limit - len(head) - 2) + b'"}'
+    assert len(at_limit) == limit and _groups_in_stats(at_limit) == {"up"}
+    assert _groups_in_stats(at_limit[:-2] + b'x"}') is None  # a byte over
+    assert _groups_in_stats(b"[]") is None and _groups_in_stats(b'"up"') is None

@@ -132,9 +132,12 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "    f.write('loaded\\n')\n"
         "def work():\n    return 42\n"
     )
+    (root / "leanpkg" / "sub").mkdir()
+    (root / "leanpkg" / "sub" / "__init__.py").write_text("")
+    (root / "leanpkg" / "sub" / "deep.py").write_text("def work():\n    return 7\n")
     (root / "leanpkg-3.1.4.dist-info").mkdir()
     monkeypatch.syspath_prepend(str(root))
-    for name in ("leanpkg", "leanpkg.heavy", "leanpkg.version"):
+    for name in ("leanpkg", "leanpkg.heavy", "leanpkg.version", "leanpkg.sub", "leanpkg.sub.deep"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(lean, "UNUSED", ("leanpkg.heavy",))
     monkeypatch.setattr(lean, "VERSIONED", ("leanpkg",))
@@ -173,3 +176,20 @@ def test_a_module_that_is_not_there_is_left_to_fail_as_it_would(
     assert "leanpkg.missing" not in sys.modules and "nopkg_here" not in sys.modules
     with pytest.raises(ModuleNotFoundError):
         import leanpkg.missing  # type: ignore[import-not-found]  # noqa: F401
+
+
+def test_each_module_is_seen_to_whatever_came_before_it(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One already imported, one not there: the next is deferred all the same; and one a
+    level deeper hangs on its own package."""
+    import leanpkg.heavy
+
+    names = ("leanpkg.heavy", "leanpkg.missing", "nopkg_here.x", "leanpkg.sub.deep")
+    monkeypatch.setattr(lean, "UNUSED", names)
+    lean.defer()
+    import leanpkg.sub.deep  # type: ignore[import-not-found]
+
+    assert type(sys.modules["leanpkg.sub.deep"]).__name__ == "_Deferred"
+    assert leanpkg.sub.deep.work() == 7
+    assert type(sys.modules["leanpkg.sub.deep"]) is types.ModuleType

@@ -240,19 +240,32 @@ async def home_assistant(broker: Broker, identifier: str = "home-assistant") -> 
 
 
 @asynccontextmanager
-async def mqtt_link(broker: Broker, device: str) -> AsyncIterator[Any]:
+async def mqtt_link(
+    broker: Broker, device: str, groups: list[str] | None = None
+) -> AsyncIterator[Any]:
     """The daemon's own broker session (an MqttLink) for `device`, connected, running until
-    the block ends; messages to it are taken and forgotten."""
+    the block ends; messages to it are taken and forgotten. With `groups`: in those, with
+    discovery and its note of subscriptions as the daemon has them."""
     from edge_tts.config import parse_config
+    from edge_tts.discovery import announce
+    from edge_tts.journal import state_dir
     from edge_tts.mqtt import MqttLink
 
     async def nothing(_: object) -> None:
         return None
 
     config = parse_config(
-        {"device": {"name": device}, "mqtt": {"host": broker.host, "port": broker.port}}
+        {
+            "device": {"name": device, "groups": groups or []},
+            "mqtt": {"host": broker.host, "port": broker.port},
+        }
     )
-    link = MqttLink(config.mqtt, config.device, nothing)
+    if groups is None:
+        link = MqttLink(config.mqtt, config.device, nothing)
+    else:
+        noted = state_dir() / f"subscriptions-{device}.json"
+        link = MqttLink(config.mqtt, config.device, nothing, subscribed=noted)
+        announce(link, config)
     task = asyncio.create_task(link.run())
     try:
         async with asyncio.timeout(10):

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -700,36 +700,9 @@ def said() -> Iterator[Said]:
     logger.setLevel(level)
 
 
-@asynccontextmanager
-async def kitchen_link(broker: Broker, groups: list[str]) -> AsyncIterator[Any]:
-    """The kitchen's broker session, with discovery as the daemon has it."""
-    from edge_tts.config import parse_config
-    from edge_tts.discovery import announce
-    from edge_tts.journal import state_dir
-    from edge_tts.mqtt import MqttLink
-
-    config = parse_config(
-        {
-            "device": {"name": "kitchen", "groups": groups},
-            "mqtt": {"host": broker.host, "port": broker.port},
-        }
-    )
-
-    async def take(_: object) -> None:
-        return None
-
-    link = MqttLink(
-        config.mqtt, config.device, take, subscribed=state_dir() / "subscriptions-kitchen.json"
-    )
-    announce(link, config)
-    task = asyncio.create_task(link.run())
-    try:
-        async with asyncio.timeout(10):
-            await link.connected.wait()
-        yield link
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+def kitchen_link(broker: Broker, groups: list[str]) -> AbstractAsyncContextManager[Any]:
+    """The kitchen's broker session, in `groups`, with discovery as the daemon has it."""
+    return mqtt_link(broker, "kitchen", groups)
 
 
 UPSTAIRS = "homeassistant/notify/edge_tts_group_upstairs/say/config"

@@ -299,28 +299,27 @@ def no_proxy_named(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("no_proxy_named")
+@pytest.mark.parametrize(
+    ("environment", "through_it"),
+    [
+        ({"https_proxy": "{proxy}"}, True),
+        ({"HTTPS_PROXY": "{proxy}", "NO_PROXY": "127.0.0.1"}, False),  # exempted: direct
+    ],
+)
 async def test_a_proxy_named_in_the_environment_carries_the_connection(
-    dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch
+    dashscope: FakeDashScope,
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    through_it: bool,
 ) -> None:
     async with ConnectProxy() as proxy:
-        monkeypatch.setenv("https_proxy", proxy.url)
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value.format(proxy=proxy.url))
         async with Warm(dashscope) as warm:
-            audio, _ = await warm.say("Through the proxy.")
-    assert audio == pcm_for("Through the proxy.")
-    assert proxy.tunnels and set(proxy.tunnels) == {dashscope.url.split("/")[2]}
-
-
-@pytest.mark.usefixtures("no_proxy_named")
-async def test_a_host_the_environment_exempts_is_reached_directly(
-    dashscope: FakeDashScope, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async with ConnectProxy() as proxy:
-        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        async with Warm(dashscope) as warm:
-            audio, _ = await warm.say("Around the proxy.")
-    assert audio == pcm_for("Around the proxy.")
-    assert proxy.tunnels == []
+            audio, _ = await warm.say("Whichever way.")
+    assert audio == pcm_for("Whichever way.")
+    expected = {dashscope.url.split("/")[2]} if through_it else set()
+    assert set(proxy.tunnels) == expected
 
 
 @pytest.mark.usefixtures("no_proxy_named")

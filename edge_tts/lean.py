@@ -48,15 +48,16 @@ def _real(stand_in: _Deferred) -> types.ModuleType:
         return importlib.import_module(stand_in.__name__)
 
 
-def defer() -> None:
-    """Put the stand-ins in place of modules not imported yet (see the module's docstring)."""
+def defer(unused: tuple[str, ...] = UNUSED, versioned: tuple[str, ...] = VERSIONED) -> None:
+    """Put the stand-ins in place of modules not imported yet (see the module's docstring):
+    for the modules `unused`, and the `.version` of the packages `versioned`."""
     # The versions first: finding a stand-in's spec imports its parent package.
-    for package in VERSIONED:
+    for package in versioned:
         if package not in sys.modules and (version := _installed_version(package)):
             module = types.ModuleType(f"{package}.version", "Its version (edge_tts.lean).")
             module.__dict__.update(__version__=version, __all__=["__version__"])
             sys.modules[module.__name__] = module
-    for name in UNUSED:
+    for name in unused:
         if name in sys.modules:
             continue
         try:

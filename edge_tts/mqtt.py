@@ -236,22 +236,23 @@ def _write_topics(path: Path | None, topics: list[str]) -> None:
 
 
 _STATS_MAX_BYTES = 64 * 1024  # another device's retained stats: a few hundred bytes
-MEMBERS_TIMEOUT_S = 10.0  # for the broker to echo the probe that ends the retained messages
 
 # Each other device and the groups it is in; None: in which, unknown (its stats are not seen).
 Members = dict[str, set[str] | None]
 
 
-async def memberships(client: aiomqtt.Client, prefix: str, me: str) -> Members:
+async def memberships(
+    client: aiomqtt.Client, prefix: str, me: str, timeout_s: float = 10
+) -> Members:
     """The other devices the broker knows (a retained availability or stats of theirs) and the
     groups each is in, as its retained stats say, read without guessing a wait: retained
     messages come before the echo of a probe published after subscribing. TimeoutError when
-    the probe does not come back (an ACL that refuses it)."""
+    the probe does not come back in `timeout_s` (an ACL that refuses it)."""
     probe = f"{prefix}/{me}/probe/{uuid.uuid4().hex}"
     await client.subscribe([(f"{prefix}/+/availability", 1), (f"{prefix}/+/stats", 1), (probe, 1)])
     await client.publish(probe, b"", qos=1)
     found: Members = {}
-    async with asyncio.timeout(MEMBERS_TIMEOUT_S):
+    async with asyncio.timeout(timeout_s):
         async for message in client.messages:
             topic = str(message.topic)
             if topic == probe:
@@ -319,12 +320,14 @@ class MqttLink:
         device: DeviceConfig,
         on_message: OnMessage,
         subscribed: Path | None = None,
+        members_timeout_s: float = 10,
     ) -> None:
         self._config = config
         # Where the last run's subscriptions are noted: the broker keeps them in our session
         # (mqtt.session_expiry_s), so what this run no longer wants (a group left) is
         # unsubscribed, not delivered for good.
         self._subscribed = subscribed
+        self._members_timeout_s = members_timeout_s  # who else is in a group left: the wait
         self.topics = Topics.of(config.topic_prefix, device.name, device.all_groups)
         self._device = device.name
         self._on_message = on_message
@@ -438,7 +441,7 @@ class MqttLink:
         try:
             ask = make_client(self._config, identifier=f"edge-tts-{self._device}-members")
             async with ask:
-                others = await memberships(ask, prefix, self._device)
+                others = await memberships(ask, prefix, self._device, self._members_timeout_s)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             why = describe_error(exc) if isinstance(exc, aiomqtt.MqttError) else "no answer"
             log.warning(

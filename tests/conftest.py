@@ -241,11 +241,11 @@ async def home_assistant(broker: Broker, identifier: str = "home-assistant") -> 
 
 @asynccontextmanager
 async def mqtt_link(
-    broker: Broker, device: str, groups: list[str] | None = None
+    broker: Broker, device: str, groups: list[str] | None = None, **options: Any
 ) -> AsyncIterator[Any]:
     """The daemon's own broker session (an MqttLink) for `device`, connected, running until
     the block ends; messages to it are taken and forgotten. With `groups`: in those, with
-    discovery and its note of subscriptions as the daemon has them."""
+    discovery and its note of subscriptions as the daemon has them; `options` for MqttLink."""
     from edge_tts.config import parse_config
     from edge_tts.discovery import announce
     from edge_tts.journal import state_dir
@@ -264,7 +264,7 @@ async def mqtt_link(
         link = MqttLink(config.mqtt, config.device, nothing)
     else:
         noted = state_dir() / f"subscriptions-{device}.json"
-        link = MqttLink(config.mqtt, config.device, nothing, subscribed=noted)
+        link = MqttLink(config.mqtt, config.device, nothing, subscribed=noted, **options)
         announce(link, config)
     task = asyncio.create_task(link.run())
     try:

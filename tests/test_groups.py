@@ -700,9 +700,11 @@ def said() -> Iterator[Said]:
     logger.setLevel(level)
 
 
-def kitchen_link(broker: Broker, groups: list[str]) -> AbstractAsyncContextManager[Any]:
+def kitchen_link(
+    broker: Broker, groups: list[str], **options: Any
+) -> AbstractAsyncContextManager[Any]:
     """The kitchen's broker session, in `groups`, with discovery as the daemon has it."""
-    return mqtt_link(broker, "kitchen", groups)
+    return mqtt_link(broker, "kitchen", groups, **options)
 
 
 UPSTAIRS = "homeassistant/notify/edge_tts_group_upstairs/say/config"
@@ -767,13 +769,10 @@ async def test_a_group_left_keeps_its_entity_while_another_device_may_be_in_it(
 
 
 async def test_a_group_left_while_who_else_is_in_it_cannot_be_read_is_tried_again(
-    tmp_path: Path, said: Said, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, said: Said
 ) -> None:
     """A broker whose ACL refuses the probe: the entity stays, the log says so, and the next
     connect asks again (here on a broker that answers)."""
-    import edge_tts.mqtt
-
-    monkeypatch.setattr(edge_tts.mqtt, "MEMBERS_TIMEOUT_S", 0.5)
     (tmp_path / "strict").mkdir()
     acl = "topic readwrite #\ntopic deny edge-tts/kitchen/probe/#\n"
     strict = Broker(tmp_path / "strict", acl=acl)
@@ -781,7 +780,7 @@ async def test_a_group_left_while_who_else_is_in_it_cannot_be_read_is_tried_agai
     try:
         async with kitchen_link(strict, ["upstairs"]):
             pass
-        async with kitchen_link(strict, []):
+        async with kitchen_link(strict, [], members_timeout_s=0.5):
             await said.wait_for("cannot find out who else is in upstairs (no answer)")
         assert await upstairs_entity(strict)
     finally:

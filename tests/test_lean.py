@@ -139,13 +139,15 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.syspath_prepend(str(root))
     for name in ("leanpkg", "leanpkg.heavy", "leanpkg.version", "leanpkg.sub", "leanpkg.sub.deep"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.setattr(lean, "UNUSED", ("leanpkg.heavy",))
-    monkeypatch.setattr(lean, "VERSIONED", ("leanpkg",))
     return root / "loads.txt"
 
 
+def defer(*unused: str) -> None:
+    lean.defer(unused or ("leanpkg.heavy",), ("leanpkg",))
+
+
 def test_a_deferred_module_runs_at_its_first_use_and_only_once(package: Path) -> None:
-    lean.defer()
+    defer()
     import leanpkg.heavy  # type: ignore[import-not-found]
 
     assert not package.exists()  # imported, not run
@@ -162,32 +164,26 @@ def test_a_deferred_module_runs_at_its_first_use_and_only_once(package: Path) ->
 def test_a_module_already_imported_is_not_replaced(package: Path) -> None:
     import leanpkg.heavy
 
-    lean.defer()
+    defer()
     assert type(sys.modules["leanpkg.heavy"]) is types.ModuleType
     assert leanpkg.__version__ == "read the slow way"
     assert package.read_text() == "loaded\n"
 
 
-def test_a_module_that_is_not_there_is_left_to_fail_as_it_would(
-    package: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(lean, "UNUSED", ("leanpkg.missing", "nopkg_here.missing"))
-    lean.defer()
+def test_a_module_that_is_not_there_is_left_to_fail_as_it_would(package: Path) -> None:
+    defer("leanpkg.missing", "nopkg_here.missing")
     assert "leanpkg.missing" not in sys.modules and "nopkg_here" not in sys.modules
     with pytest.raises(ModuleNotFoundError):
         import leanpkg.missing  # type: ignore[import-not-found]  # noqa: F401
 
 
-def test_each_module_is_seen_to_whatever_came_before_it(
-    package: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_each_module_is_seen_to_whatever_came_before_it(package: Path) -> None:
     """One already imported, one not there: the next is deferred all the same; and one a
     level deeper hangs on its own package."""
     import leanpkg.heavy
 
     names = ("leanpkg.heavy", "leanpkg.missing", "nopkg_here.x", "leanpkg.sub.deep")
-    monkeypatch.setattr(lean, "UNUSED", names)
-    lean.defer()
+    defer(*names)
     import leanpkg.sub.deep  # type: ignore[import-not-found]
 
     assert type(sys.modules["leanpkg.sub.deep"]).__name__ == "_Deferred"

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -92,6 +94,20 @@ def capture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Capture:
     path = tmp_path / "alsa-out.raw"
     monkeypatch.setenv("EDGE_TTS_ALSA_CAPTURE", str(path))
     return Capture(path)
+
+
+def fresh_python(code: str) -> str:
+    """What `code` prints, run in a fresh interpreter from the project's root (for what an
+    interpreter has loaded: this one has loaded everything the tests use). It must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def split_speech(raw: bytes) -> tuple[int, bytes, int]:

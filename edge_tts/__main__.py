@@ -14,7 +14,7 @@ from pathlib import Path
 import aiomqtt
 import yaml
 
-from . import __version__
+from . import __version__, memory
 from .announcement import Announcement, check_text
 from .cache import PhraseCache, open_cache
 from .config import Config, load_api_key, load_config
@@ -53,6 +53,7 @@ async def _serve(
     args: argparse.Namespace, config: Config, api_key: Secret | None, redact: RedactSecrets
 ) -> None:
     daemon = Daemon(config, api_key, notifier=Notifier())
+    memory.keep_for_good()
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()

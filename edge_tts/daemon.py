@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import memory
 from .announcement import Announcement, excerpt, parse_payload
 from .cache import PhraseCache, open_cache
 from .config import Config, EngineName
@@ -462,6 +463,7 @@ class Daemon:
         self.report.spoke()
         if not len(self.queue):
             self.report.idle()
+            memory.collected()
         self.report.stats_changed()  # the cache and the queue changed
 
     # --- what the daemon tells about itself ------------------------------------------------

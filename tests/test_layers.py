@@ -14,6 +14,7 @@ LEVELS: dict[str, int] = {
     # 0: leaves, no edge_tts import but these
     "edge_tts": 0,
     "edge_tts.lean": 0,
+    "edge_tts.memory": 0,
     "edge_tts.errors": 0,
     "edge_tts.events": 0,
     "edge_tts.backoff": 0,

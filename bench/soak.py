@@ -2,7 +2,7 @@
 of announcements go through one daemon (a Pi's daemon runs for months; a few KiB kept per
 announcement would be tens of MiB by then).
 
-    .venv/bin/python bench/soak.py [-n 2] [--cycles 40] [--python PY]
+    .venv/bin/python bench/soak.py [-n 2] [--cycles 40] [--python PY] [--before DIR]
 
 Each run starts the daemon as `bench/footprint.py` does (its own process, compiled, the
 cloud the fake over ws://, the cache on, Home Assistant's discovery and voice off), reads its
@@ -12,6 +12,8 @@ recorded in the cache), two repeated (cache hits), a malformed message and one n
 unknown voice (each a `failed` event). Memory is read after every fifth cycle, 1 s after the
 last announcement ended. The last rows: what the second half added per 100 messages (after
 the first half, every buffer and cache a daemon keeps has had its chance to reach its size).
+--before: another tree (an earlier commit checked out with `git worktree add`) measured too,
+in the same run, after this one.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ async def outcome(client: aiomqtt.Client, announcement_id: str) -> str:
     raise RuntimeError("the broker connection ended")
 
 
-async def one_run(python: str, url: str, host: str, port: int, cycles: int) -> list[float]:
+async def one_run(
+    tree: Path, python: str, url: str, host: str, port: int, cycles: int
+) -> list[float]:
     """Resident memory (MiB) at `online`, then after every EVERY cycles."""
     with tempfile.TemporaryDirectory() as tmp:
         name = f"soak-{Path(tmp).name}"
@@ -74,7 +78,7 @@ async def one_run(python: str, url: str, host: str, port: int, cycles: int) -> l
             os.environ,
             DASHSCOPE_API_KEY=API_KEY,
             XDG_STATE_HOME=f"{tmp}/state",
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=str(tree),
         )
         say = f"edge-tts/{name}/say"
         async with aiomqtt.Client(host, port) as client:
@@ -82,7 +86,7 @@ async def one_run(python: str, url: str, host: str, port: int, cycles: int) -> l
             log = Path(tmp) / "stderr.log"
             proc = await asyncio.create_subprocess_exec(
                 python, "-m", "edge_tts", "serve", "-c", str(path),
-                env=env, cwd=ROOT, stderr=log.open("wb"),
+                env=env, cwd=tree, stderr=log.open("wb"),
             )  # fmt: skip
             try:
                 async with asyncio.timeout(60):
@@ -121,21 +125,34 @@ async def main() -> None:
     p.add_argument("-n", type=int, default=2)
     p.add_argument("--cycles", type=int, default=40, help="of ten messages each")
     p.add_argument("--python", default=sys.executable, help="the interpreter the daemon runs on")
+    p.add_argument("--before", type=Path, help="another tree (git worktree) to measure too")
     args = p.parse_args()
     assert args.cycles % EVERY == 0 and args.cycles >= 2 * EVERY
-    compiled(ROOT, args.python)
-    runs = []
+    trees = [("now", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
     started = time.monotonic()
+    results: dict[str, list[list[float]]] = {}
     with broker() as b, fake_cloud(50) as url:
-        for n in range(args.n):
-            print(f"run {n + 1} of {args.n}", file=sys.stderr)
-            runs.append(await one_run(args.python, url, b.host, b.port, args.cycles))
-    rows = [Row("idle at online, before any (MiB)", [r[0] for r in runs])]
-    for i in range(1, len(runs[0])):
-        rows.append(Row(f"after {i * EVERY * 10} messages (MiB)", [r[i] for r in runs]))
-    half = (len(runs[0]) - 1) // 2
-    per_100 = [(r[-1] - r[half]) * 1024 / ((len(r) - 1 - half) * EVERY * 10 / 100) for r in runs]
-    rows.append(Row(f"added per 100 messages after the first {half * EVERY * 10} (KiB)", per_100))
+        for label, tree in trees:
+            compiled(tree, args.python)
+            results[label] = []
+            for n in range(args.n):
+                print(f"{label}: run {n + 1} of {args.n}", file=sys.stderr)
+                run = await one_run(tree, args.python, url, b.host, b.port, args.cycles)
+                results[label].append(run)
+    readings = len(next(iter(results.values()))[0])
+    half = (readings - 1) // 2
+    rows = []
+    for i in range(readings):
+        what = f"after {i * EVERY * 10} messages" if i else "idle at online, before any"
+        for label, _ in trees:
+            rows.append(Row(f"{label}: {what} (MiB)", [r[i] for r in results[label]]))
+    for label, _ in trees:
+        per_100 = [(r[-1] - r[half]) * 1024 / ((readings - 1 - half) * EVERY * 10 / 100)
+                   for r in results[label]]  # fmt: skip
+        rows.append(
+            Row(f"{label}: added per 100 messages after the first {half * EVERY * 10} (KiB)",
+                per_100)
+        )  # fmt: skip
     print(table("Memory over use: one daemon, hundreds of messages (values, not ms)", rows))
     print(f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
 

@@ -46,7 +46,7 @@ from wyoming.tts import (
     SynthesizeStopped,
 )
 
-from . import __version__
+from . import __version__, memory
 from .announcement import Announcement, excerpt
 from .config import Config, EngineName, Voice
 from .errors import SynthesisError
@@ -277,6 +277,8 @@ class _Client:
             if self._stream is not None:
                 await self._stream.cancel()
             self._stats.clients -= 1
+            if not self._stats.clients:  # Home Assistant's request is over, none other open
+                memory.collected()
             self._server.changed()
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):

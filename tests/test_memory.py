@@ -5,13 +5,20 @@ saves is measured by bench/soak.py)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+from wyoming.client import AsyncTcpClient
+from wyoming.tts import Synthesize
 
 from conftest import (
     Broker,
     Capture,
+    DaemonProcess,
     Home,
     configured_daemon,
+    free_port,
     fresh_python,
 )
 from fake_dashscope import FakeDashScope
@@ -67,15 +74,21 @@ gc.callbacks.append(_record)
 """
 
 
-async def test_the_service_freezes_its_start_up_and_collects_once_an_announcement_is_over(
-    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
-) -> None:
-    """Read from the service's own process: every full collection, and from where."""
+def recorded(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """Where the service's process notes its full collections, and the environment that
+    makes it (its sitecustomize: an observer, nothing replaced)."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(RECORD)
     record = tmp_path / "collections.txt"
     path = [str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {"PYTHONPATH": os.pathsep.join(path), "GC_RECORD": str(record)}
+    return record, {"PYTHONPATH": os.pathsep.join(path), "GC_RECORD": str(record)}
+
+
+async def test_the_service_freezes_its_start_up_and_collects_once_an_announcement_is_over(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    """Read from the service's own process: every full collection, and from where."""
+    record, env = recorded(tmp_path)
     proc = configured_daemon(tmp_path / "config.yaml", broker, dashscope, env=env)
     await proc.start(home)
     try:
@@ -85,7 +98,40 @@ async def test_the_service_freezes_its_start_up_and_collects_once_an_announcemen
         assert (await home.log.outcome("a1"))["event"] == "finished"
         # Idle is posted just before the collection, and published after it.
         await home.log.wait_for(lambda: home.log.states[-1]["state"] == "idle")
-        after = record.read_text().splitlines()[before:]
-        assert "collected True" in after
+        assert "collected True" in record.read_text().splitlines()[before:]
     finally:
         await proc.stop()
+
+
+async def test_the_service_collects_once_home_assistants_voice_request_is_over(
+    tmp_path: Path,
+    dashscope: FakeDashScope,
+    home: Home,
+    daemon_with: Callable[..., Awaitable[DaemonProcess]],
+) -> None:
+    record, env = recorded(tmp_path)
+    port = free_port()
+    await daemon_with(
+        env=env,
+        dashscope__realtime_url=dashscope.realtime_url,
+        wyoming={"enabled": True, "host": "127.0.0.1", "port": port, "zeroconf": False},
+    )
+    await home.log.wait_for(lambda: any(wyoming(s).get("listening") for s in home.log.stats))
+    before = len(record.read_text().splitlines())
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Synthesize(text="Hello.").event())
+        while (event := await client.read_event()) is not None and event.type != "audio-stop":
+            pass
+    # The client count falls to 0, the collection, then the stats that say so.
+    await home.log.wait_for(
+        lambda: (
+            wyoming(home.log.stats[-1]).get("clients") == 0
+            and any(wyoming(s).get("clients") for s in home.log.stats)
+        )
+    )
+    assert "collected True" in record.read_text().splitlines()[before:]
+
+
+def wyoming(stats: dict[str, Any]) -> dict[str, Any]:
+    found = stats.get("wyoming")
+    return found if isinstance(found, dict) else {}

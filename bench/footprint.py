@@ -43,7 +43,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import yaml
@@ -113,12 +116,50 @@ async def ended(client: aiomqtt.Client) -> None:
             raise RuntimeError(f"the announcement did not finish: {event}")
 
 
+@asynccontextmanager
+async def serving(
+    tree: Path, python: str, tmp: Path, config: dict[str, Any], env: dict[str, str]
+) -> AsyncIterator[tuple[aiomqtt.Client, asyncio.subprocess.Process, Path, float]]:
+    """`edge-tts serve` from `tree` on `python`, as a user starts it, with `config` (written
+    in `tmp`, whose state directory it uses) and `env` added: a client subscribed to the
+    device's topics, the process, its log, and the time from start to `online` (ms); ended
+    with the block."""
+    name = config["device"]["name"]
+    mqtt = config["mqtt"]
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(
+        os.environ,
+        DASHSCOPE_API_KEY=API_KEY,
+        XDG_STATE_HOME=f"{tmp}/state",
+        PYTHONPATH=str(tree),
+        **env,
+    )
+    async with aiomqtt.Client(mqtt["host"], mqtt["port"]) as client:
+        await client.subscribe(f"edge-tts/{name}/#", qos=1)
+        started = time.monotonic()
+        log = tmp / "stderr.log"
+        proc = await asyncio.create_subprocess_exec(
+            python, "-m", "edge_tts", "serve", "-c", str(path),
+            env=env, cwd=tree, stderr=log.open("wb"),
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(60):
+                async for m in client.messages:
+                    if str(m.topic).endswith("/availability") and m.payload == b"online":
+                        break
+            yield client, proc, log, (time.monotonic() - started) * 1000
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+
 async def one_run(
     tree: Path, python: str, url: str, b_host: str, b_port: int, idle_s: float, ca: Path | None
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         name = f"bench-{Path(tmp).name}"
-        config: dict[str, object] = {
+        config: dict[str, Any] = {
             # A name of its own each run: the broker keeps a device's session (its subscriptions)
             # for the next client of that name, and one tree's are not another's.
             "device": {"name": name},
@@ -137,53 +178,28 @@ async def one_run(
         }
         if "wyoming" in (tree / "edge_tts" / "config.py").read_text():  # a tree that has it
             config["wyoming"] = {"host": "127.0.0.1", "port": free_port(), "zeroconf": True}
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        env = dict(
-            os.environ,
-            DASHSCOPE_API_KEY=API_KEY,
-            XDG_STATE_HOME=f"{tmp}/state",
-            PYTHONPATH=str(tree),
-        )
-        if ca:
-            env["SSL_CERT_DIR"] = str(ca)
-        async with aiomqtt.Client(b_host, b_port) as client:
-            await client.subscribe(f"edge-tts/{name}/#", qos=1)
-            started = time.monotonic()
-            log = Path(tmp) / "stderr.log"
-            proc = await asyncio.create_subprocess_exec(
-                python, "-m", "edge_tts", "serve", "-c", str(path),
-                env=env, cwd=tree, stderr=log.open("wb"),
-            )  # fmt: skip
-            try:
-                async with asyncio.timeout(60):
-                    async for m in client.messages:
-                        if str(m.topic).endswith("/availability") and m.payload == b"online":
-                            break
-                online_ms = (time.monotonic() - started) * 1000
-                await asyncio.sleep(2)  # settle: the warm connection opened, start-up done
-                idle_rss, idle_anon = rss_mib(proc.pid), rss_mib(proc.pid, "RssAnon")
-                before = on_cpu_s(proc.pid)
-                await asyncio.sleep(idle_s)  # the idling is what is measured
-                idle_pct = (on_cpu_s(proc.pid) - before) / idle_s * 100
-                before, speech_s = cpu_s(proc.pid), 0.0
-                for n in range(10):
-                    await client.publish(f"edge-tts/{name}/say", f"{TEXT} ({n})".encode(), qos=1)
-                    await ended(client)
-                    speech_s += 0.06 * len(f"{TEXT} ({n})")  # the fake: 60 ms a character
-                speaking = (cpu_s(proc.pid) - before) * 1000 / speech_s
-                await asyncio.sleep(2)  # settle: the stream closed, the announcement done
-                spoke_rss = rss_mib(proc.pid)
-                body = b'{"text": "The offline voice, once.", "voice": "offline"}'
-                await client.publish(f"edge-tts/{name}/say", body, qos=1)
+        env = {"SSL_CERT_DIR": str(ca)} if ca else {}
+        async with serving(tree, python, Path(tmp), config, env) as (client, proc, log, online_ms):
+            await asyncio.sleep(2)  # settle: the warm connection opened, start-up done
+            idle_rss, idle_anon = rss_mib(proc.pid), rss_mib(proc.pid, "RssAnon")
+            before = on_cpu_s(proc.pid)
+            await asyncio.sleep(idle_s)  # the idling is what is measured
+            idle_pct = (on_cpu_s(proc.pid) - before) / idle_s * 100
+            before, speech_s = cpu_s(proc.pid), 0.0
+            for n in range(10):
+                await client.publish(f"edge-tts/{name}/say", f"{TEXT} ({n})".encode(), qos=1)
                 await ended(client)
-                offline_rss = family_rss_mib(proc.pid)
-                await asyncio.to_thread(logged, log, b"released after")
-                await asyncio.sleep(1)  # the process ends, the allocator hands memory back
-                released_rss = family_rss_mib(proc.pid)
-            finally:
-                proc.terminate()
-                await proc.wait()
+                speech_s += 0.06 * len(f"{TEXT} ({n})")  # the fake: 60 ms a character
+            speaking = (cpu_s(proc.pid) - before) * 1000 / speech_s
+            await asyncio.sleep(2)  # settle: the stream closed, the announcement done
+            spoke_rss = rss_mib(proc.pid)
+            body = b'{"text": "The offline voice, once.", "voice": "offline"}'
+            await client.publish(f"edge-tts/{name}/say", body, qos=1)
+            await ended(client)
+            offline_rss = family_rss_mib(proc.pid)
+            await asyncio.to_thread(logged, log, b"released after")
+            await asyncio.sleep(1)  # the process ends, the allocator hands memory back
+            released_rss = family_rss_mib(proc.pid)
     return {
         "online": online_ms,
         "rss": idle_rss,

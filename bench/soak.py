@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiomqtt
-import yaml
-from footprint import API_KEY, ROOT, rss_mib
+from footprint import ROOT, rss_mib, serving
 
 from harness import Row, broker, compiled, fake_cloud, table
 
@@ -72,51 +70,29 @@ async def one_run(
             },
             "wyoming": {"enabled": False},
         }
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        env = dict(
-            os.environ,
-            DASHSCOPE_API_KEY=API_KEY,
-            XDG_STATE_HOME=f"{tmp}/state",
-            PYTHONPATH=str(tree),
-        )
         say = f"edge-tts/{name}/say"
-        async with aiomqtt.Client(host, port) as client:
-            await client.subscribe(f"edge-tts/{name}/#", qos=1)
-            log = Path(tmp) / "stderr.log"
-            proc = await asyncio.create_subprocess_exec(
-                python, "-m", "edge_tts", "serve", "-c", str(path),
-                env=env, cwd=tree, stderr=log.open("wb"),
-            )  # fmt: skip
-            try:
-                async with asyncio.timeout(60):
-                    async for m in client.messages:
-                        if str(m.topic).endswith("/availability") and m.payload == b"online":
-                            break
-                await asyncio.sleep(2)  # settle: start-up done, the warm connection open
-                readings = [rss_mib(proc.pid)]
-                for cycle in range(cycles):
-                    messages = [
-                        *[({"text": f"Item {cycle} {n}.", "id": f"c{cycle}n{n}"}, "finished")
-                          for n in range(6)],
-                        *[({"text": f"Again {n}.", "id": f"c{cycle}a{n}"}, "finished")
-                          for n in range(2)],
-                        ({"text": "Who?", "voice": "nobody", "id": f"c{cycle}v"}, "failed"),
-                    ]  # fmt: skip
-                    for body, expected in messages:
-                        await client.publish(say, json.dumps(body).encode(), qos=1)
-                        got = await outcome(client, str(body["id"]))
-                        if got != expected:
-                            raise RuntimeError(f"{body}: {got}, not {expected}\n{log.read_text()}")
-                    await client.publish(say, b'{"text": "broken', qos=1)  # no id: not awaited
-                    if (cycle + 1) % EVERY == 0:
-                        await asyncio.sleep(1)
-                        readings.append(rss_mib(proc.pid))
-                        print(f"  {(cycle + 1) * 10} messages: {readings[-1]:.2f} MiB",
-                              file=sys.stderr)  # fmt: skip
-            finally:
-                proc.terminate()
-                await proc.wait()
+        async with serving(tree, python, Path(tmp), config, {}) as (client, proc, log, _):
+            await asyncio.sleep(2)  # settle: start-up done, the warm connection open
+            readings = [rss_mib(proc.pid)]
+            for cycle in range(cycles):
+                messages = [
+                    *[({"text": f"Item {cycle} {n}.", "id": f"c{cycle}n{n}"}, "finished")
+                      for n in range(6)],
+                    *[({"text": f"Again {n}.", "id": f"c{cycle}a{n}"}, "finished")
+                      for n in range(2)],
+                    ({"text": "Who?", "voice": "nobody", "id": f"c{cycle}v"}, "failed"),
+                ]  # fmt: skip
+                for body, expected in messages:
+                    await client.publish(say, json.dumps(body).encode(), qos=1)
+                    got = await outcome(client, str(body["id"]))
+                    if got != expected:
+                        raise RuntimeError(f"{body}: {got}, not {expected}\n{log.read_text()}")
+                await client.publish(say, b'{"text": "broken', qos=1)  # no id: not awaited
+                if (cycle + 1) % EVERY == 0:
+                    await asyncio.sleep(1)
+                    readings.append(rss_mib(proc.pid))
+                    print(f"  {(cycle + 1) * 10} messages: {readings[-1]:.2f} MiB",
+                          file=sys.stderr)  # fmt: skip
     return readings
 
 

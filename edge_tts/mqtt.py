@@ -492,9 +492,10 @@ class MqttLink:
             route = self.topics.route(topic)
             if topic in entities:
                 # Cleared while we are in the group (by a member that left it and did not see
-                # us join, or by hand): a group with a member has its entity.
-                if not message.payload:
-                    group, entity = entities[topic]
+                # us join, or by hand): a group with a member has its entity. One copy waits at
+                # most: a flood of clears must not crowd our events out of the outbox.
+                group, entity = entities[topic]
+                if not message.payload and (topic, entity, True) not in self._outbox:
                     log.info("MQTT: group %s's entity was cleared: published again", group)
                     self._post(topic, entity, retain=True)
             elif message.retain and (route is None or route.kind != Kind.AVAILABILITY):

@@ -878,6 +878,29 @@ async def test_a_group_entity_cleared_while_a_device_is_in_it_is_put_back(
     assert await upstairs_entity(broker)
 
 
+async def test_a_flood_of_clears_of_a_group_entity_crowds_nothing_out(
+    broker: Broker, said: Said, state_home: Path
+) -> None:
+    """Any client that may write the discovery topic can clear the entity again and again: a
+    member puts it back, but keeps at most one copy waiting to go out, so the flood never
+    fills the queue its events and state wait in (which would drop the oldest of them)."""
+    async with mqtt_link(broker, "den", ["upstairs"]) as link:
+        async with aiomqtt.Client(broker.host, broker.port) as hostile:
+            for _ in range(3000):
+                await hostile.publish(UPSTAIRS, b"", qos=0)
+            await hostile.publish(UPSTAIRS, b"", qos=1)  # the last: the flood is delivered
+        await said.wait_for("entity was cleared: published again")
+        async with aiomqtt.Client(broker.host, broker.port) as home_assistant:
+            await home_assistant.subscribe("edge-tts/den/event", qos=1)
+            link.publish_event({"event": "marker"})  # after all that the flood had queued
+            async with asyncio.timeout(20):
+                async for message in home_assistant.messages:
+                    if b"marker" in bytes(message.payload):  # type: ignore[arg-type]
+                        break
+    assert not [line for line in said.lines if "outbox full" in line]
+    assert await upstairs_entity(broker)
+
+
 EVERY_OTHER = "topic readwrite edge-tts/#\ntopic readwrite probe/#\n"
 
 

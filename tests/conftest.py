@@ -281,11 +281,9 @@ async def mqtt_link(
             "mqtt": {"host": broker.host, "port": broker.port},
         }
     )
-    if groups is None:
-        link = MqttLink(config.mqtt, config.device, take or nothing)
-    else:
-        noted = state_dir() / f"subscriptions-{device}.json"
-        link = MqttLink(config.mqtt, config.device, take or nothing, subscribed=noted, **options)
+    noted = None if groups is None else state_dir() / f"subscriptions-{device}.json"
+    link = MqttLink(config.mqtt, config.device, take or nothing, subscribed=noted, **options)
+    if groups is not None:
         announce(link, config)
     task = asyncio.create_task(link.run())
     try:

@@ -498,59 +498,30 @@ async def test_a_room_whose_clock_is_behind_still_starts_with_the_others(
 
 
 async def test_a_group_left_is_no_longer_delivered(
-    broker: Broker, tmp_path: Path, said: Said
+    broker: Broker, state_home: Path, said: Said
 ) -> None:
     """The broker keeps a device's subscriptions in its session: one that leaves a group (a
     new config, a restart) unsubscribes it, instead of being sent its traffic for good (its
     entity's topic too, which a member watches)."""
-    from edge_tts.config import parse_config
-    from edge_tts.discovery import announce
-    from edge_tts.mqtt import Incoming, MqttLink
-
-    noted = tmp_path / "subscriptions-den.json"
-    heard: list[tuple[str, bytes]] = []
-    arrived = asyncio.Event()
-
-    async def take(message: Incoming) -> None:
-        heard.append((message.topic, message.payload))
-        arrived.set()
-
-    async def run(groups: list[str]) -> tuple[MqttLink, asyncio.Task[None]]:
-        config = parse_config(
-            {
-                "device": {"name": "den", "groups": groups},
-                "mqtt": {"host": broker.host, "port": broker.port},
-            }
-        )
-        link = MqttLink(config.mqtt, config.device, take, subscribed=noted)
-        announce(link, config)
-        task = asyncio.create_task(link.run())
-        async with asyncio.timeout(10):
-            await link.connected.wait()
-        return link, task
-
-    _, first = await run(["upstairs"])
-    assert {"edge-tts/group/upstairs/say", UPSTAIRS} <= set(json.loads(noted.read_text()))
-    first.cancel()
-    await asyncio.gather(first, return_exceptions=True)
-    _, second = await run([])  # the same session, without the group
-    try:
+    noted = state_home / "subscriptions-den.json"
+    heard: asyncio.Queue[Any] = asyncio.Queue()
+    async with mqtt_link(broker, "den", ["upstairs"], heard.put):
+        assert {"edge-tts/group/upstairs/say", UPSTAIRS} <= set(json.loads(noted.read_text()))
+    async with mqtt_link(broker, "den", [], heard.put):  # the same session, without the group
         async with aiomqtt.Client(broker.host, broker.port) as client:
             await client.publish("edge-tts/group/upstairs/say", b"not for us", qos=1)
             await client.publish(UPSTAIRS, b"nor this", qos=1)  # its entity's topic
             await client.publish("edge-tts/den/say", b"for us", qos=1)  # after them, in order
-            async with asyncio.timeout(10):
-                while ("edge-tts/den/say", b"for us") not in heard:
-                    arrived.clear()
-                    await arrived.wait()
+        got = []
+        async with asyncio.timeout(10):
+            while (message := await heard.get()).topic != "edge-tts/den/say":
+                got.append((message.topic, message.payload))
+        assert message.payload == b"for us"
         assert not {("edge-tts/group/upstairs/say", b"not for us"), (UPSTAIRS, b"nor this")} & set(
-            heard
+            got
         )
         await said.wait_for("left group upstairs")  # then noted
         assert not {"edge-tts/group/upstairs/say", UPSTAIRS} & set(json.loads(noted.read_text()))
-    finally:
-        second.cancel()
-        await asyncio.gather(second, return_exceptions=True)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import re
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import memory
 from .config import AudioConfig
 from .errors import AudioDeviceError
 
@@ -141,6 +143,26 @@ def check_sounddevice(config: AudioConfig) -> str | None:
     return None
 
 
+# What Debian's PortAudio (and Raspberry Pi OS's) loads for JACK: its client library, and the
+# Berkeley DB and C++ runtime that needs.
+_JACK_LIBRARIES = re.compile(r"/lib(jack|db-[0-9.]+|stdc\+\+)\.so[^/]*$")
+
+
+def load_portaudio(config: AudioConfig) -> str | None:
+    """`check_sounddevice`, for a process that stays: the first time, PortAudio's start-up has
+    run JACK's client once, to find no JACK server (it opens a Berkeley DB database on the way:
+    about 3 MiB of code made resident, never run again); unless a JACK server answered, the
+    pages of the libraries PortAudio brought in for it alone are given back to the system."""
+    first = "sounddevice" not in sys.modules
+    before = memory.mapped_files() if first else set()
+    problem = check_sounddevice(config)
+    sd = sys.modules.get("sounddevice")
+    if first and sd is not None and not any("JACK" in a["name"] for a in sd.query_hostapis()):
+        kib = memory.page_out(lambda p: p not in before and bool(_JACK_LIBRARIES.search(p)))
+        log.debug("audio: no JACK server; %d KiB of its libraries given back", kib)
+    return problem
+
+
 class Player:
     """Plays announcements on the local audio device, one at a time."""
 
@@ -161,7 +183,7 @@ class Player:
         """Load PortAudio before the first announcement (loading it takes tens of ms that must
         not fall on an announcement) and say early if the device cannot play."""
         if self._open_stream is open_sounddevice:
-            problem = await asyncio.to_thread(check_sounddevice, self._config)
+            problem = await asyncio.to_thread(load_portaudio, self._config)
             if problem:
                 log.error("audio: %s; announcements will fail until it can", problem)
 

@@ -608,3 +608,65 @@ async def test_a_flood_of_idle_connections_is_turned_away_and_then_served_again(
         writer.close()
     await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 0)
     assert (await one_shot(served, "Served again.")).audio == pcm_for("Served again.")
+
+
+async def test_a_flood_of_mdns_records_is_held_within_a_bound_and_the_voice_stays_found() -> None:
+    """Every mDNS answer on the network lands in the advertiser's cache, each kept for its
+    TTL: a crowded network, or a peer sending records of made-up names, would grow the
+    service without end. zeroconf 0.149.7 and later (pyproject's floor) holds at most 10,000,
+    the oldest going first; past that the voice is still found."""
+    from zeroconf import DNSOutgoing, DNSText, IPVersion, RecordUpdateListener, const
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    from edge_tts.config import parse_config
+    from edge_tts.wyoming_server import _advertise
+
+    port = free_port()
+    config = parse_config(
+        {"device": {"name": "flooded"}, "wyoming": {"host": "127.0.0.1", "port": port}}
+    )
+    advert = await _advertise(config)
+    assert advert is not None
+    zc = advert._zeroconf.zeroconf
+    cache = zc.cache
+    sent = 11_000
+
+    def name(n: int) -> str:
+        return f"made-up-{n:05d}._hap._tcp.local."
+
+    last_in = asyncio.Event()
+
+    class LastIn(RecordUpdateListener):  # told of each record once it is in the cache
+        def async_update_records(self, zc: object, now: float, records: list[Any]) -> None:
+            if any(r.new.name == name(sent - 1) for r in records):
+                last_in.set()
+
+    zc.async_add_listener(LastIn(), None)
+
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    try:
+        for first in range(0, sent, 10):
+            out = DNSOutgoing(const._FLAGS_QR_RESPONSE | const._FLAGS_AA)
+            for n in range(first, first + 10):
+                text = DNSText(name(n), const._TYPE_TXT, const._CLASS_IN, 4500, b"\x04id=1")
+                out.add_answer_at_time(text, 0)
+            for packet in out.packets():
+                flood.sendto(packet, ("224.0.0.251", 5353))
+            await asyncio.sleep(0)  # the advertiser, in this loop, reads it before the next
+        async with asyncio.timeout(10):
+            await last_in.wait()
+        held = sum(len(records) for records in cache.cache.values())
+        assert held <= 10_000
+        assert cache.async_entries_with_name(name(sent - 100))  # the newest kept,
+        assert not cache.async_entries_with_name(name(0))  # the oldest gone
+        asker = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+        try:
+            info = AsyncServiceInfo("_wyoming._tcp.local.", "edge-tts-flooded._wyoming._tcp.local.")
+            assert await info.async_request(asker.zeroconf, 3000)
+            assert info.port == port
+        finally:
+            await asker.async_close()
+    finally:
+        flood.close()
+        await advert.close()

@@ -27,6 +27,7 @@ MADV_PAGEOUT = 21
 # What asyncio reads a TLS connection through: its default is 256 KiB per connection.
 TLS_READ_BUFFER_BYTES = 64 * 1024
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
+PROC_SELF = "/proc/self"  # where Linux says what this process maps
 
 
 def keep_for_good() -> None:
@@ -56,10 +57,13 @@ def smaller_tls_reads(size: int = TLS_READ_BUFFER_BYTES) -> None:
 
 
 def mapped_files() -> set[str]:
-    """The files mapped into this process now (its libraries, among others)."""
-    with open("/proc/self/maps") as maps:
-        fields = [line.split(maxsplit=5) for line in maps]
-    return {f[5].rstrip("\n") for f in fields if len(f) == 6 and f[5].startswith("/")}
+    """The files mapped into this process now (its libraries, among others); none known
+    where there is no /proc."""
+    try:
+        with open(f"{PROC_SELF}/maps") as maps:
+            return {m.path for m in map(_Mapping, maps) if m.path.startswith("/")}
+    except OSError:
+        return set()
 
 
 def page_out(chosen: Callable[[str], bool]) -> int:
@@ -97,7 +101,7 @@ class _Mapping:
 def _mappings() -> list[_Mapping]:
     """This process's mappings, from /proc/self/smaps (a path of "" for memory of its own)."""
     found: list[_Mapping] = []
-    with open("/proc/self/smaps") as smaps:
+    with open(f"{PROC_SELF}/smaps") as smaps:
         for line in smaps:
             if _MAPPING.match(line):
                 found.append(_Mapping(line))

@@ -215,3 +215,18 @@ def test_the_players_start_gives_back_what_jack_left_and_nothing_it_plays_with()
     assert calls == "1"
     assert any(n.startswith("libjack.so") for n in names)
     assert all(n.startswith(("libjack.so", "libdb-", "libstdc++.so")) for n in names), names
+
+
+def test_without_proc_the_player_starts_and_gives_back_nothing() -> None:
+    """Where there is no /proc to read (another system, a sandbox that hides it), nothing
+    is given back and PortAudio starts as before."""
+    out = fresh_python(
+        """
+    from edge_tts import memory, player
+    from edge_tts.config import AudioConfig
+
+    memory.PROC_SELF = "/nonexistent"
+    print(player.load_portaudio(AudioConfig()), memory.mapped_files(), memory.page_out(bool))
+    """
+    )
+    assert out.split() == ["None", "set()", "0"]

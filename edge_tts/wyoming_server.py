@@ -13,9 +13,9 @@ TTS program whose voices are the configured voice profiles. Then, per request:
   task with a continue-task per sentence; Qwen: one session), then `synthesize-stopped`.
 
 The events, their framing and the info are the `wyoming` package's (the protocol's reference
-implementation); the advertisement is `zeroconf`'s. Requests use their own cloud
-connections (a Cloud of their own), so Assist never takes the warm connection an
-announcement is about to use.
+implementation); the advertisement is avahi-daemon's or zeroconf's (`advertise`). Requests
+use their own cloud connections (a Cloud of their own), so Assist never takes the warm
+connection an announcement is about to use.
 
 Whatever a client sends, the worst it gets is an `error` event and the end of its own
 connection: an unknown voice, empty or too long text, events out of order, garbage bytes, an
@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from wyoming.tts import (
 )
 
 from . import __version__, memory
+from .advertise import advertise
 from .announcement import Announcement, excerpt
 from .config import Config, EngineName, Voice
 from .errors import SynthesisError
@@ -120,6 +120,7 @@ class WyomingStats:
     clients: int = 0  # connected now
     speaking: int = 0  # requests and streams being spoken now
     listening: bool = False
+    advertised: str | None = None  # by "avahi" or "zeroconf" (edge_tts.advertise)
     problem: str | None = None  # why it is not listening
 
     def as_dict(self) -> dict[str, object]:
@@ -188,7 +189,9 @@ class WyomingServer:
         self.stats.listening = True
         self.changed()
         log.info("wyoming: serving Home Assistant on %s:%d", w.host, w.port)
-        advert = await _advertise(self._config) if w.zeroconf else None
+        advert = await advertise(self._config) if w.zeroconf else None
+        self.stats.advertised = advert.how if advert is not None else None
+        self.changed()
         try:
             async with server:
                 await server.serve_forever()
@@ -200,6 +203,7 @@ class WyomingServer:
             await asyncio.gather(*self._clients, return_exceptions=True)
             if advert is not None:
                 await advert.close()
+            self.stats.advertised = None
 
     def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count += 1
@@ -459,57 +463,3 @@ def _text_of(event: Event) -> str:
     if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         raise Refused("the text has an unpaired surrogate", "bad-event")
     return text
-
-
-class _Advertisement:
-    def __init__(self, zeroconf: Any, service: Any) -> None:
-        self._zeroconf, self._service = zeroconf, service
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._zeroconf.async_unregister_service(self._service)
-        await self._zeroconf.async_close()
-
-
-async def _advertise(config: Config) -> _Advertisement | None:
-    """Say on the local network (mDNS, `_wyoming._tcp`) where this server is, so Home
-    Assistant offers to add it by itself. A network without multicast only loses that."""
-    from zeroconf import IPVersion
-    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
-
-    w = config.wyoming
-    addresses = [w.host] if w.host not in ("0.0.0.0", "::", "") else _local_addresses()
-    name = f"edge-tts-{config.device.name}"
-    service = AsyncServiceInfo(
-        "_wyoming._tcp.local.",
-        f"{name}._wyoming._tcp.local.",
-        addresses=[socket.inet_aton(a) for a in addresses],
-        port=w.port,
-        server=f"{name}.local.",
-    )
-    try:
-        # On the addresses advertised only: zeroconf then needs no list of the machine's
-        # interfaces (a netlink socket, which a sandboxed service may not open).
-        zeroconf = AsyncZeroconf(interfaces=addresses, ip_version=IPVersion.V4Only)
-    except Exception as exc:  # no multicast here, a sandbox: discovery only is lost
-        log.warning("wyoming: not advertised by zeroconf: %s", exc)
-        return None
-    try:
-        await zeroconf.async_register_service(service)
-    except Exception as exc:  # no multicast route, a name clash: discovery only is lost
-        log.warning("wyoming: not advertised by zeroconf: %s", exc)
-        await zeroconf.async_close()
-        return None
-    log.info("wyoming: advertised as %s on %s", name, ", ".join(addresses))
-    return _Advertisement(zeroconf, service)
-
-
-def _local_addresses() -> list[str]:
-    """The address this machine reaches the local network from (the interface multicast
-    goes out on), found without sending anything; loopback when there is none."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("224.0.0.251", 5353))  # mDNS: UDP connect only picks a route
-            return [str(probe.getsockname()[0])]
-        except OSError:
-            return ["127.0.0.1"]

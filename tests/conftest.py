@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +20,11 @@ import aiomqtt
 import pytest
 import yaml
 from hypothesis import HealthCheck, settings
+from wyoming.client import AsyncTcpClient
 
+from avahi import Avahi
 from fake_dashscope import FakeDashScope
-from mosquitto import Broker, free_port  # noqa: F401 (free_port: for tests)
+from mosquitto import Broker, free_port
 
 TESTS = Path(__file__).parent
 ALSA_CONF = TESTS / "alsa" / "capture.conf"
@@ -40,6 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["ALSA_CONFIG_PATH"] = str(ALSA_CONF)
     os.environ.pop("DASHSCOPE_API_KEY", None)
     os.environ.pop("EDGE_TTS_CONFIG", None)
+    # No daemon under test reaches the machine's avahi-daemon (it advertises through the one
+    # a test starts, `avahi`, or in-process): the same path on every machine.
+    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/edge-tts-tests/bus"
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +62,16 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def avahi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Avahi]:
+    """An avahi-daemon of the test's own (loopback only), which the test's daemons reach."""
+    a = Avahi(tmp_path)
+    a.start()
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", a.bus)
+    yield a
+    a.stop()
 
 
 @asynccontextmanager
@@ -438,6 +453,39 @@ async def daemon_with(
     for proc in started:
         if proc.running:
             await proc.stop()
+
+
+@dataclass
+class Served:
+    """The daemon with its Wyoming server listening on `port`."""
+
+    daemon: DaemonProcess
+    port: int
+
+    def client(self) -> AsyncTcpClient:
+        return AsyncTcpClient("127.0.0.1", self.port)
+
+
+@pytest.fixture
+async def serve(
+    daemon_with: Callable[..., Awaitable[DaemonProcess]], dashscope: FakeDashScope, home: Home
+) -> Callable[..., Awaitable[Served]]:
+    """Start the daemon with its Wyoming server on a free port; returns once it listens."""
+
+    async def start(**overrides: Any) -> Served:
+        port = free_port()
+        daemon = await daemon_with(
+            dashscope__realtime_url=dashscope.realtime_url,
+            wyoming={"enabled": True, "host": "127.0.0.1", "port": port, "zeroconf": False}
+            | overrides.pop("wyoming", {}),
+            **overrides,
+        )
+        await home.log.wait_for(
+            lambda: any((s.get("wyoming") or {}).get("listening") for s in home.log.stats)
+        )
+        return Served(daemon, port)
+
+    return start
 
 
 # --- the command line, run to its end ------------------------------------------------------

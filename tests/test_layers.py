@@ -44,6 +44,7 @@ LEVELS: dict[str, int] = {
     "edge_tts.player": 3,
     "edge_tts.mqtt": 3,
     "edge_tts.costs": 3,
+    "edge_tts.advertise": 3,
     "edge_tts.group": 4,
     "edge_tts.discovery": 4,
     "edge_tts.cache": 4,

@@ -8,7 +8,6 @@ import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -28,7 +27,7 @@ from wyoming.tts import (
 
 from edge_tts.text import split_sentences
 
-from conftest import Capture, DaemonProcess, Home, edge_tts, free_port, split_speech
+from conftest import Capture, DaemonProcess, Home, Served, edge_tts, split_speech
 from fake_dashscope import FakeDashScope, pcm_for
 
 QWEN = {"engine": "qwen", "model": "qwen3-tts-flash-realtime", "voice": "Cherry"}
@@ -59,37 +58,6 @@ class Heard:
     @property
     def errors(self) -> list[Error]:
         return [Error.from_event(e) for e in self.events if Error.is_type(e.type)]
-
-
-@dataclass
-class Served:
-    daemon: DaemonProcess
-    port: int
-
-    def client(self) -> AsyncTcpClient:
-        return AsyncTcpClient("127.0.0.1", self.port)
-
-
-@pytest.fixture
-async def serve(
-    daemon_with: Callable[..., Awaitable[DaemonProcess]], dashscope: FakeDashScope, home: Home
-) -> Callable[..., Awaitable[Served]]:
-    """Start the daemon with its Wyoming server on a free port; returns once it listens."""
-
-    async def start(**overrides: Any) -> Served:
-        port = free_port()
-        daemon = await daemon_with(
-            dashscope__realtime_url=dashscope.realtime_url,
-            wyoming={"enabled": True, "host": "127.0.0.1", "port": port, "zeroconf": False}
-            | overrides.pop("wyoming", {}),
-            **overrides,
-        )
-        await home.log.wait_for(
-            lambda: any((s.get("wyoming") or {}).get("listening") for s in home.log.stats)
-        )
-        return Served(daemon, port)
-
-    return start
 
 
 async def read_until(client: AsyncTcpClient, *ends: str, timeout: float = 10) -> Heard:
@@ -411,37 +379,6 @@ async def test_a_client_gone_mid_stream_leaves_no_task_or_connection_open(
     assert (await one_shot(served, "Next one.")).audio == pcm_for("Next one.")
 
 
-async def test_the_server_is_advertised_for_home_assistant_to_find(
-    serve: Callable[..., Awaitable[Served]],
-) -> None:
-    """What Home Assistant's zeroconf discovery sees: `_wyoming._tcp` with our port."""
-    from zeroconf import IPVersion, ServiceStateChange
-    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
-
-    served = await serve(wyoming={"zeroconf": True})
-    found: asyncio.Queue[str] = asyncio.Queue()
-
-    def on_change(
-        zeroconf: object, service_type: str, name: str, state_change: ServiceStateChange
-    ) -> None:
-        if state_change is ServiceStateChange.Added:
-            found.put_nowait(name)
-
-    browser_zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
-    browser = AsyncServiceBrowser(browser_zc.zeroconf, "_wyoming._tcp.local.", handlers=[on_change])
-    try:
-        async with asyncio.timeout(10):
-            while (name := await found.get()) != "edge-tts-kitchen._wyoming._tcp.local.":
-                pass
-        info = AsyncServiceInfo("_wyoming._tcp.local.", name)
-        assert await info.async_request(browser_zc.zeroconf, 3000)
-        assert info.port == served.port
-        assert "127.0.0.1" in info.parsed_addresses()
-    finally:
-        await browser.async_cancel()
-        await browser_zc.async_close()
-
-
 async def test_check_shows_whether_the_wyoming_port_answers(
     serve: Callable[..., Awaitable[Served]], home: Home
 ) -> None:
@@ -574,24 +511,6 @@ async def test_a_sigterm_mid_stream_stops_the_daemon_cleanly_and_in_time(
     dashscope.hold.set()
 
 
-async def test_a_network_that_refuses_multicast_loses_only_the_advertisement(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The service's sandbox (or a network without multicast) refuses zeroconf's sockets:
-    the server must serve on, unadvertised. The refusal is simulated: no sandbox runs here."""
-    import zeroconf.asyncio
-
-    from edge_tts.config import parse_config
-    from edge_tts.wyoming_server import _advertise
-
-    def refused(*args: object, **kwargs: object) -> None:
-        raise OSError(97, "Address family not supported by protocol")
-
-    monkeypatch.setattr(zeroconf.asyncio, "AsyncZeroconf", refused)
-    config = parse_config({"wyoming": {"host": "127.0.0.1", "port": free_port()}})
-    assert await _advertise(config) is None
-
-
 async def test_a_flood_of_idle_connections_is_turned_away_and_then_served_again(
     serve: Callable[..., Awaitable[Served]], home: Home
 ) -> None:
@@ -608,65 +527,3 @@ async def test_a_flood_of_idle_connections_is_turned_away_and_then_served_again(
         writer.close()
     await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 0)
     assert (await one_shot(served, "Served again.")).audio == pcm_for("Served again.")
-
-
-async def test_a_flood_of_mdns_records_is_held_within_a_bound_and_the_voice_stays_found() -> None:
-    """Every mDNS answer on the network lands in the advertiser's cache, each kept for its
-    TTL: a crowded network, or a peer sending records of made-up names, would grow the
-    service without end. zeroconf 0.149.7 and later (pyproject's floor) holds at most 10,000,
-    the oldest going first; past that the voice is still found."""
-    from zeroconf import DNSOutgoing, DNSText, IPVersion, RecordUpdateListener, const
-    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
-
-    from edge_tts.config import parse_config
-    from edge_tts.wyoming_server import _advertise
-
-    port = free_port()
-    config = parse_config(
-        {"device": {"name": "flooded"}, "wyoming": {"host": "127.0.0.1", "port": port}}
-    )
-    advert = await _advertise(config)
-    assert advert is not None
-    zc = advert._zeroconf.zeroconf
-    cache = zc.cache
-    sent = 11_000
-
-    def name(n: int) -> str:
-        return f"made-up-{n:05d}._hap._tcp.local."
-
-    last_in = asyncio.Event()
-
-    class LastIn(RecordUpdateListener):  # told of each record once it is in the cache
-        def async_update_records(self, zc: object, now: float, records: list[Any]) -> None:
-            if any(r.new.name == name(sent - 1) for r in records):
-                last_in.set()
-
-    zc.async_add_listener(LastIn(), None)
-
-    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    flood.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
-    try:
-        for first in range(0, sent, 10):
-            out = DNSOutgoing(const._FLAGS_QR_RESPONSE | const._FLAGS_AA)
-            for n in range(first, first + 10):
-                text = DNSText(name(n), const._TYPE_TXT, const._CLASS_IN, 4500, b"\x04id=1")
-                out.add_answer_at_time(text, 0)
-            for packet in out.packets():
-                flood.sendto(packet, ("224.0.0.251", 5353))
-            await asyncio.sleep(0)  # the advertiser, in this loop, reads it before the next
-        async with asyncio.timeout(10):
-            await last_in.wait()
-        held = sum(len(records) for records in cache.cache.values())
-        assert held <= 10_000
-        assert cache.async_entries_with_name(name(sent - 100))  # the newest kept,
-        assert not cache.async_entries_with_name(name(0))  # the oldest gone
-        asker = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
-        try:
-            info = AsyncServiceInfo("_wyoming._tcp.local.", "edge-tts-flooded._wyoming._tcp.local.")
-            assert await info.async_request(asker.zeroconf, 3000)
-            assert info.port == port
-        finally:
-            await asker.async_close()
-    finally:
-        flood.close()
-        await advert.close()

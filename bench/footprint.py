@@ -279,7 +279,9 @@ async def main() -> None:
                 Row(f"{label}: resident memory idle (MiB)", [r["rss"] for r in runs]),
                 Row(f"{label}: of it anonymous (MiB)", [r["anon"] for r in runs]),
                 Row(f"{label}: avahi-publish, resident (MiB)", [r["publisher"] for r in runs]),
-                Row(f"{label}: of it anonymous (MiB)", [r["publisher_anon"] for r in runs]),
+                Row(
+                    f"{label}: avahi-publish, anonymous (MiB)", [r["publisher_anon"] for r in runs]
+                ),
                 Row(f"{label}: CPU idle (‰ of a core)", [r["idle"] * 10 for r in runs]),
                 Row(f"{label}: CPU speaking (ms per s of speech)", [r["speaking"] for r in runs]),
                 Row(f"{label}: memory idle after speaking (MiB)", [r["spoke"] for r in runs]),

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .backoff import Backoff
@@ -51,12 +52,15 @@ class Advertisement(Protocol):
     async def close(self) -> None: ...
 
 
-async def advertise(config: Config) -> Advertisement | None:
-    """Advertise the Wyoming server for Home Assistant to find; None if it cannot be."""
+async def advertise(
+    config: Config, changed: Callable[[str | None], None] = lambda how: None
+) -> Advertisement | None:
+    """Advertise the Wyoming server for Home Assistant to find; None if it cannot be.
+    `changed` is told when the advertisement goes (None) and comes back (its `how`)."""
     w = config.wyoming
     name = f"edge-tts-{config.device.name}"
     if w.host in _ANY_ADDRESS:
-        avahi = await _Avahi.start(name, w.port)
+        avahi = await _Avahi.start(name, w.port, changed)
         if avahi is not None:
             return avahi
     return await _in_process(config, name)
@@ -82,13 +86,21 @@ class _Avahi:
 
     how = "avahi"
 
-    def __init__(self, command: list[str], child: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        child: asyncio.subprocess.Process,
+        changed: Callable[[str | None], None],
+    ) -> None:
         self._command = command
         self._child = child
+        self._changed = changed
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, name: str, port: int) -> _Avahi | None:
+    async def start(
+        cls, name: str, port: int, changed: Callable[[str | None], None]
+    ) -> _Avahi | None:
         command = avahi_command(name, port)
         if command is None:
             log.debug("wyoming: avahi-publish is not installed; zeroconf advertises")
@@ -117,7 +129,7 @@ class _Avahi:
                 why,
             )
             return None
-        kept = cls(command, child)
+        kept = cls(command, child, changed)
         for heard in [*said, line]:
             if heard:
                 kept._heard(heard)
@@ -142,6 +154,8 @@ class _Avahi:
             while (line := await _read_line(self._child)) is not None:
                 if self._heard(line):
                     backoff.reset()
+                    self._changed(self.how)
+            self._changed(None)
             why = await _last_words(self._child)
             delay = backoff.next()
             log.warning(

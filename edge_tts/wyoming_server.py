@@ -189,7 +189,7 @@ class WyomingServer:
         self.stats.listening = True
         self.changed()
         log.info("wyoming: serving Home Assistant on %s:%d", w.host, w.port)
-        advert = await advertise(self._config) if w.zeroconf else None
+        advert = await advertise(self._config, self._advertised) if w.zeroconf else None
         self.stats.advertised = advert.how if advert is not None else None
         self.changed()
         try:
@@ -204,6 +204,12 @@ class WyomingServer:
             if advert is not None:
                 await advert.close()
             self.stats.advertised = None
+
+    def _advertised(self, how: str | None) -> None:
+        """The advertisement went (avahi-daemon restarting) or came back."""
+        if how != self.stats.advertised:
+            self.stats.advertised = how
+            self.changed()
 
     def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count += 1

@@ -159,9 +159,12 @@ async def test_when_avahi_daemon_restarts_the_voice_is_advertised_again(
         avahi.stop_daemon()
         await browser.until(ServiceStateChange.Removed, KITCHEN)
         await served.daemon.logged("wyoming: avahi-publish ended (")
+        # The stats tell the truth meanwhile: not advertised.
+        await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["advertised"] is None)
         avahi.start()
         await browser.until(ServiceStateChange.Added, KITCHEN, timeout=30)
         assert (await browser.info(KITCHEN)).port == served.port
+        await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["advertised"] == "avahi")
 
 
 async def test_without_avahi_daemon_zeroconf_advertises_in_the_process(

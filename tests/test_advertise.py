@@ -167,26 +167,33 @@ async def test_when_avahi_daemon_restarts_the_voice_is_advertised_again(
         await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["advertised"] == "avahi")
 
 
-async def test_without_avahi_daemon_zeroconf_advertises_in_the_process(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A machine without avahi-daemon (here: the tests' D-Bus address leads nowhere) still
-    has the voice found: zeroconf advertises it, and the log says why."""
-    monkeypatch.setattr(advertising, "_local_addresses", lambda: ["127.0.0.1"])
-    port = free_port()
+async def found_in_process(host: str) -> AsyncServiceInfo:
+    """`advertise` for a server on `host`, in this process: what a browser finds, once it
+    was advertised by zeroconf in the process."""
     config = parse_config(
-        {"device": {"name": "kitchen"}, "wyoming": {"host": "0.0.0.0", "port": port}}
+        {"device": {"name": "kitchen"}, "wyoming": {"host": host, "port": free_port()}}
     )
-    caplog.set_level(logging.INFO, "edge_tts.advertise")
     async with browsing() as browser:
         advert = await advertise(config)
         assert advert is not None
         try:
             assert advert.how == "zeroconf"
             await browser.until(ServiceStateChange.Added, KITCHEN)
-            assert (await browser.info(KITCHEN)).port == port
+            info = await browser.info(KITCHEN)
         finally:
             await advert.close()
+    assert info.port == config.wyoming.port
+    return info
+
+
+async def test_without_avahi_daemon_zeroconf_advertises_in_the_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A machine without avahi-daemon (here: the tests' D-Bus address leads nowhere) still
+    has the voice found: zeroconf advertises it, and the log says why."""
+    monkeypatch.setattr(advertising, "_local_addresses", lambda: ["127.0.0.1"])
+    caplog.set_level(logging.INFO, "edge_tts.advertise")
+    await found_in_process("0.0.0.0")
     assert (
         "avahi-daemon did not take the advertisement (Failed to create client object: "
         "Daemon not running); zeroconf advertises" in caplog.text
@@ -198,19 +205,7 @@ async def test_a_server_on_one_address_is_advertised_on_that_address_even_beside
 ) -> None:
     """avahi would name every address of the machine; Home Assistant might pick one the
     server does not listen on. So one address is advertised by zeroconf, on that address."""
-    port = free_port()
-    config = parse_config(
-        {"device": {"name": "kitchen"}, "wyoming": {"host": "127.0.0.1", "port": port}}
-    )
-    async with browsing() as browser:
-        advert = await advertise(config)
-        assert advert is not None
-        try:
-            assert advert.how == "zeroconf"
-            await browser.until(ServiceStateChange.Added, KITCHEN)
-            assert (await browser.info(KITCHEN)).parsed_addresses() == ["127.0.0.1"]
-        finally:
-            await advert.close()
+    assert (await found_in_process("127.0.0.1")).parsed_addresses() == ["127.0.0.1"]
 
 
 async def test_without_avahi_daemon_the_daemon_advertises_the_voice_itself(

@@ -121,6 +121,9 @@ class _Avahi:
         except TimeoutError:
             line = ""
             log.info("wyoming: advertised as %s by avahi-daemon (still probing)", name)
+        except asyncio.CancelledError:  # the server stopped meanwhile: the child with it
+            await _end(child)
+            raise
         if line is None:  # it ended: no avahi-daemon, no D-Bus, a refusal
             why = said[-1] if said else await _last_words(child)
             await _end(child)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -297,3 +298,27 @@ async def test_a_flood_of_mdns_records_is_held_within_a_bound_and_the_voice_stay
     finally:
         flood.close()
         await advert.close()
+
+
+async def test_a_server_stopped_while_avahi_is_still_probing_leaves_no_avahi_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped (a reload, a shutdown) before avahi-publish has said a word: it is ended
+    too, not left advertising. avahi that slow cannot be made here: a stand-in on PATH
+    that says its pid and nothing else."""
+    fifo = tmp_path / "pid"
+    os.mkfifo(fifo)
+    stand_in = tmp_path / "bin" / "avahi-publish"
+    stand_in.parent.mkdir()
+    stand_in.write_text(f"#!/bin/sh\necho $$ > {fifo}\nexec sleep 60\n")
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}:{os.environ['PATH']}")
+    config = parse_config(
+        {"device": {"name": "kitchen"}, "wyoming": {"host": "0.0.0.0", "port": free_port()}}
+    )
+    advertising_task = asyncio.create_task(advertise(config))
+    pid = int(await asyncio.to_thread(fifo.read_text))  # opened: it runs, silent
+    advertising_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await advertising_task
+    assert gone(pid)

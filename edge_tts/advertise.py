@@ -154,15 +154,20 @@ class _Avahi:
         """Start avahi-publish again whenever it ends: avahi-daemon restarted or went."""
         backoff = Backoff(start=1.0, cap=60.0)
         while True:
+            last = ""
             while (line := await _read_line(self._child)) is not None:
+                last = line
                 if self._heard(line):
                     backoff.reset()
                     self._changed(self.how)
             self._changed(None)
-            why = await _last_words(self._child)
+            why = await _last_words(self._child)  # its code: 0 even on a client failure
             delay = backoff.next()
             log.warning(
-                "wyoming: avahi-publish ended (%s); advertising again in %.0f s", why, delay
+                "wyoming: avahi-publish ended (%s); advertising again in %.0f s "
+                "(is avahi-daemon running? systemctl status avahi-daemon)",
+                last or why,
+                delay,
             )
             await asyncio.sleep(delay)
             with contextlib.suppress(OSError):  # gone for now: it is tried again

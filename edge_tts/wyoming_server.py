@@ -190,8 +190,7 @@ class WyomingServer:
         self.changed()
         log.info("wyoming: serving Home Assistant on %s:%d", w.host, w.port)
         advert = await advertise(self._config, self._advertised) if w.zeroconf else None
-        self.stats.advertised = advert.how if advert is not None else None
-        self.changed()
+        self._advertised(advert.how if advert is not None else None)
         try:
             async with server:
                 await server.serve_forever()

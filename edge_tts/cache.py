@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .config import CacheConfig, EngineName
 from .engines import SynthesisRequest
+from .paths import cache_dir
 from .text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -91,23 +92,26 @@ class CacheStats:
 
 
 def open_cache(config: CacheConfig) -> PhraseCache | None:
-    """The cache at `cache.dir`; if that cannot be written (a user running the shipped config
-    without root), the user's own cache directory; None if the cache is off or impossible."""
+    """The cache at `cache.dir`, or where it goes by default (the service's cache directory,
+    else the user's: `paths.cache_dir`); if `cache.dir` cannot be written, the default, with a
+    warning; None if the cache is off or no directory can be written."""
     if config.max_mb == 0:
         return None
     max_bytes = config.max_mb * 1024 * 1024
-    wanted = Path(config.dir)
-    fallback = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-tts"
-    for root in dict.fromkeys([wanted, fallback]):
+    default = cache_dir()
+    wanted = Path(config.dir) if config.dir else default
+    for root in dict.fromkeys(r for r in (wanted, default) if r is not None):
         try:
             cache = PhraseCache.open(root, max_bytes)
         except OSError as exc:
             log.warning("cache: cannot use %s (%s)", root, exc.strerror or exc)
             continue
         if root != wanted:
-            log.warning("cache: using %s instead of %s", root, wanted)
+            log.warning("cache: using %s instead of %s (cache.dir)", root, wanted)
         return cache
-    log.warning("cache: off, no directory could be written; every phrase goes to the cloud")
+    log.warning(
+        "cache: off, no directory could be written (set cache.dir); every phrase goes to the cloud"
+    )
     return None
 
 

@@ -137,7 +137,7 @@ class QuietHours:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    dir: str = "/var/cache/edge-tts"
+    dir: str = ""  # none named: the service's cache directory, or the user's (paths.cache_dir)
     max_mb: int = 200
 
 
@@ -578,7 +578,7 @@ def _quiet_hours(root: _Section) -> QuietHours:
 def _cache(root: _Section) -> CacheConfig:
     s = root.section("cache", ("dir", "max_mb"))
     return CacheConfig(
-        dir=s.text("dir", "/var/cache/edge-tts") or "/var/cache/edge-tts",
+        dir=s.text("dir", None) or "",
         max_mb=s.integer("max_mb", 200, 0, 1_000_000),
     )
 

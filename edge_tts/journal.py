@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .announcement import Announcement, Priority
+from .paths import state_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +58,6 @@ _FIELDS = (
     "play_at",
     "group",
 )
-
-
-def state_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
-    """Where the queue is kept: systemd's StateDirectory ($STATE_DIRECTORY), else
-    $XDG_STATE_HOME/edge-tts, else ~/.local/state/edge-tts."""
-    env = os.environ if environ is None else environ
-    if env.get("STATE_DIRECTORY"):
-        return Path(env["STATE_DIRECTORY"].split(":")[0])
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "edge-tts"
 
 
 def digest(payload: bytes) -> str:

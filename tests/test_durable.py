@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -204,11 +205,35 @@ def test_a_journal_that_cannot_be_written_does_not_stop_announcements(tmp_path: 
     journal.end(a)
 
 
-def test_the_state_directory_follows_systemd_then_xdg(tmp_path: Path) -> None:
-    from edge_tts.journal import state_dir
+def test_the_state_and_cache_directories_follow_systemd_then_xdg_then_home(
+    tmp_path: Path,
+) -> None:
+    from edge_tts.paths import cache_dir, state_dir
 
-    assert state_dir({"STATE_DIRECTORY": "/var/lib/edge-tts"}) == Path("/var/lib/edge-tts")
-    assert state_dir({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "edge-tts"
+    service = {"STATE_DIRECTORY": "/var/lib/edge-tts", "CACHE_DIRECTORY": "/var/cache/edge-tts"}
+    assert state_dir(service | {"HOME": "/root"}) == Path("/var/lib/edge-tts")
+    assert cache_dir(service | {"HOME": "/root"}) == Path("/var/cache/edge-tts")
+    assert state_dir({"STATE_DIRECTORY": "/a:/b"}) == Path("/a")  # several: the first
+    assert state_dir({"XDG_STATE_HOME": str(tmp_path), "HOME": "/h"}) == tmp_path / "edge-tts"
+    assert cache_dir({"XDG_CACHE_HOME": str(tmp_path), "HOME": "/h"}) == tmp_path / "edge-tts"
+    assert state_dir({"HOME": "/h"}) == Path("/h/.local/state/edge-tts")
+    assert cache_dir({"HOME": "/h", "XDG_CACHE_HOME": "relative"}) == Path("/h/.cache/edge-tts")
+
+
+def test_with_no_place_named_anywhere_the_state_directory_says_what_to_set() -> None:
+    """No STATE_DIRECTORY, no HOME, and a user the password database does not know (a
+    dynamic user without libnss-systemd): a clear error, not Path.home()'s RuntimeError; the
+    cache has no place (None: off, with a warning) rather than a crash."""
+    out = subprocess.run(
+        ["unshare", "--user", "--map-user=54321", "--map-group=54321", sys.executable, "-c",
+         "from edge_tts.paths import cache_dir, state_dir\n"
+         "print(cache_dir({}))\n"
+         "state_dir({})"],
+        capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=60,
+    )  # fmt: skip
+    assert out.stdout == "None\n", out.stderr
+    assert "ConfigError: no directory for the queue and the counts: run edge-tts as the " \
+        "service (StateDirectory=), or set HOME or XDG_STATE_HOME" in out.stderr  # fmt: skip
 
 
 def test_a_second_process_for_the_same_device_leaves_the_queue_alone(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ LEVELS: dict[str, int] = {
     "edge_tts.lean": 0,
     "edge_tts.memory": 0,
     "edge_tts.errors": 0,
+    "edge_tts.paths": 1,
     "edge_tts.events": 0,
     "edge_tts.backoff": 0,
     "edge_tts.resample": 0,

@@ -2,7 +2,7 @@
 bills them (a CJK ideograph counts two, SSML tags count nothing), for today and this month,
 kept across restarts, with an estimate from the documented prices; and the monthly cap
 (`dashscope.monthly_characters`) past which the cloud voices give way to the fallback voice
-until the month turns.
+until the month turns. Beside them, the announcements spoken today (the status line's).
 
 The counts live in `<state dir>/usage-<device>.json`, written at most once a minute and at a
 clean stop (an SD card is not rewritten per announcement; a power cut loses at most a minute
@@ -19,12 +19,14 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from .journal import state_dir
 from .models import PRICES_PER_10K
+from .paths import state_dir
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Counts = tuple[dict[str, int], dict[str, int], dict[str, int]]
+_SPOKEN = "announcements"
 
 
 class Usage:
@@ -37,8 +39,10 @@ class Usage:
         self.cap = cap or None  # 0: no cap
         self._clock = clock
         self._month, self._day = self._now()
-        self._saved: tuple[dict[str, int], dict[str, int]] = ({}, {})  # month, today
-        self._pending: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        # Characters by model this month and today, and {"announcements": n} today: as the file
+        # has them, and what this process counted since it last wrote.
+        self._saved: Counts = ({}, {}, {})
+        self._pending: Counts = ({}, {}, {})
 
     @classmethod
     def for_device(cls, device: str, cap: int | None, clock: Clock = datetime.now) -> Usage:
@@ -60,7 +64,7 @@ class Usage:
         self.flush()
         new_month = month != self._month
         self._month, self._day = month, day
-        self._saved = ({} if new_month else self._saved[0], {})
+        self._saved = ({} if new_month else self._saved[0], {}, {})
 
     @property
     def month(self) -> dict[str, int]:
@@ -72,14 +76,26 @@ class Usage:
         self._roll()
         return _sum(self._saved[1], self._pending[1])
 
+    @property
+    def spoken_today(self) -> int:
+        """Announcements spoken today, by every process that counts into the file."""
+        self._roll()
+        return _sum(self._saved[2], self._pending[2]).get(_SPOKEN, 0)
+
     # --- counting --------------------------------------------------------------------------
 
     def add(self, model: str, characters: int) -> None:
         if characters <= 0:
             return
         self._roll()
-        for counts in self._pending:
+        for counts in self._pending[:2]:
             counts[model] = counts.get(model, 0) + characters
+
+    def spoke(self) -> None:
+        """One more announcement spoken today."""
+        self._roll()
+        spoken = self._pending[2]
+        spoken[_SPOKEN] = spoken.get(_SPOKEN, 0) + 1
 
     def exhausted(self) -> str | None:
         """Why the cloud may not be asked now (the month's cap reached), or None."""
@@ -130,7 +146,9 @@ class Usage:
                 if not any(self._pending):
                     self._saved = saved
                     return
-                month, today = _sum(saved[0], self._pending[0]), _sum(saved[1], self._pending[1])
+                month, today, spoken = (
+                    _sum(a, b) for a, b in zip(saved, self._pending, strict=True)
+                )
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text(
                     json.dumps(
@@ -139,6 +157,7 @@ class Usage:
                             "day": self._day,
                             "by_model_month": month,
                             "by_model_today": today,
+                            "announcements_today": spoken.get(_SPOKEN, 0),
                         }
                     )
                 )
@@ -146,24 +165,33 @@ class Usage:
         except OSError as exc:
             log.warning("usage: cannot write %s (%s)", self.path, exc.strerror or exc)
             return
-        self._saved, self._pending = (month, today), ({}, {})
+        self._saved, self._pending = (month, today, spoken), ({}, {}, {})
 
-    def _read(self) -> tuple[dict[str, int], dict[str, int]]:
+    def _read(self) -> Counts:
         """The file's counts for this month and day (nothing for another period)."""
         assert self.path is not None
         try:
             saved = json.loads(self.path.read_text())
             month, day = str(saved["month"]), str(saved["day"])
-            by_month = {str(k): int(v) for k, v in dict(saved["by_model_month"]).items()}
-            by_day = {str(k): int(v) for k, v in dict(saved["by_model_today"]).items()}
+            by_month = {str(k): _count(v) for k, v in dict(saved["by_model_month"]).items()}
+            by_day = {str(k): _count(v) for k, v in dict(saved["by_model_today"]).items()}
+            spoken = {_SPOKEN: _count(saved.get("announcements_today", 0))}  # (since 0.1.0)
         except FileNotFoundError:
-            return {}, {}
+            return {}, {}, {}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("usage: %s unreadable (%s); counting from nothing", self.path, exc)
-            return {}, {}
+            return {}, {}, {}
         if month != self._month:
-            return {}, {}
-        return by_month, by_day if day == self._day else {}
+            return {}, {}, {}
+        return (by_month, *((by_day, spoken) if day == self._day else ({}, {})))
+
+
+def _count(value: object) -> int:
+    """A count as the file may hold it: a whole number, not negative, of a size a count can
+    reach (a damaged file's `Infinity`, -5 or 10**400 is refused, not believed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise ValueError(f"not a count: {str(value)[:20]}")
+    return value
 
 
 def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

@@ -22,9 +22,10 @@ from .engines.cloud import Cloud, build_engines, uses_inference
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
 from .group import Groups
-from .journal import Journal, Restored, digest, state_dir
+from .journal import Journal, Restored, digest
 from .keeper import ConnectionKeeper
 from .mqtt import Incoming, Kind, MqttLink
+from .paths import state_dir
 from .player import AudioSink, Discard, Player
 from .policy import interrupts, play_moment, playback_volume, too_late, too_old
 from .queue import RANK, AnnouncementQueue
@@ -86,6 +87,7 @@ class Daemon:
             subscribed=state_dir() / f"subscriptions-{name}.json",
         )
         announce(link, self.config)
+        link.on_connection = lambda: self.report.connection_changed()
         return link
 
     def _groups(self) -> Groups:
@@ -137,7 +139,9 @@ class Daemon:
                 self._start("wyoming", self._serve_wyoming())
             self._start("watchdog", self.notifier.keep_alive())
             self._start("counters", self._write_counts())
-            await self.link.connected.wait()
+            # Ready without the broker: a service that waits for one that is down (or not set
+            # up yet: mqtt.host is set after installing) would never start. The status says
+            # what it waits for, and announcements come once the broker does.
             if self.cache is not None:
                 await asyncio.to_thread(self.cache.stats)  # the one full scan, at start
             self.notifier.ready(self.report.status())
@@ -244,7 +248,6 @@ class Daemon:
             self.link = self.report.link = self._link()
             self.groups = self._groups()
             await self._restart("link", self.link.run())
-            await self.link.connected.wait()
         api_key_changed = api_key != self._api_key
         if (
             config.dashscope != old.dashscope
@@ -460,7 +463,7 @@ class Daemon:
             self._speaking = None
             self.queue.done()
             self.groups.forget(a)
-        self.report.spoke()
+        self.usage.spoke()
         if not len(self.queue):
             self.report.idle()
             memory.collected()
@@ -472,6 +475,8 @@ class Daemon:
         return Snapshot(
             speaking=self._speaking.id if self._speaking is not None else None,
             connected=self.link.connected.is_set(),
+            broker=self.link.broker,
+            broker_problem=self.link.problem,
             cloud_warm=self.cloud.warm,
             cloud_error=self.cloud.last_error,
             cloud_stats=self.cloud.stats(),
@@ -481,6 +486,7 @@ class Daemon:
             wyoming=self._wyoming_stats(),
             usage=self.usage.as_dict(),
             groups=self.groups.as_dict(),
+            spoken_today=self.usage.spoken_today,
         )
 
     def _wyoming_stats(self) -> dict[str, object] | None:

@@ -344,6 +344,8 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._state: bytes | None = None
         self.connected = asyncio.Event()
+        self.problem: str | None = None  # why the broker cannot be reached now, if it cannot
+        self.on_connection: Callable[[], None] = lambda: None  # connected, or no longer
         self._was_up = False
         self._outbox: deque[tuple[str, bytes, bool]] = deque(maxlen=_OUTBOX_MAX)
         # A group's claims and audio, apart: however much audio waits, no event is dropped.
@@ -356,6 +358,11 @@ class MqttLink:
         # entity): cleared by the member that leaves it last.
         self.retained_of_group: Callable[[str], list[str]] = lambda group: []
 
+    @property
+    def broker(self) -> str:
+        """Where the broker is, as a user wrote it: `host:port`."""
+        return f"{self._config.host}:{self._config.port}"
+
     async def run(self) -> None:
         """Connect, serve, and reconnect with exponential backoff until cancelled."""
         backoff = Backoff(start=0.5, cap=30.0)
@@ -364,14 +371,12 @@ class MqttLink:
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
-                log.warning(
-                    "MQTT broker %s:%d: %s",
-                    self._config.host,
-                    self._config.port,
-                    describe_error(exc),
-                )
+                self.problem = describe_error(exc)
+                log.warning("MQTT broker %s: %s", self.broker, self.problem)
             self._client = None
-            self.connected.clear()
+            if self.connected.is_set():
+                self.connected.clear()
+                self.on_connection()
             self._speech.clear()  # a group's audio is of no use after the moment
             self._speech_bytes = 0
             if self._was_up:
@@ -429,13 +434,10 @@ class MqttLink:
         await self._flush(client)
         # Online last, once subscribed and announced: what is published after it is heard.
         await client.publish(self.topics.availability, b"online", qos=1, retain=True)
-        log.info(
-            "MQTT connected to %s:%d, listening on %s",
-            self._config.host,
-            self._config.port,
-            self.topics.say,
-        )
+        log.info("MQTT connected to %s, listening on %s", self.broker, self.topics.say)
+        self.problem = None
         self.connected.set()
+        self.on_connection()
         tasks = [asyncio.create_task(self._send_outbox(client), name="mqtt sender")]
         if left:
             leave = self._leave(client, left, now)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from .cache import PhraseCache
 from .events import Event, EventKind
@@ -22,6 +22,8 @@ class Snapshot:
 
     speaking: str | None  # the id of the announcement being spoken
     connected: bool  # to the MQTT broker
+    broker: str  # where it is: host:port
+    broker_problem: str | None  # why it cannot be reached, while it cannot
     cloud_warm: bool
     cloud_error: str | None
     cloud_stats: dict[str, object]
@@ -31,6 +33,7 @@ class Snapshot:
     wyoming: dict[str, object] | None = None  # the Wyoming server's figures, when it is on
     usage: dict[str, object] | None = None  # characters sent to the cloud, and their cost
     groups: dict[str, object] | None = None  # group announcements: led, followed, ...
+    spoken_today: int = 0  # announcements, across restarts (kept with the usage counts)
 
 
 class Reporter:
@@ -47,7 +50,6 @@ class Reporter:
         self._since = datetime.now(UTC).isoformat(timespec="seconds")
         self._pending = False
         self._last: dict[str, object] | None = None
-        self._spoken_today = (date.today(), 0)
         self.note = ""  # shown in the status until the next successful reload
 
     def event(self, event: Event) -> None:
@@ -61,17 +63,16 @@ class Reporter:
             }
             self.stats_changed()
 
+    def connection_changed(self) -> None:
+        """The broker came or went: systemd's status line says so at once."""
+        self._notifier.status(self.status())
+
     def idle(self) -> None:
         self.link.publish_state({"state": "idle", "id": None, "text": None})
 
     def speaking(self, id: str, text: str) -> None:
         self.link.publish_state({"state": "speaking", "id": id, "text": text})
         self._notifier.status(self.status())
-
-    def spoke(self) -> None:
-        """One more announcement spoken today."""
-        today, count = self._spoken_today
-        self._spoken_today = (date.today(), count + 1 if today == date.today() else 1)
 
     def stats_changed(self, *_: object) -> None:
         if not self._pending:
@@ -98,14 +99,15 @@ class Reporter:
     def status(self, now: Snapshot | None = None) -> str:
         """One line for `systemctl status`."""
         now = now or self._snapshot()
-        today, count = self._spoken_today
         return status_line(
             speaking=now.speaking,
             connected=now.connected,
+            broker=now.broker,
+            broker_problem=now.broker_problem,
             warm=now.cloud_warm,
             cloud_error=now.cloud_error,
             cache=now.cache,
-            spoken_today=count if today == date.today() else 0,
+            spoken_today=now.spoken_today,
             journal_problem=now.journal.problem,
             note=self.note,
         )
@@ -116,6 +118,8 @@ def status_line(
     speaking: str | None,
     connected: bool,
     warm: bool,
+    broker: str = "",
+    broker_problem: str | None = None,
     cloud_error: str | None,
     cache: PhraseCache | None,
     spoken_today: int,
@@ -126,7 +130,9 @@ def status_line(
     if speaking is not None:
         state = f"speaking {speaking}"
     elif not connected:
-        state = "waiting for the MQTT broker"
+        state = f"waiting for the broker at {broker}" if broker else "waiting for the MQTT broker"
+        if broker_problem:
+            state += f" ({broker_problem})"
     else:
         state = "idle"
     cloud = "warm connection" if warm else "no cloud connection"

@@ -7,6 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_tts.costs import Usage
 from edge_tts.text import billed
 
@@ -80,6 +82,51 @@ def test_a_damaged_usage_file_is_counted_from_nothing(tmp_path: Path) -> None:
     fresh = Usage(tmp_path / "u.json")
     fresh.flush()
     assert fresh.month == {"cosyvoice-v3-flash": 5}
+
+
+@pytest.mark.parametrize(
+    "count", ["Infinity", "-Infinity", "NaN", "1e400", str(10**400), "-999999999", "true", '"7"']
+)
+def test_a_count_no_process_could_have_written_is_refused_not_believed(
+    tmp_path: Path, count: str
+) -> None:
+    """A power cut, a failing SD card, a hand edit: `Infinity` or 10**400 once stopped the
+    daemon at start (int() of them raised), and a negative count hid the month from the cap."""
+    clock = Clock(datetime(2026, 11, 26, 12, 0))
+    (tmp_path / "u.json").write_text(
+        f'{{"month": "2026-11", "day": "2026-11-26", "by_model_month": {{"m": {count}}}, '
+        f'"by_model_today": {{}}, "announcements_today": 0}}'
+    )
+    usage = Usage(tmp_path / "u.json", cap=100, clock=clock)
+    usage.flush()
+    assert usage.month == {} and usage.exhausted() is None
+    (tmp_path / "u.json").write_text(
+        '{"month": "2026-11", "day": "2026-11-26", "by_model_month": {}, '
+        f'"by_model_today": {{}}, "announcements_today": {count}}}'
+    )
+    usage.flush()
+    assert usage.spoken_today == 0
+
+
+def test_the_announcements_spoken_today_survive_a_restart_and_a_new_day_starts_at_nothing(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(datetime(2026, 11, 26, 23, 0))
+    usage = Usage(tmp_path / "u.json", clock=clock)
+    usage.spoke()
+    usage.spoke()
+    usage.flush()
+    restarted = Usage(tmp_path / "u.json", clock=clock)
+    restarted.flush()  # reads
+    assert restarted.spoken_today == 2
+    restarted.spoke()
+    assert restarted.spoken_today == 3
+    clock.now = datetime(2026, 11, 27, 0, 1)
+    assert restarted.spoken_today == 0
+    restarted.flush()
+    tomorrow = Usage(tmp_path / "u.json", clock=clock)
+    tomorrow.flush()
+    assert tomorrow.spoken_today == 0
 
 
 # --- through the daemon ---------------------------------------------------------------------

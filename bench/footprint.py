@@ -3,7 +3,7 @@ time, and the time from start to `online` — for this tree and, in the same run
 (an earlier commit checked out with `git worktree add`), as a before/after table.
 
     .venv/bin/python bench/footprint.py [-n 5] [--idle-s 130] [--before DIR] [--python PY]
-                                        [--plain] [--avahi]
+                                        [--plain]
 
 Each run starts the daemon as a user does (`python -m edge_tts serve`, its own process, its
 modules compiled as pip installs them, the shipped defaults but for the broker, the fake
@@ -22,11 +22,6 @@ keeps them; --plain: over ws://), measures from outside (/proc), then stops it:
   - resident memory after the offline voice (Piper) spoke once, the daemon and any process
     of its own together (MiB), and again once it released the model (fallback.release_after_s
     set to 5 s here).
-
---avahi: the voice on every address (the shipped `wyoming.host`), with an avahi-daemon
-running (the tests' own, on loopback: tests/avahi.py), as on Raspberry Pi OS; a tree that
-advertises through it keeps avahi-publish as a child, measured on a row of its own and left
-out of the daemon's rows.
 
 --python runs the daemon on another interpreter with its own packages, e.g. a venv of the
 system's Python as `scripts/install` makes it (`/usr/bin/python3 -m venv DIR &&
@@ -97,20 +92,9 @@ def children(pid: int) -> list[int]:
     ]
 
 
-def is_publisher(pid: int) -> bool:
-    return b"avahi-publish" in Path(f"/proc/{pid}/cmdline").read_bytes()
-
-
 def family_rss_mib(pid: int) -> float:
-    """The process's resident memory and its children's (the offline voice's process);
-    avahi-publish, counted on a row of its own, left out."""
-    kept = [c for c in children(pid) if not is_publisher(c)]
-    return rss_mib(pid) + sum(family_rss_mib(c) for c in kept)
-
-
-def publisher_mib(pid: int, field: str = "VmRSS") -> float:
-    """avahi-publish's resident memory (0 if the daemon has none)."""
-    return sum(rss_mib(c, field) for c in children(pid) if is_publisher(c))
+    """The process's resident memory and its children's (the offline voice's process)."""
+    return rss_mib(pid) + sum(family_rss_mib(c) for c in children(pid))
 
 
 def logged(log: Path, text: bytes, timeout: float = 60) -> None:
@@ -208,7 +192,6 @@ async def one_run(
         async with serving(tree, python, Path(tmp), config, env) as (client, proc, log, online_ms):
             await asyncio.sleep(2)  # settle: the warm connection opened, start-up done
             idle_rss, idle_anon = rss_mib(proc.pid), rss_mib(proc.pid, "RssAnon")
-            publisher = publisher_mib(proc.pid), publisher_mib(proc.pid, "RssAnon")
             before = on_cpu_s(proc.pid)
             await asyncio.sleep(idle_s)  # the idling is what is measured
             idle_pct = (on_cpu_s(proc.pid) - before) / idle_s * 100
@@ -231,8 +214,6 @@ async def one_run(
         "online": online_ms,
         "rss": idle_rss,
         "anon": idle_anon,
-        "publisher": publisher[0],
-        "publisher_anon": publisher[1],
         "idle": idle_pct,
         "speaking": speaking,
         "spoke": spoke_rss,
@@ -248,7 +229,6 @@ async def main() -> None:
     p.add_argument("--before", type=Path, help="another tree (git worktree) to measure too")
     p.add_argument("--python", default=sys.executable, help="the interpreter the daemon runs on")
     p.add_argument("--plain", action="store_true", help="the cloud over ws://, without TLS")
-    p.add_argument("--avahi", action="store_true", help="an avahi-daemon runs; every address")
     args = p.parse_args()
     trees = [("now", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
     rows: dict[str, list[Row]] = {}
@@ -258,14 +238,6 @@ async def main() -> None:
         url = stack.enter_context(fake_cloud(300, tls=tls))
         ca = tls / DIRECTORY if tls else None
         host = "127.0.0.1"
-        if args.avahi:
-            from avahi import Avahi  # tests/, on the path once harness is imported
-
-            avahi = Avahi(Path(stack.enter_context(tempfile.TemporaryDirectory())))
-            avahi.start()
-            stack.callback(avahi.stop)
-            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = avahi.bus
-            host = "0.0.0.0"
         for label, tree in trees:
             compiled(tree, args.python)
             runs = []
@@ -278,10 +250,6 @@ async def main() -> None:
                 Row(f"{label}: start → online (ms)", [r["online"] for r in runs]),
                 Row(f"{label}: resident memory idle (MiB)", [r["rss"] for r in runs]),
                 Row(f"{label}: of it anonymous (MiB)", [r["anon"] for r in runs]),
-                Row(f"{label}: avahi-publish, resident (MiB)", [r["publisher"] for r in runs]),
-                Row(
-                    f"{label}: avahi-publish, anonymous (MiB)", [r["publisher_anon"] for r in runs]
-                ),
                 Row(f"{label}: CPU idle (‰ of a core)", [r["idle"] * 10 for r in runs]),
                 Row(f"{label}: CPU speaking (ms per s of speech)", [r["speaking"] for r in runs]),
                 Row(f"{label}: memory idle after speaking (MiB)", [r["spoke"] for r in runs]),
@@ -289,7 +257,7 @@ async def main() -> None:
                 Row(f"{label}: memory once it is released (MiB)", [r["released"] for r in runs]),
             ]
     # One table, each measure of both trees side by side.
-    ordered = [row for i in range(10) for label, _ in trees for row in [rows[label][i]]]
+    ordered = [row for i in range(8) for label, _ in trees for row in [rows[label][i]]]
     print(table("Footprint of `edge-tts serve` (median of runs; values, not ms, where so named)",
                 ordered))  # fmt: skip
     print(f"medians: { {r.name: round(statistics.median(r.values), 2) for r in ordered} }",

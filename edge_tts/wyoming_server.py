@@ -13,7 +13,7 @@ TTS program whose voices are the configured voice profiles. Then, per request:
   task with a continue-task per sentence; Qwen: one session), then `synthesize-stopped`.
 
 The events, their framing and the info are the `wyoming` package's (the protocol's reference
-implementation); the advertisement is avahi-daemon's or zeroconf's (`advertise`). Requests
+implementation); the advertisement is zeroconf's (`advertise`). Requests
 use their own cloud connections (a Cloud of their own), so Assist never takes the warm
 connection an announcement is about to use.
 
@@ -120,7 +120,7 @@ class WyomingStats:
     clients: int = 0  # connected now
     speaking: int = 0  # requests and streams being spoken now
     listening: bool = False
-    advertised: str | None = None  # by "avahi" or "zeroconf" (edge_tts.advertise)
+    advertised: str | None = None  # "zeroconf" while advertised (edge_tts.advertise)
     problem: str | None = None  # why it is not listening
 
     def as_dict(self) -> dict[str, object]:
@@ -189,8 +189,10 @@ class WyomingServer:
         self.stats.listening = True
         self.changed()
         log.info("wyoming: serving Home Assistant on %s:%d", w.host, w.port)
-        advert = await advertise(self._config, self._advertised) if w.zeroconf else None
-        self._advertised(advert.how if advert is not None else None)
+        advert = await advertise(self._config) if w.zeroconf else None
+        if advert is not None:
+            self.stats.advertised = advert.how
+            self.changed()
         try:
             async with server:
                 await server.serve_forever()
@@ -203,12 +205,6 @@ class WyomingServer:
             if advert is not None:
                 await advert.close()
             self.stats.advertised = None
-
-    def _advertised(self, how: str | None) -> None:
-        """The advertisement went (avahi-daemon restarting) or came back."""
-        if how != self.stats.advertised:
-            self.stats.advertised = how
-            self.changed()
 
     def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count += 1

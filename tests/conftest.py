@@ -22,7 +22,6 @@ import yaml
 from hypothesis import HealthCheck, settings
 from wyoming.client import AsyncTcpClient
 
-from avahi import Avahi
 from fake_dashscope import FakeDashScope
 from mosquitto import Broker, free_port
 
@@ -42,9 +41,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["ALSA_CONFIG_PATH"] = str(ALSA_CONF)
     os.environ.pop("DASHSCOPE_API_KEY", None)
     os.environ.pop("EDGE_TTS_CONFIG", None)
-    # No daemon under test reaches the machine's avahi-daemon (it advertises through the one
-    # a test starts, `avahi`, or in-process): the same path on every machine.
-    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/edge-tts-tests/bus"
 
 
 @pytest.fixture(autouse=True)
@@ -62,16 +58,6 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
-
-
-@pytest.fixture
-def avahi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Avahi]:
-    """An avahi-daemon of the test's own (loopback only), which the test's daemons reach."""
-    a = Avahi(tmp_path)
-    a.start()
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", a.bus)
-    yield a
-    a.stop()
 
 
 @asynccontextmanager

@@ -152,6 +152,9 @@ def cmd_say(args: argparse.Namespace, config: Config, api_key: Secret | None) ->
 
 
 def cmd_check(args: argparse.Namespace, config: Config, api_key: Secret | None) -> int:
+    if args.config_only:  # main() has loaded and validated both already
+        print(f"config: {config.source or 'built-in defaults'} is valid")
+        return 0
     from .checks import run_checks  # the checks' clients (Wyoming's, ctypes) not in `serve`
 
     problems = asyncio.run(run_checks(config, api_key, print))
@@ -351,7 +354,14 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "-o", "--output", metavar="OUT.wav", help="write a WAV file instead of playing"
     )
     say.add_argument("text", nargs="+", help="what to say")
-    with_config("check", "validate config, reach the broker and the cloud, find the audio device")
+    check = with_config(
+        "check", "validate config, reach the broker and the cloud, find the audio device"
+    )
+    check.add_argument(
+        "--config-only",
+        action="store_true",
+        help="validate the config (and read the API key) only: what a reload would take",
+    )
     commands["devices"] = sub.add_parser("devices", help="list audio output devices")
     discovery = with_config("discovery", "Home Assistant discovery: remove this device's entities")
     discovery.add_argument("action", choices=("remove",))

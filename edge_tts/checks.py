@@ -137,7 +137,9 @@ async def check_cloud(config: Config, api_key: Secret | None) -> list[str]:
 
 def _unavailable(exc: CloudUnavailable) -> str:
     """The cloud's refusal, with what to do about it when it is ours to fix."""
-    return exc.reason + (f" ({exc.hint})" if exc.refused else "")
+    # The hint unless the reason says it already ("set X" beside "check X": once is enough).
+    hint = exc.refused and exc.hint.partition(" ")[2] not in exc.reason
+    return exc.reason + (f" ({exc.hint})" if hint else "")
 
 
 async def _check_inference(

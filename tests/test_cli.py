@@ -88,6 +88,32 @@ async def test_check_passes_on_a_working_setup_without_synthesizing(
     assert [(t.texts, t.outcome) for t in dashscope.tasks] == [([], "finished")]
 
 
+async def test_check_config_only_is_what_a_reload_would_take_and_reaches_nothing(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    """The unit's ExecReload runs it first: a config the daemon would refuse fails the
+    reload itself, with the reason. It asks neither the broker nor the cloud."""
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    broker.stop()
+    run = await edge_tts("check", "--config-only", "-c", str(config))
+    assert (run.code, run.out) == (0, f"config: {config} is valid\n"), run.all
+    assert dashscope.handshakes == 0
+    config.write_text(config.read_text().replace(f"port: {broker.port}", "port: 99999"))
+    run = await edge_tts("check", "--config-only", "-c", str(config))
+    assert run.code == 2
+    assert run.err == "edge-tts: config error: mqtt.port: must be an integer 1-65535\n"
+
+
+async def test_check_without_a_key_says_where_to_put_one_once(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope
+) -> None:
+    config = write_config(tmp_path / "c.yaml", broker, dashscope)
+    run = await edge_tts("check", "-c", str(config), key=None)
+    assert run.code == 1
+    line = next(line for line in run.out.splitlines() if line.startswith("FAIL cloud"))
+    assert line.endswith(": no DashScope API key: set dashscope.api_key_file or $DASHSCOPE_API_KEY")
+
+
 async def test_check_reports_a_refused_key_without_showing_it(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope
 ) -> None:

@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import signal
+import subprocess
 import sys
 import wave
 from collections.abc import AsyncIterator
@@ -176,6 +177,8 @@ async def test_say_works_on_a_fresh_machine_with_no_config_and_no_key(tmp_path: 
         assert wav.getframerate() == RATE
         assert_spoken(wav.readframes(wav.getnframes()), "Hello.")
     assert "no DashScope API key" in run.err  # told once how to get cloud voices
+    assert "cache:" not in run.err  # the user's own cache, by default: no warning
+    assert list((tmp_path / "xdg" / "edge-tts").glob("??/*.pcm")) == []  # (fallback: not kept)
 
 
 # --- the engine itself ---------------------------------------------------------------------
@@ -329,6 +332,19 @@ async def test_a_child_that_stops_answering_is_ended_and_the_next_request_gets_a
     assert [c async for c in engine.synthesize(back)]
     assert engine.pid not in (None, pid)
     await engine.close()
+
+
+def test_loading_the_offline_voice_writes_nothing_to_the_home_directory(tmp_path: Path) -> None:
+    """onnxruntime keeps a telemetry device id under ~/.cache unless told not to; under the
+    service (no home) it warned at every load. The speaker tells nobody what it loads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "ORT_"))}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "from edge_tts.engines.piper import _open_voice, default_model\n"
+         "_open_voice(default_model())"],
+        env=env | {"HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+    assert list(tmp_path.iterdir()) == [] and "telemetry" not in loaded.stderr
 
 
 def test_resampling_keeps_the_duration_and_the_tone() -> None:

@@ -86,7 +86,7 @@ def notified_env(notify: NotifySocket) -> dict[str, str]:
     )
 
 
-async def test_ready_only_after_the_broker_then_watchdog_and_a_clean_stop(
+async def test_ready_without_the_broker_saying_so_then_online_when_it_comes(
     tmp_path: Path, broker: Broker, dashscope: FakeDashScope, notify: NotifySocket, home: Home
 ) -> None:
     config = write_config(tmp_path / "config.yaml", broker, dashscope)
@@ -104,18 +104,24 @@ async def test_ready_only_after_the_broker_then_watchdog_and_a_clean_stop(
 async def _ready_then_watchdog_then_stop(
     daemon: DaemonProcess, broker: Broker, notify: NotifySocket
 ) -> None:
-    # The daemon's own watchdog pings are the clock: three of them pass without READY while
-    # the broker is away.
-    for _ in range(3):
-        assert "READY" not in await notify.until("WATCHDOG")
+    # No broker (a newcomer's mqtt.host not set yet, Home Assistant's machine down): ready
+    # all the same, so that systemd starts it, and the status says what it waits for...
+    ready = await notify.until("READY")
+    where = f"waiting for the broker at {broker.host}:{broker.port}"
+    assert ready["STATUS"].startswith(where), ready["STATUS"]
+    # ...and, once it has tried, why it cannot reach it.
+    status = ready
+    while not status["STATUS"].startswith(f"{where} ("):
+        status = await notify.until("STATUS")
+    assert "refused" in status["STATUS"].lower(), status["STATUS"]
     broker.start()
-    ready = await notify.until("READY", timeout=40)
-    assert ready["READY"] == "1"
+    while not status["STATUS"].startswith("idle; "):
+        status = await notify.until("STATUS", timeout=40)
     assert re.match(
         r"idle; (warm connection|no cloud connection); cache 0 MB, 0 entries; "
         r"0 announcements today$",
-        ready["STATUS"],
-    ), ready["STATUS"]
+        status["STATUS"],
+    ), status["STATUS"]
 
     # It is ready: the broker knows it is online (the fresh Home client sees the retained
     # message), and an announcement is spoken.
@@ -144,6 +150,37 @@ async def _ready_then_watchdog_then_stop(
         # Stopped before systemd would have killed it (the unit's TimeoutStopSec).
         assert loop.time() - asked < float(unit_setting("TimeoutStopSec"))
         await ha.log.wait_for(lambda: ha.log.availability[-1:] == ["offline"])
+
+
+async def test_run_as_the_service_runs_it_with_no_home_and_a_user_without_a_name(
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    capture: Capture,
+    notify: NotifySocket,
+) -> None:
+    """DynamicUser=yes on a Debian without libnss-systemd: no HOME, and a uid the password
+    database does not know (a user namespace maps this one to 54321). Every path comes from
+    systemd's directories, with the shipped cache default (`cache.dir: null`): it is ready,
+    speaks, and keeps its queue and cache where systemd said, without a warning."""
+    config = write_config(tmp_path / "config.yaml", broker, dashscope, cache__dir=None)
+    state, cache = tmp_path / "var-lib", tmp_path / "var-cache"
+    env = {k: v for k, v in notified_env(notify).items() if k != "HOME" and "XDG" not in k}
+    env |= {"STATE_DIRECTORY": str(state), "CACHE_DIRECTORY": str(cache)}
+    unnamed = ["unshare", "--user", "--map-user=54321", "--map-group=54321"]
+    daemon = DaemonProcess(config, env, wrap=unnamed)
+    await daemon.start(home)
+    try:
+        assert (await notify.until("READY"))["READY"] == "1"
+        await home.say({"text": "Nobody's home.", "id": "nobody"})
+        assert (await home.log.outcome("nobody"))["event"] == "finished"
+        assert split_speech(capture.read())[1] == pcm_for("Nobody's home.")
+    finally:
+        await daemon.stop()
+    assert (state / "queue-kitchen.jsonl").exists() and (state / "usage-kitchen.json").exists()
+    assert list(cache.glob("??/*.pcm"))
+    assert b"WARNING" not in daemon.stderr and b"Traceback" not in daemon.stderr, daemon.stderr
 
 
 def _home(broker: Broker):  # type: ignore[no-untyped-def]
@@ -285,7 +322,8 @@ def test_the_unit_has_what_the_daemon_relies_on() -> None:
     for line in (
         "Type=notify",
         "WatchdogSec=",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/opt/edge-tts/venv/bin/edge-tts check --config-only -c "
+        "/etc/edge-tts/config.yaml\nExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "SupplementaryGroups=audio",
         "CacheDirectory=edge-tts",
@@ -323,6 +361,9 @@ def test_install_into_a_root_then_upgrade_then_uninstall(tmp_path: Path) -> None
     exe = root / "opt/edge-tts/venv/bin/edge-tts"
     version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("edge-tts ")
+    # The unit's path is a link to a release of its own, which an upgrade replaces whole.
+    first = (root / "opt/edge-tts/venv").readlink()
+    assert first.name.startswith("venv-") and not first.is_absolute()
 
     # An upgrade keeps what the user wrote.
     config.write_text(config.read_text().replace("host: localhost", "host: homeassistant.local"))
@@ -336,6 +377,10 @@ def test_install_into_a_root_then_upgrade_then_uninstall(tmp_path: Path) -> None
     )
     assert "host: homeassistant.local" in config.read_text()
     assert key.read_text() == "sk-user-key"
+    second = (root / "opt/edge-tts/venv").readlink()
+    assert second != first and [p.name for p in (root / "opt/edge-tts").glob("venv-*")] == [
+        second.name
+    ]  # the release before is gone
 
     subprocess.run(
         [str(ROOT / "scripts" / "uninstall"), "--root", str(root)], check=True, capture_output=True

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -57,6 +58,9 @@ def default_model() -> Path:
 def _open_voice(model: Path) -> Any:
     """PiperVoice.load, but with onnxruntime's memory arena off, so that the memory of a
     released model goes back to the system instead of staying reserved in the arena."""
+    # onnxruntime (1.32 here) otherwise keeps a telemetry device id under ~/.cache, and
+    # warns, under the service, that it cannot: this speaker tells nobody what it loads.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         import onnxruntime
         from piper import PiperVoice
@@ -68,6 +72,9 @@ def _open_voice(model: Path) -> Any:
     config = json.loads(Path(f"{model}.json").read_text(encoding="utf-8"))
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = False
+    # As many threads as this process may run on, said outright: onnxruntime then pins none
+    # to a core (sched_setaffinity, which the service's sandbox refuses, with an error).
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
     session = onnxruntime.InferenceSession(
         str(model), sess_options=options, providers=["CPUExecutionProvider"]
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import re
 import time
 import unicodedata
 import uuid
@@ -199,6 +201,46 @@ def _parse(payload: bytes, rules: _Rules, announcement_id: str) -> Announcement:
     except BadAnnouncement as exc:
         exc.id = exc.id or announcement_id
         raise
+
+
+def restore(
+    fields: object,
+    *,
+    voices: Collection[str] | None = None,
+    max_chars: int = 2000,
+    chimes: Collection[str] | None = None,
+) -> Announcement:
+    """An announcement read back from the durable queue (`Announcement` fields as the journal
+    wrote them), held to the same rules as a `say` payload: a damaged or hand-edited file is
+    input from outside too. voices/chimes None: any name (a journal read without a config).
+    Raises BadAnnouncement with the reason, and the id when it has one."""
+    if not isinstance(fields, dict):
+        raise BadAnnouncement("not an announcement")
+    announcement_id = fields.get("id")
+    if not isinstance(announcement_id, str) or not 0 < len(announcement_id) <= 64:
+        raise BadAnnouncement("no id")
+    obj = {k: v for k, v in fields.items() if k in _RESTORED and v is not None}
+    obj["ssml" if fields.get("ssml") is True else "text"] = fields.get("text")
+    group = fields.get("group")
+    if group is not None and (not isinstance(group, str) or not _GROUP.fullmatch(group)):
+        raise BadAnnouncement(f"'group' {excerpt(group)} is not a group name", announcement_id)
+    voice, chime = fields.get("voice"), fields.get("chime")
+    rules = _Rules(
+        frozenset(voices if voices is not None else [voice] if isinstance(voice, str) else []),
+        max_chars,
+        frozenset(chimes if chimes is not None else [chime] if isinstance(chime, str) else []),
+        speak_title=False,  # a title was made part of the text when it arrived
+    )
+    try:
+        a = _from_json(obj, rules, announcement_id)
+    except BadAnnouncement as exc:
+        exc.id = announcement_id
+        raise
+    return dataclasses.replace(a, group=group)
+
+
+_RESTORED = ("voice", "volume", "priority", "chime", "instructions", "cache", "sent_at", "play_at")
+_GROUP = re.compile(r"[a-z0-9_-]{1,40}")  # as config.GROUP_NAME: topics and an entity name
 
 
 def _loads(body: str) -> Any:

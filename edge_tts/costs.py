@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ class Usage:
         self.cap = cap or None  # 0: no cap
         self._clock = clock
         self._month, self._day = self._now()
+        self.set_aside: Path | None = None  # a damaged file, kept for a person
         # Characters by model this month and today, and {"announcements": n} today: as the file
         # has them, and what this process counted since it last wrote.
         self._saved: Counts = ({}, {}, {})
@@ -129,6 +131,7 @@ class Usage:
             "estimated_cost_month_usd": self.estimate(month),
             "monthly_cap": self.cap,
             "capped": self.exhausted() is not None,
+            **({"damaged_file": str(self.set_aside)} if self.set_aside else {}),
         }
 
     # --- the file --------------------------------------------------------------------------
@@ -179,7 +182,19 @@ class Usage:
         except FileNotFoundError:
             return {}, {}, {}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("usage: %s unreadable (%s); counting from nothing", self.path, exc)
+            # Kept for a person (the month's count, which the cap is judged by, may be in it).
+            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            try:
+                os.replace(self.path, aside)
+                self.set_aside = aside
+            except OSError:
+                pass
+            log.warning(
+                "usage: %s unreadable (%s); counting from nothing (the file is kept as %s)",
+                self.path,
+                exc,
+                self.set_aside or "nothing: it could not be moved",
+            )
             return {}, {}, {}
         if month != self._month:
             return {}, {}, {}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import memory
-from .announcement import Announcement, excerpt, parse_payload
+from .announcement import Announcement, excerpt, parse_payload, restore
 from .cache import PhraseCache, open_cache
 from .config import Config, EngineName
 from .costs import Usage
@@ -22,7 +22,7 @@ from .engines.cloud import Cloud, build_engines, uses_inference
 from .errors import BadAnnouncement, SynthesisError
 from .events import FINAL, Event, EventKind
 from .group import Groups
-from .journal import Journal, Restored, digest
+from .journal import Journal, Refused, Restored, digest
 from .keeper import ConnectionKeeper
 from .mqtt import Incoming, Kind, MqttLink
 from .paths import state_dir
@@ -125,7 +125,7 @@ class Daemon:
         try:
             await self.player.prepare()
             await self._preload_fallback()
-            self._resume(await asyncio.to_thread(self.journal.open))
+            self._resume(*await asyncio.to_thread(self.journal.open, self._restore, self._most))
             # Home Assistant shows the truth from the first second: idle (unless something was
             # resumed), and stats of this run (no last announcement yet), not the last run's.
             if self._speaking is None:
@@ -354,8 +354,26 @@ class Daemon:
         self._enqueue(a)
         await self.journal.flush()
 
-    def _resume(self, restored: list[Restored]) -> None:
-        """Queue again what the last run left unfinished (its events said `queued`)."""
+    def _restore(self, fields: object) -> Announcement:
+        """An entry of the durable queue, held to the rules of a `say` payload now."""
+        return restore(
+            fields,
+            voices=self.config.voices.keys(),
+            max_chars=self.config.announcements.max_chars,
+            chimes=dict(self.config.audio.chimes).keys(),
+        )
+
+    @property
+    def _most(self) -> int:
+        """The most a run can leave unfinished: a full queue, as many held, one playing."""
+        return 2 * self.config.announcements.queue_size + 1
+
+    def _resume(self, restored: list[Restored], refused: list[Refused]) -> None:
+        """Queue again what the last run left unfinished (its events said `queued`); what
+        the journal held that cannot be spoken fails, saying why."""
+        for bad in refused:
+            error = f"not resumed from the queue journal: {bad.reason}"
+            self._emit(Event(bad.id, EventKind.FAILED, error=error), None)
         for r in restored:
             a = r.announcement
             if not self._too_old(a, a.sent_at if a.sent_at is not None else r.received):

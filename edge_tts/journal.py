@@ -34,16 +34,22 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from .announcement import Announcement, Priority
+from .announcement import Announcement, restore
+from .errors import BadAnnouncement
 from .paths import state_dir
 
 log = logging.getLogger(__name__)
 
 _COMPACT_BYTES = 64 * 1024  # rewritten (emptied) once this big with nothing pending
+MOST_RESTORED = 1000  # unfinished entries taken from a file, unless told (Journal.open)
+# A record's longest line: the longest SSML a config allows (8 x 100,000 + 4096 characters),
+# at 12 bytes a character as JSON escapes the worst of them, and the rest.
+_MAX_LINE = 16 << 20
 _FIELDS = (
     "text",
     "id",
@@ -72,6 +78,18 @@ class Restored:
     received: float  # wall-clock time it was first accepted
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An entry found unfinished in the journal that is not queued again: what it was (its id,
+    if it had one) and why."""
+
+    id: str
+    reason: str
+
+
+Restore = Callable[[object], Announcement]  # fields as written → Announcement, or BadAnnouncement
+
+
 class Journal:
     """Appends and flushes; never raises for a disk problem (logs it and goes on in memory:
     the announcement is still spoken, only not durable)."""
@@ -84,6 +102,7 @@ class Journal:
         self._pending: set[int] = set()
         self._redelivery: set[tuple[int, str]] = set()  # (mid, digest) restored at start
         self.problem: str | None = None
+        self.set_aside: Path | None = None  # a damaged file kept at start, for a person
 
     @classmethod
     def for_device(cls, device: str, environ: dict[str, str] | None = None) -> Journal:
@@ -92,11 +111,16 @@ class Journal:
 
     # --- start -----------------------------------------------------------------------------
 
-    def open(self) -> list[Restored]:
+    def open(
+        self, restore: Restore = restore, most: int = MOST_RESTORED
+    ) -> tuple[list[Restored], list[Refused]]:
         """Read what the last run left unfinished, rewrite the file with just that, and open
-        it for appending. Returns the unfinished announcements in the order they arrived. A
-        second process for the same device finds the queue taken and keeps its own in memory
-        (it must not replay, or rewrite, another's)."""
+        it for appending. Returns the unfinished announcements in the order they arrived, and
+        the entries refused (`restore` holds each to the rules of a `say` payload). More than
+        `most` unfinished (more than the queue could leave: a damaged or hand-made file): the
+        newest `most`, and the file kept beside. A second process for the same device finds
+        the queue taken and keeps its own in memory (it must not replay, or rewrite,
+        another's)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = os.open(
@@ -105,23 +129,47 @@ class Journal:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._failed(f"another edge-tts process keeps {self.path}")
-            return []
+            return [], []
         except OSError as exc:
             self._failed(f"cannot write {self.path}: {exc.strerror or exc}")
-            return []
+            return [], []
         records = self._read()
+        if len(records) > most:
+            # More than a queue can leave unfinished (its size, as many held, one playing):
+            # a damaged or hand-made file. The newest are queued; the whole file is kept for
+            # a person to read, and restoring stays bounded in time.
+            total = len(records)
+            aside = self._set_aside()
+            records = dict(list(records.items())[-most:])
+            log.warning(
+                "queue journal: %d unfinished entries, more than can be pending: the newest "
+                "%d are queued again, and the file is kept as %s",
+                total,
+                most,
+                aside or "nothing (it could not be copied)",
+            )
         restored: list[Restored] = []
+        refused: list[Refused] = []
         keep: list[bytes] = []
+        now = time.time()
         for seq, record in records.items():
+            fields, received = record.get("announcement"), _moment(record.get("received"))
             try:
-                a = _announcement(record["announcement"], seq, record["received"])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("queue journal: skipping an unreadable entry (%s)", exc)
+                if received is None:
+                    raise BadAnnouncement("no time it was received")
+                a = restore(fields)
+            except BadAnnouncement as exc:
+                id = exc.id or (fields.get("id") if isinstance(fields, dict) else None) or ""
+                log.warning("queue journal: entry %s not queued again: %s", id, exc.reason)
+                refused.append(Refused(str(id)[:64], exc.reason))
                 continue
-            restored.append(Restored(a, float(record["received"])))
+            age = max(0.0, now - received)
+            a = dataclasses.replace(a, seq=seq, received_at=time.monotonic() - age)
+            restored.append(Restored(a, received))
             self._pending.add(seq)
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                self._redelivery.add((int(record["mid"]), str(record["digest"])))
+            mid, payload_digest = _number(record.get("mid")), record.get("digest")
+            if mid is not None and isinstance(payload_digest, str):
+                self._redelivery.add((mid, payload_digest))
             keep.append(_line(record))
             self._next = max(self._next, seq + 1)
         try:
@@ -135,29 +183,51 @@ class Journal:
             log.info(
                 "queue journal: %d announcements left unfinished by the last run", len(restored)
             )
-        return restored
+        return restored, refused
 
     def _read(self) -> dict[int, dict[str, Any]]:
+        """The entries added and not ended, by sequence number, in the order they arrived.
+        Read a line at a time, each of a bounded length: a line torn by a power cut, too
+        long, or not a record is skipped (and counted in one line of the log)."""
+        added: dict[int, dict[str, Any]] = {}
+        skipped = 0
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                for raw in _lines(f, _MAX_LINE):
+                    record = _record(raw)
+                    if record is None:
+                        skipped += raw.strip() != b""
+                    elif "add" in record:
+                        added[record["add"]] = record
+                        self._next = max(self._next, record["add"] + 1)
+                    else:
+                        added.pop(record["end"], None)
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            log.warning("queue journal: cannot read %s (%s)", self.path, exc.strerror or exc)
-            return {}
-        added: dict[int, dict[str, Any]] = {}
-        for raw in data.splitlines():
-            try:
-                record = json.loads(raw)
-                if "add" in record:
-                    seq = int(record["add"])
-                    added[seq] = record
-                    self._next = max(self._next, seq + 1)
-                elif "end" in record:
-                    added.pop(int(record["end"]), None)
-            except (ValueError, TypeError, AttributeError):
-                continue  # a line torn by a power cut
+            aside = self._set_aside()
+            log.warning(
+                "queue journal: cannot read %s (%s); what was read is queued again, and the "
+                "file is kept as %s",
+                self.path,
+                exc.strerror or exc,
+                aside or "nothing (it could not be copied)",
+            )
+            return added
+        if skipped:
+            log.warning("queue journal: %d unreadable lines skipped (a power cut?)", skipped)
         return added
+
+    def _set_aside(self) -> Path | None:
+        """Keep the file as it is (a link: the rewrite replaces the queue's name, not these
+        bytes), beside the queue, for a person to read; its path, or None."""
+        aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+        try:
+            os.link(self.path, aside)
+        except OSError:
+            return None
+        self.set_aside = aside
+        return aside
 
     def redelivered(self, mid: int, payload_digest: str) -> bool:
         """Whether a message is the broker's redelivery of one restored from the journal."""
@@ -243,13 +313,45 @@ def _line(record: dict[str, Any]) -> bytes:
     return b"\n" + json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode()
 
 
-def _announcement(fields: dict[str, Any], seq: int, received: float) -> Announcement:
-    values = {k: fields[k] for k in _FIELDS if k in fields}
-    if not isinstance(values.get("text"), str) or not isinstance(values.get("id"), str):
-        raise ValueError("no text or id")
-    values["priority"] = Priority(values.get("priority", Priority.NORMAL))
-    age = max(0.0, time.time() - float(received))
-    return Announcement(**values, seq=seq, received_at=time.monotonic() - age)
+def _lines(f: BinaryIO, limit: int) -> Iterator[bytes]:
+    """The file's lines, each read whole only if it is at most `limit` bytes; a longer one is
+    read past in pieces and given as b"!" (not a record), never held."""
+    while line := f.readline(limit + 1):
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := f.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+            yield b"!"
+            continue
+        yield line
+
+
+def _record(raw: bytes) -> dict[str, Any] | None:
+    """A journal line as a record whose `add` or `end` is a sequence number, or None."""
+    try:
+        record = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    key = "add" if "add" in record else "end"
+    return record if _number(record.get(key)) is not None else None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number")
+
+
+def _number(value: object) -> int | None:
+    """A whole number a sequence number or a packet id can be (1 to 2**53), or None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 2**53
+    return value if ok else None  # type: ignore[return-value]
+
+
+def _moment(value: object) -> float | None:
+    """Seconds since the epoch a record can have been received at, or None."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e11:
+        return float(value)
+    return None
 
 
 def _replace(path: Path, data: bytes) -> None:

@@ -180,4 +180,5 @@ def queue_stats(length: int, journal: Journal) -> dict[str, object]:
         "journal": str(journal.path),
         "durable": journal.problem is None,
         "problem": journal.problem,
+        **({"damaged_file": str(journal.set_aside)} if journal.set_aside else {}),
     }

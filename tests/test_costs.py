@@ -76,6 +76,8 @@ def test_a_damaged_usage_file_is_counted_from_nothing(tmp_path: Path) -> None:
     (tmp_path / "u.json").write_text("{not json")
     usage = Usage(tmp_path / "u.json")
     usage.flush()
+    (aside,) = tmp_path.glob("u.json.damaged-*")  # kept for a person, and the stats say where
+    assert aside.read_text() == "{not json" and usage.as_dict()["damaged_file"] == str(aside)
     usage.add("cosyvoice-v3-flash", 5)
     usage.flush()
     assert Usage(tmp_path / "u.json").month == {}  # not read yet: nothing before flush

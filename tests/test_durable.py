@@ -9,10 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_tts.announcement import Announcement
 from edge_tts.journal import Journal, digest
@@ -115,14 +119,17 @@ async def test_an_announcement_left_over_past_its_age_is_dropped_with_an_event(
 async def test_an_unexpected_error_ends_the_process_at_once_saying_offline(
     tmp_path: Path, daemon_with: Any, home: Home
 ) -> None:
-    """A part of the daemon that dies (here the queue, made to break) ends the process with
-    `offline` published, without waiting for anything, so systemd restarts it."""
+    """A part of the daemon that dies (here the queue, made to break at its first
+    announcement) ends the process with `offline` published, without waiting for anything,
+    so systemd restarts it."""
     running = await daemon_with()
     await running.stop()
     script = tmp_path / "broken.py"
     script.write_text(
         "import sys, edge_tts.queue as q\n"
+        "get = q.AnnouncementQueue.get\n"
         "async def broken(self):\n"
+        "    await get(self)\n"
         "    raise RuntimeError('the queue broke')\n"
         "q.AnnouncementQueue.get = broken\n"
         "from edge_tts.__main__ import main\n"
@@ -131,11 +138,14 @@ async def test_an_unexpected_error_ends_the_process_at_once_saying_offline(
     proc = DaemonProcess(running.config, running.env)
     proc_args = [sys.executable, str(script)]
     offline_before = home.log.availability.count("offline")
-    started = time.monotonic()
+    online_before = home.log.availability.count("online")
     proc.proc = await asyncio.create_subprocess_exec(
         *proc_args, env=running.env, stderr=asyncio.subprocess.PIPE
     )
     try:
+        await home.log.wait_for(lambda: home.log.availability.count("online") > online_before)
+        started = time.monotonic()
+        await home.say({"text": "Break it.", "id": "break"})
         async with asyncio.timeout(20):
             code = await proc.proc.wait()
     finally:
@@ -154,14 +164,14 @@ async def test_an_unexpected_error_ends_the_process_at_once_saying_offline(
 
 def test_the_journal_gives_back_what_did_not_end_in_order(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "q.jsonl")
-    assert journal.open() == []
+    assert journal.open() == ([], [])
     a = journal.add(Announcement(text="one", id="1"), mid=5, payload_digest=digest(b"one"))
     b = journal.add(Announcement(text="two", id="2", priority="high", chime="builtin"))
     c = journal.add(Announcement(text="three", id="3", sent_at=123.0))
     journal.end(b)
     journal.close()
     again = Journal(tmp_path / "q.jsonl")
-    restored = again.open()
+    restored, _ = again.open()
     assert [(r.announcement.id, r.announcement.text) for r in restored] == [
         ("1", "one"),
         ("3", "three"),
@@ -174,7 +184,7 @@ def test_the_journal_gives_back_what_did_not_end_in_order(tmp_path: Path) -> Non
     again.end(restored[0].announcement)
     again.end(restored[1].announcement)
     again.close()
-    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()] == ["4"]
+    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()[0]] == ["4"]
 
 
 def test_a_torn_line_is_skipped_and_the_rest_restored(tmp_path: Path) -> None:
@@ -184,7 +194,7 @@ def test_a_torn_line_is_skipped_and_the_rest_restored(tmp_path: Path) -> None:
     journal.close()
     with (tmp_path / "q.jsonl").open("ab") as f:
         f.write(b'\n{"add": 9, "announcement": {"text": "to')  # the power went here
-    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()] == ["k"]
+    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()[0]] == ["k"]
 
 
 def test_one_flushed_write_per_announcement_and_it_shrinks_when_idle(tmp_path: Path) -> None:
@@ -199,7 +209,7 @@ def test_a_journal_that_cannot_be_written_does_not_stop_announcements(tmp_path: 
     blocked = tmp_path / "file"
     blocked.write_text("")
     journal = Journal(blocked / "q.jsonl")  # its directory cannot exist
-    assert journal.open() == []
+    assert journal.open() == ([], [])
     a = journal.add(Announcement(text="still spoken", id="s"))
     assert a.seq is not None and journal.problem and "cannot write" in journal.problem
     journal.end(a)
@@ -241,17 +251,19 @@ def test_a_second_process_for_the_same_device_leaves_the_queue_alone(tmp_path: P
     first.open()
     first.add(Announcement(text="mine", id="m"))
     second = Journal(tmp_path / "q.jsonl")
-    assert second.open() == []  # not replayed by the second one
+    assert second.open() == ([], [])  # not replayed by the second one
     assert second.problem and "another edge-tts process" in second.problem
     second.end(second.add(Announcement(text="its own", id="o")))  # in memory, harmless
     first.close()
-    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()] == ["m"]
+    assert [r.announcement.id for r in Journal(tmp_path / "q.jsonl").open()[0]] == ["m"]
 
 
-def seed_journal(path: Path, record: dict[str, Any]) -> None:
-    """What a process that died mid-intake left: one journaled, unended announcement."""
+def seed_journal(path: Path, record: dict[str, Any] | str, *more: str) -> None:
+    """What a process that died mid-intake left: journaled, unended announcements (a record,
+    or lines as they are)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n" + json.dumps(record))
+    lines = [record if isinstance(record, str) else json.dumps(record), *more]
+    path.write_text("\n" + "\n".join(lines))
 
 
 async def test_the_brokers_redelivery_of_a_journaled_message_is_not_spoken_twice(
@@ -292,3 +304,142 @@ async def test_the_brokers_redelivery_of_a_journaled_message_is_not_spoken_twice
         "After it."
     )
     assert b"redelivery of one already queued" in daemon.stderr
+
+
+# --- a damaged state file: input from outside too ---------------------------------------------
+
+
+def entry(seq: int, **fields: Any) -> str:
+    """A journal line as the journal writes it, its announcement's fields as given."""
+    record = {"add": seq, "mid": 0, "digest": "", "received": time.time(), "announcement": fields}
+    return json.dumps(record)
+
+
+DAMAGED = [
+    '{"add": Infinity, "received": 1.0, "announcement": {"text": "inf", "id": "inf"}}',
+    '{"end": Infinity}',
+    '{"add": 3, "mid": Infinity, "received": 1e300, "announcement": {"text": "x", "id": "m"}}',
+    '{"add": 4, "received": "yesterday", "announcement": {"text": "when?", "id": "when"}}',
+    entry(5, text="Held by a string.", id="p", play_at="soon"),
+    entry(6, text="Sent by a string.", id="s", sent_at="then"),
+    entry(7, text="x" * 950_000, id="long"),
+    entry(8, text="A voice not configured.", id="v", voice="nobody"),
+    entry(9, text="Of no group.", id="g", group="../etc"),
+    entry(10, text=["not", "text"], id="t"),
+    entry(11, text="A bad priority.", id="pr", priority="urgent"),
+    "[1, 2, 3]",
+    '{"add": true, "announcement": {"text": "bool", "id": "b"}}',
+    entry(12, text="The good one is spoken.", id="good"),
+]
+
+
+async def test_a_damaged_journal_starts_the_daemon_and_only_what_is_valid_is_spoken(
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    capture: Capture,
+    state_home: Path,
+) -> None:
+    """A power cut, a failing SD card, a hand edit: every entry is held to the rules of a
+    `say` payload (the text's limit included: a 950,000-character entry went to the fallback
+    voice and blocked the queue). What cannot be spoken fails with its reason; the daemon
+    starts and speaks the rest, and the next message."""
+    seed_journal(state_home / "queue-kitchen.jsonl", *DAMAGED)
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, audio__keep_open_s=60)
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    try:
+        assert (await home.log.outcome("good"))["event"] == "finished"
+        await home.say({"text": "And the next.", "id": "next"})
+        assert (await home.log.outcome("next"))["event"] == "finished"
+    finally:
+        await daemon.stop()
+    assert split_speech(capture.read())[1] == pcm_for("The good one is spoken.") + pcm_for(
+        "And the next."
+    )
+    reasons = {e["id"]: e["error"] for e in home.log.events if e["event"] == "failed" and e["id"]}
+    resumed = "not resumed from the queue journal: "
+    assert reasons == {
+        "when": resumed + "no time it was received",
+        "p": resumed + "'play_at' must be an ISO 8601 time with its offset "
+        "(2026-11-26T08:00:00+01:00) or epoch seconds (got 'soon')",
+        "s": resumed + "'sent_at' must be an ISO 8601 time or epoch seconds (got 'then')",
+        "long": resumed + "text is 950000 characters, over the limit of 200 "
+        "(announcements.max_chars)",
+        "v": resumed + "unknown voice 'nobody' (known: bright, default)",
+        "g": resumed + "'group' '../etc' is not a group name",
+        "t": resumed + "'text' must be a string",
+        "pr": resumed + "'priority' must be one of low, normal, high, critical",
+    }, reasons
+    assert b"Traceback" not in daemon.stderr
+    # What was refused is gone from the journal: the next start has nothing to resume.
+    again = Journal(state_home / "queue-kitchen.jsonl")
+    assert again.open() == ([], [])
+
+
+async def test_a_journal_of_more_than_a_queue_can_leave_is_kept_aside_and_the_newest_queued(
+    tmp_path: Path,
+    broker: Broker,
+    dashscope: FakeDashScope,
+    home: Home,
+    state_home: Path,
+) -> None:
+    """100,000 unfinished entries (a run leaves at most a full queue, as many held and one
+    playing): restoring them blocked the event loop for 69 s, past the unit's watchdog. The
+    newest 2 x queue_size + 1 are queued (the rest of those dropped, as a full queue drops),
+    the file is kept beside for a person, and the daemon is ready at once."""
+    lines = [entry(n, text=f"Entry {n}.", id=f"e{n}") for n in range(1, 100_001)]
+    seed_journal(state_home / "queue-kitchen.jsonl", *lines)
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, announcements__queue_size=5)
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    try:
+        await home.say({"text": "Still heard.", "id": "heard", "priority": "critical"})
+        assert (await home.log.outcome("heard"))["event"] == "finished"
+    finally:
+        await daemon.stop()
+    touched = {e["id"] for e in home.log.events if e["id"].startswith("e")}
+    assert touched == {f"e{n}" for n in range(100_000 - 10, 100_001)}  # the newest 11
+    (aside,) = kept_aside(state_home)
+    assert aside.read_text().count("\n") == 100_000  # as it was
+    assert b"100000 unfinished entries, more than can be pending: the newest 11" in daemon.stderr
+    assert home.log.stats[-1]["queue"]["damaged_file"] == str(aside)
+
+
+def kept_aside(state: Path) -> list[Path]:
+    return list(state.glob("queue-kitchen.jsonl.damaged-*"))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_fields = st.fixed_dictionaries(
+    {"text": _json | st.text(max_size=30), "id": _json | st.text(min_size=1, max_size=8)},
+    optional={k: _json for k in ("voice", "volume", "priority", "chime", "cache", "sent_at",
+                                 "play_at", "ssml", "group", "instructions")},
+)  # fmt: skip
+_record = st.fixed_dictionaries(
+    {"add": st.integers(1, 50) | _json, "received": st.floats() | _json, "announcement": _fields},
+    optional={"mid": _json, "digest": _json},
+)
+
+
+@settings(max_examples=300)
+@given(lines=st.lists(_record.map(json.dumps) | st.text(max_size=40), max_size=6))
+def test_any_journal_is_restored_or_refused_entry_by_entry_never_raised(lines: list[str]) -> None:
+    """Whatever a file holds, reading it gives announcements that keep the rules, and reasons
+    for the rest: never an exception (one stopped the daemon on every start)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "q.jsonl"
+        path.write_text("\n".join(lines), errors="surrogatepass")
+        restored, refused = Journal(path).open()
+        for r in restored:
+            a = r.announcement
+            assert isinstance(a.text, str) and 0 < len(a.text) <= 2000
+            assert a.volume is None or 0 <= a.volume <= 100
+        assert all(isinstance(r.reason, str) and r.reason for r in refused)

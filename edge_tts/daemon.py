@@ -67,7 +67,9 @@ class Daemon:
         self.usage = Usage.for_device(config.device.name, config.dashscope.monthly_characters)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._speaking: Announcement | None = None
-        self._held: dict[Announcement, asyncio.TimerHandle] = {}  # waiting for their play_at
+        # Waiting for their play_at, each with its timer (the same message twice is two: the
+        # queue judges duplicates when they are released, by when each is due).
+        self._held: list[tuple[Announcement, asyncio.TimerHandle]] = []
         self.link = self._link()
         self.groups = self._groups()
         self.report = Reporter(self.link, self.notifier, self._snapshot)
@@ -400,20 +402,26 @@ class Daemon:
         # one to be heard last (a flood of far-off messages must not grow without bound).
         limit = self.queue.max_size
         if len(self._held) >= limit:
-            worst = max([*self._held, a], key=lambda h: (RANK[h.priority], h.play_at or 0.0))
+            held = [h for h, _ in self._held]
+            worst = max([*held, a], key=lambda h: (RANK[h.priority], h.play_at or 0.0))
             reason = f"too many waiting for their play_at ({limit})"
             log.info("announcement %s dropped: %s", worst.id, reason)
             self._emit(Event(worst.id, EventKind.DROPPED, error=reason), worst)
             if worst is a:
                 return
-            self._held.pop(worst).cancel()
+            self._unhold(worst).cancel()
         log.info("announcement %s held until %.0f s before its play_at", a.id, _HOLD_S)
         self._emit(Event(a.id, EventKind.QUEUED), a)
         loop = asyncio.get_running_loop()
-        self._held[a] = loop.call_later(wait, self._release, a)
+        self._held.append((a, loop.call_later(wait, self._release, a)))
+
+    def _unhold(self, a: Announcement) -> asyncio.TimerHandle:
+        """Take `a` (this very one) from those held; its timer."""
+        i = next(i for i, (h, _) in enumerate(self._held) if h is a)
+        return self._held.pop(i)[1]
 
     def _release(self, a: Announcement) -> None:
-        self._held.pop(a, None)  # (the same message twice is one entry: the queue dedupes it)
+        self._unhold(a)
         self._put(a, told=True)
 
     def _put(self, a: Announcement, *, told: bool = False) -> None:
@@ -436,7 +444,7 @@ class Daemon:
     def _stop(self, group: str | None = None) -> None:
         """Cut what is playing and drop what waits (a stop to a group: on every member)."""
         dropped = self.queue.clear()
-        for a, timer in self._held.items():
+        for a, timer in self._held:
             timer.cancel()
             dropped.append(a)
         self._held.clear()

@@ -67,7 +67,7 @@ class AnnouncementQueue:
             self._ready.clear()
             await self._ready.wait()
         a = self._entries.pop(0).announcement
-        self._playing = (_key(a), time.monotonic())
+        self._playing = (_key(a), max(time.monotonic(), _due(a)))
         return a
 
     def done(self) -> None:
@@ -80,16 +80,27 @@ class AnnouncementQueue:
         return dropped
 
     def _duplicate_of(self, a: Announcement) -> str | None:
+        """What `a` repeats: the same text, due within dedupe_s of it (when each is to be
+        heard: a message held for its play_at is not new because it waited)."""
         if self.dedupe_s <= 0:
             return None
-        key, now = _key(a), time.monotonic()
-        if self._playing and self._playing[0] == key and now - self._playing[1] < self.dedupe_s:
+        key, due = _key(a), _due(a)
+        playing = self._playing
+        if playing and playing[0] == key and abs(due - playing[1]) < self.dedupe_s:
             return "the announcement playing"
         for e in self._entries:
-            if _key(e.announcement) == key and now - e.announcement.received_at < self.dedupe_s:
+            if _key(e.announcement) == key and abs(due - _due(e.announcement)) < self.dedupe_s:
                 return e.announcement.id
         return None
 
 
 def _key(a: Announcement) -> str:
     return f"{a.voice or ''}\0{normalize_text(a.text).casefold()}"
+
+
+def _due(a: Announcement) -> float:
+    """When `a` is to be heard, on the monotonic clock: its play_at, else when it arrived."""
+    if a.play_at is None:
+        return a.received_at
+    arrived = time.time() - (time.monotonic() - a.received_at)  # on the wall clock
+    return a.received_at + max(0.0, a.play_at - arrived)

@@ -249,6 +249,23 @@ def test_a_repeat_after_the_dedupe_window_is_a_new_announcement() -> None:
     assert len(q) == 2
 
 
+def test_the_dedupe_window_is_measured_from_when_each_is_due() -> None:
+    """Two messages for the same moment (a play_at 25 s ahead) arrive 20 s apart: one, though
+    the first waited longer than dedupe_s. The same text due 30 s apart: two."""
+    import time
+
+    q = AnnouncementQueue(max_size=5, dedupe_s=10)
+    due = time.time() + 25
+    held = ann("Dinner.", received_at=time.monotonic() - 20, play_at=due)
+    assert q.put(held) == []
+    assert q.put(Announcement("Dinner.", id="again", play_at=due))[0].reason == (
+        f"duplicate of {held.id}"
+    )
+    assert q.put(Announcement("Dinner.", id="later", play_at=due + 30)) == []
+    assert q.put(Announcement("Dinner.", id="now")) == []  # due now: 25 s before the first
+    assert len(q) == 3
+
+
 def test_a_quiet_window_ends_at_its_end_minute() -> None:
     from datetime import datetime
 
@@ -320,3 +337,33 @@ async def test_announcements_far_ahead_wait_at_most_as_many_as_the_queue_holds(
             assert (await home.log.event(held, "dropped"))["error"] == "stopped"
     finally:
         await daemon.stop()
+
+
+async def test_the_same_message_held_twice_for_its_play_at_is_spoken_once(
+    tmp_path: Path, broker: Broker, dashscope: FakeDashScope, home: Home, capture: Capture
+) -> None:
+    """Published twice, 11 s ahead (held outside the queue until 10 s before): once, though
+    it waited longer than dedupe_s (here 0.5 s), which used to count. And the first hold's
+    timer was lost (a stop could not have cancelled it)."""
+    config = write_config(tmp_path / "c.yaml", broker, dashscope, announcements__dedupe_s=0.5)
+    daemon = DaemonProcess(config, dict(os.environ, DASHSCOPE_API_KEY=API_KEY))
+    await daemon.start(home)
+    try:
+        message = {"text": "Said once, at its time.", "id": "hk", "play_at": time.time() + 11}
+        await home.say(message)
+        await home.say(message)
+        await home.say(dict(message, id="other"))  # another id, the same text and moment
+        await home.log.wait_for(
+            lambda: "finished" in home.log.of("hk") + home.log.of("other"), timeout=40
+        )
+        await home.say({"text": "After it.", "id": "after"})
+        assert (await home.log.outcome("after"))["event"] == "finished"
+    finally:
+        await daemon.stop()
+    # Once: of the three released together, the first the queue took; the others dropped as
+    # its duplicates.
+    finished = [e["id"] for e in home.log.events if e["event"] == "finished"]
+    dropped = [e for e in home.log.events if e["event"] == "dropped"]
+    assert len(finished) == 2 and finished[0] in ("hk", "other"), home.log.events
+    assert [e["error"] for e in dropped] == [f"duplicate of {finished[0]}"] * 2
+    assert len(dashscope.tasks) == 2  # the moment's text once, and the next one

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -63,11 +64,24 @@ _LINE_LIMIT = 1 << 16  # the JSON header line of one event
 # one past this many at once, is someone holding sockets, not asking for speech.
 _IDLE_S = 120.0
 _MAX_CLIENTS = 16
+# A client that takes none of its audio for this long is not listening: it is dropped, its
+# place freed (Home Assistant reads as fast as the audio comes).
+_WRITE_S = 15.0
+# At the limit, a newcomer takes the place of a client that has been stalled in a write, or
+# idle with nothing asked, at least this long (the longest first); else it is refused.
+_EVICT_AFTER_S = 1.0
+# What the kernel holds for one client that does not read (Linux would let it grow to 4 MiB
+# a socket: sixteen of them, 64 MiB): a few seconds of audio.
+_SEND_BUFFER = 128 * 1024
 _WIDTH, _CHANNELS = 2, 1
 
 ALIBABA = Attribution(name="Alibaba Cloud Model Studio", url="https://www.alibabacloud.com/")
 PIPER = Attribution(name="Piper (rhasspy)", url="https://github.com/rhasspy/piper")
 EDGE_TTS = Attribution(name="edge-tts", url="https://github.com/edge-tts/edge-tts")
+
+
+class _Stalled(Exception):
+    """The client took none of what was written to it within _WRITE_S; it was dropped."""
 
 
 class Refused(Exception):
@@ -162,6 +176,7 @@ class WyomingServer:
         self.stats = stats
         self.changed = changed  # the stats changed: publish them
         self._clients: set[asyncio.Task[None]] = set()
+        self._served: set[_Client] = set()  # the clients being served, to find one to evict
         self._count = 0
 
     async def run(self) -> None:
@@ -209,18 +224,42 @@ class WyomingServer:
     def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count += 1
         if len(self._clients) >= _MAX_CLIENTS:
+            self._evict()
+        if len(self._clients) >= _MAX_CLIENTS:
             log.warning("wyoming: %d clients already; one more refused", _MAX_CLIENTS)
             refused = Error(text=f"busy: {_MAX_CLIENTS} clients already", code="busy").event()
             task = asyncio.get_running_loop().create_task(_refuse(writer, refused))
             self._clients.add(task)
             task.add_done_callback(self._clients.discard)
             return
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
         client = _Client(self, reader, writer, self._count)
         task = asyncio.get_running_loop().create_task(
             client.run(), name=f"wyoming client {self._count}"
         )
         self._clients.add(task)
+        self._served.add(client)
         task.add_done_callback(self._clients.discard)
+        task.add_done_callback(lambda _: self._served.discard(client))
+
+    def _evict(self) -> None:
+        """Make room for a newcomer: drop the client stalled in a write, or idle with
+        nothing asked, the longest (at least _EVICT_AFTER_S), if there is one."""
+        now = asyncio.get_running_loop().time()
+        waiting = [(c.waiting_since, c) for c in self._served if c.waiting_since is not None]
+        since, client = min(waiting, default=(now, None), key=lambda w: w[0])
+        if client is not None and now - since >= _EVICT_AFTER_S:
+            log.warning(
+                "wyoming: %d clients already; %s (%s for %.0f s) dropped for a new one",
+                _MAX_CLIENTS,
+                client.name,
+                client.waiting_for,
+                now - since,
+            )
+            client.drop()
 
 
 class _Client:
@@ -238,8 +277,18 @@ class _Client:
         self._speaker = server._speaker
         self._stats = server.stats
         self._reader, self._writer = reader, writer
-        self._name = f"wyoming client {number}"
+        self.name = self._name = f"wyoming client {number}"
         self._stream: _Stream | None = None
+        # Since when it has been idle (nothing asked) or stalled in a write, on the loop's
+        # clock: what the server looks at to make room (None: working).
+        self.waiting_since: float | None = None
+        self.waiting_for = ""
+        self._writing = 0  # writes under way (the request's and a stream's)
+        self._requested = False  # a one-shot synthesize is being answered
+
+    def drop(self) -> None:
+        """Hang up at once, whatever is still to be sent (a client that does not read)."""
+        self._writer.transport.abort()
 
     async def run(self) -> None:
         self._stats.clients += 1
@@ -250,7 +299,10 @@ class _Client:
             while True:
                 try:
                     async with asyncio.timeout(_IDLE_S):
+                        if self._stream is None and not self._writing:
+                            self._waiting("idle")
                         event = await async_read_event(self._reader)
+                        self._waiting(None)
                 except TimeoutError:
                     log.info("%s: silent for %g s; closed", self._name, _IDLE_S)
                     return
@@ -259,6 +311,8 @@ class _Client:
                     TypeError,
                     KeyError,
                     AttributeError,
+                    RecursionError,  # JSON nested thousands deep
+                    OverflowError,
                     asyncio.IncompleteReadError,
                 ) as exc:
                     await self._error(f"not a Wyoming event: {excerpt(str(exc), 60)}", "bad-event")
@@ -275,6 +329,22 @@ class _Client:
                         self._stream = None
         except (ConnectionError, OSError) as exc:
             log.info("%s: gone (%s)", self._name, exc)
+        except _Stalled:
+            pass  # said when it was dropped
+        except asyncio.CancelledError:
+            # The server stops (a reload, a shutdown): a request under way is told, not cut.
+            if self._stream is not None or self._requested:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await async_write_event(
+                            Error(
+                                text="edge-tts stopped its voice server mid-way (a restart, or a reload "
+                                "of its config): ask again",
+                                code="restarting",
+                            ).event(),
+                            self._writer,
+                        )
+            raise
         except Exception as exc:  # the last line of defence: this client ends, nothing else
             log.exception("%s: could not be served", self._name)
             await self._error(f"internal error: {excerpt(str(exc), 80)}", "internal")
@@ -349,6 +419,7 @@ class _Client:
             text=text.strip(), voice=voice.name, id=f"{self._name} request {self._stats.requests}"
         )
         self._stats.speaking += 1
+        self._requested = True
         self._server.changed()
         try:
             try:
@@ -365,6 +436,7 @@ class _Client:
             await self._play(speech.audio)
         finally:
             self._stats.speaking -= 1
+            self._requested = False
             self._server.changed()
 
     async def _play(self, audio: AsyncGenerator[bytes, None]) -> None:
@@ -382,7 +454,28 @@ class _Client:
         await self._write(AudioStop().event())
 
     async def _write(self, event: Event) -> None:
-        await async_write_event(event, self._writer)
+        """Send one event; a client that takes none of it within _WRITE_S is dropped."""
+        self._writing += 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(_WRITE_S):
+                if self._writer.transport.get_write_buffer_size():  # it has fallen behind
+                    self._waiting("stalled in a write", loop.time())
+                await async_write_event(event, self._writer)
+        except TimeoutError:
+            log.warning("%s: took none of its audio for %g s; dropped", self._name, _WRITE_S)
+            self.drop()
+            raise _Stalled() from None
+        finally:
+            self._writing -= 1
+            self._waiting(None)
+
+    def _waiting(self, why: str | None, since: float | None = None) -> None:
+        if why is None:
+            self.waiting_since, self.waiting_for = None, ""
+        elif self.waiting_since is None:
+            self.waiting_since = since or asyncio.get_running_loop().time()
+            self.waiting_for = why
 
     async def _error(self, text: str, code: str) -> None:
         log.warning("%s: %s", self._name, text)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -369,6 +370,11 @@ class DaemonProcess:
             pytest.fail(f"edge-tts did not stop within {stop_timeout} s of SIGTERM; killed")
         await self._finish_reading()
         return code
+
+    def reload(self) -> None:
+        """SIGHUP: what `systemctl reload edge-tts` sends."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     async def kill(self) -> int:
         """SIGKILL: a crash or a power cut, as far as the process can tell."""

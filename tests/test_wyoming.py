@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from wyoming.audio import AudioChunk, AudioStart
@@ -506,24 +507,119 @@ async def test_a_sigterm_mid_stream_stops_the_daemon_cleanly_and_in_time(
         assert (await read_until(client, "audio-chunk")).types == ["audio-start", "audio-chunk"]
         code = await served.daemon.stop(stop_timeout=5)  # the unit's TimeoutStopSec
         assert code == 0, served.daemon.stderr[-3000:]
+        told = await read_until(client, "audio-stop")  # told, not cut
+        assert [(e.code, e.text) for e in told.errors] == [STOPPED_MID_WAY]
         assert await client.read_event() is None  # the client's connection was ended
     assert home.log.availability[-1] == "offline"
     dashscope.hold.set()
 
 
-async def test_a_flood_of_idle_connections_is_turned_away_and_then_served_again(
+STOPPED_MID_WAY = (
+    "restarting",
+    "edge-tts stopped its voice server mid-way (a restart, or a reload of its config): ask again",
+)
+
+
+async def served_past(served: Served, text: str = "Served.", timeout: float = 10) -> Heard:
+    """A well-behaved request, asked again while the server says it is busy (as it does
+    until a client in the way has waited a second): what it heard once served."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                async with served.client() as client:
+                    await client.write_event(Synthesize(text=text).event())
+                    heard = await read_until(client, "audio-stop")
+            except ConnectionError:  # told it is busy and hung up on before it asked
+                continue
+            if [e.code for e in heard.errors] != ["busy"]:
+                return heard
+
+
+async def test_a_flood_of_idle_connections_does_not_keep_a_request_out(
     serve: Callable[..., Awaitable[Served]], home: Home
 ) -> None:
-    """Someone holding sockets open: past 16 at once, a newcomer is told it is busy, and the
-    server serves again once they go. (Silent ones are also closed after two minutes.)"""
+    """Someone holding 16 sockets open, asking nothing: a newcomer takes the place of the one
+    idle the longest (once it has been for a second; until then it is told it is busy).
+    (Silent ones are also closed after two minutes.)"""
     served = await serve()
     held = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(16)]
     await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 16)
-    async with served.client() as client:
-        await client.write_event(Describe().event())
-        heard = await read_until(client, "info")
-    assert [(e.code, e.text) for e in heard.errors] == [("busy", "busy: 16 clients already")]
+    heard = await served_past(served)
+    assert heard.audio == pcm_for("Served.") and not heard.errors
+    assert b"16 clients already; wyoming client 1 (idle for " in served.daemon.stderr
     for _, writer in held:
         writer.close()
     await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 0)
+
+
+async def test_clients_that_never_read_their_audio_are_dropped_and_do_not_keep_others_out(
+    serve: Callable[..., Awaitable[Served]], home: Home
+) -> None:
+    """Sixteen clients ask for long texts and never read (their receive windows shut): the
+    server's writes wait on them. A well-behaved one takes the place of one stalled the
+    longest, and each stalled one is dropped once it has taken nothing for 15 s."""
+    served = await serve()
+    text = "A long reply that nobody reads. " * 6  # 11 s of audio: more than a socket holds
+    stalled = []
+    for _ in range(16):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", served.port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        await async_write_event(Synthesize(text=text).event(), writer)
+        stalled.append(writer)
+    await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["speaking"] == 16, timeout=30)
+    heard = await served_past(served, timeout=30)
+    assert heard.audio == pcm_for("Served.") and not heard.errors
+    assert b"(stalled in a write for " in served.daemon.stderr
+    await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["clients"] == 0, timeout=40)
+    assert b"took none of its audio for 15 s; dropped" in served.daemon.stderr
+    for writer in stalled:
+        writer.close()
+
+
+async def test_a_reload_that_restarts_the_voice_server_tells_a_stream_under_way(
+    serve: Callable[..., Awaitable[Served]], dashscope: FakeDashScope, home: Home
+) -> None:
+    """New voices restart the Wyoming server: a stream being spoken gets an error saying so,
+    not a silent cut; the next request is served with the new config."""
+    served = await serve()
+    dashscope.hold = asyncio.Event()  # the reply's audio is still coming at the reload
+    async with served.client() as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="A reply begins. ").event())
+        await read_until(client, "audio-chunk")
+        config = yaml.safe_load(served.daemon.config.read_text())
+        config["voices"]["calm"] = dict(config["voices"]["default"], voice="longanran")
+        served.daemon.config.write_text(yaml.safe_dump(config))
+        served.daemon.reload()
+        told = await read_until(client, "audio-stop")
+        assert [(e.code, e.text) for e in told.errors] == [STOPPED_MID_WAY]
+    dashscope.hold.set()
+    await home.log.wait_for(lambda: home.log.stats[-1]["wyoming"]["listening"])
+    assert (await served_past(served)).audio == pcm_for("Served.")
     assert (await one_shot(served, "Served again.")).audio == pcm_for("Served again.")
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"[" * 30_000 + b"]" * 30_000 + b"\n",  # nested past what json can read
+        b'{"type": "synthesize", "data": ' + b"[" * 30_000 + b"]" * 30_000 + b"}\n",
+        b'{"type": "synthesize", "data_length": 100000000000000000000000}\n',
+    ],
+)
+async def test_expected_garbage_is_a_one_line_warning_and_an_error_not_a_traceback(
+    serve: Callable[..., Awaitable[Served]], sent: bytes
+) -> None:
+    served = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(sent)
+    if b"data_length" in sent:
+        writer.write_eof()  # what it claimed never comes
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert b'"code": "bad-event"' in answer or b'"bad-event"' in answer, answer[:200]
+    assert (await one_shot(served, "Still served.")).audio == pcm_for("Still served.")
+    assert b"Traceback" not in served.daemon.stderr and b"ERROR" not in served.daemon.stderr

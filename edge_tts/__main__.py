@@ -46,7 +46,8 @@ def setup_logging(verbose: bool, secrets: list[Secret]) -> RedactSecrets:
 
 
 def _secrets(config: Config, api_key: Secret | None) -> list[Secret]:
-    return [s for s in (api_key, config.mqtt.password) if s is not None]
+    secrets = (api_key, config.mqtt.password, config.device.group_key)
+    return [s for s in secrets if s is not None]
 
 
 async def _serve(

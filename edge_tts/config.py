@@ -53,6 +53,9 @@ class DeviceConfig:
     # The groups this speaker belongs to (`<prefix>/group/<group>/say`); `all` is every
     # device's group and is not listed.
     groups: tuple[str, ...] = ()
+    # Signs and checks the audio the members of a group share (the same on every member):
+    # without it shared audio is played but never cached (see protocols/share.py).
+    group_key: Secret | None = None
 
     @property
     def all_groups(self) -> tuple[str, ...]:
@@ -267,11 +270,12 @@ class _Section:
 
 
 _MAX_GROUPS = 32
+_GROUP_KEY_CHARS = 16
 GROUP_NAME = re.compile(r"[a-z0-9_-]{1,40}")  # it names MQTT topics and an entity
 
 
 def _device(root: _Section) -> DeviceConfig:
-    s = root.section("device", ("name", "groups"))
+    s = root.section("device", ("name", "groups", "group_key", "group_key_file"))
     name = s.text("name", None) or socket.gethostname().split(".")[0] or "edge-tts"
     if any(c in name for c in "/#+") or not name.isprintable():
         raise s.fail("name", "must not contain '/', '#', '+' or control characters")
@@ -288,7 +292,24 @@ def _device(root: _Section) -> DeviceConfig:
             )
         if group != "all" and group not in groups:  # `all` is every device's group anyway
             groups.append(group)
-    return DeviceConfig(name=name, groups=tuple(groups))
+    if s.has("group_key") and s.has("group_key_file"):
+        raise s.fail("group_key", "set either group_key or group_key_file, not both")
+    key = s.read_file("group_key_file")
+    named = "group_key_file" if key is not None else "group_key"
+    if s.has("group_key"):
+        raw = s.data["group_key"]
+        key = raw if isinstance(raw, str) else None
+        if key is None:
+            raise s.fail("group_key", "must be a string")
+    if key is not None and len(key) < _GROUP_KEY_CHARS:
+        raise s.fail(
+            named,
+            f"must be at least {_GROUP_KEY_CHARS} characters (e.g. the output of "
+            "`openssl rand -hex 16`), the same on every member",
+        )
+    return DeviceConfig(
+        name=name, groups=tuple(groups), group_key=Secret(key) if key is not None else None
+    )
 
 
 def _mqtt(root: _Section) -> MqttConfig:

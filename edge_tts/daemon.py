@@ -93,7 +93,9 @@ class Daemon:
         return link
 
     def _groups(self) -> Groups:
-        return Groups(self.config.device.name, self.link.topics, self.link.publish_speech)
+        device = self.config.device
+        key = device.group_key.reveal().encode() if device.group_key else None
+        return Groups(device.name, self.link.topics, self.link.publish_speech, key)
 
     @property
     def keeper(self) -> ConnectionKeeper:

@@ -3,7 +3,10 @@ the others over MQTT as its audio arrives (the messages and their rules are in
 `protocols/share.py`).
 
 `Groups` keeps what this member has heard on its groups' speech topics (each a `Channel`,
-bounded in size and number) and whether each member is online (its retained availability).
+bounded in size and number, and all of them together in what they cost) and whether each
+member is online (its retained availability). With a group key it signs what it publishes
+and believes only what is signed; without one, what it follows is played, never cached
+(`trusted`).
 `join` tells a member about to synthesize a group announcement its part: `Leading` (it
 synthesizes and `tee`s the audio to the others) or `Following` (its `audio` is the leader's,
 checked piece by piece, and breaks with SynthesisError when the leader stops, falls silent or
@@ -13,6 +16,7 @@ goes offline, so the speaker says the rest itself).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -23,7 +27,17 @@ from dataclasses import dataclass, field
 from .announcement import Announcement
 from .errors import SynthesisError
 from .mqtt import Topics
-from .protocols.share import Channel, Claim, Follower, Leader, ShareError, encode
+from .protocols.share import (
+    MESSAGE_COST,
+    Channel,
+    Claim,
+    Follower,
+    Leader,
+    ShareError,
+    encode,
+    sign,
+    verified,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +45,7 @@ _CLAIM_S = 0.5  # the broker echoes a claim in milliseconds; past this, lead (an
 _KEEP = 6  # channels kept; the oldest goes first
 _KEEP_S = 600.0  # a channel nobody here joined is forgotten after this long
 _CHANNEL_BYTES = 16 * 1024 * 1024  # one announcement's audio and messages, at most
+_ALL_BYTES = 24 * 1024 * 1024  # every channel's together: room for one long announcement
 
 _MEMBERS = 1024  # devices known online, at most (a flood of availability topics stops there)
 _ATTEMPTS = 2  # elections for one announcement: the first, and one if its leader gives nothing
@@ -62,16 +77,27 @@ class _Topic:
 class Groups:
     """This member's view of its groups' speech topics."""
 
-    def __init__(self, member: str, topics: Topics, publish: Publish) -> None:
+    def __init__(
+        self, member: str, topics: Topics, publish: Publish, key: bytes | None = None
+    ) -> None:
         self.member = member
         self._topics = topics
-        self._publish = publish
+        self._key = key
+        self._publish: Publish = (
+            publish if key is None else lambda topic, m: publish(topic, sign(key, topic, m))
+        )
         self._channels: dict[str, _Topic] = {}
         self._online: set[str] = {member}  # members whose retained availability says online
         self.ignored = 0  # messages on speech topics that were not ours to use
         self.led = 0  # group announcements this member synthesized and shared
         self.followed = 0  # ... for which another member was elected to synthesize
         self.elections = 0  # ... it took part in electing who synthesizes (again, too)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether what is followed may be kept: only a holder of the group key can have
+        sent it."""
+        return self._key is not None
 
     def as_dict(self) -> dict[str, object]:
         """For the stats: how many group announcements went which way here."""
@@ -81,11 +107,13 @@ class Groups:
             "followed": self.followed,
             "elections": self.elections,
             "ignored_messages": self.ignored,
+            "signed": self.trusted,
         }
 
     def receive(self, group: str, key: str, payload: bytes) -> None:
         """A message on `<prefix>/group/<group>/speech/<key>`."""
         topic = self._topic(group, key)
+        self._make_room(len(payload) + MESSAGE_COST, keep=topic)
         if topic.channel.receive(payload) is None:
             self.ignored += 1
             log.debug("group %s: ignored a message on speech/%s", group, key)
@@ -147,9 +175,23 @@ class Groups:
             idle.remove(old)
         while len(self._channels) >= _KEEP and idle:
             del self._channels[idle.pop(0)]
-        topic = _Topic(self._topics.speech(group, key), Channel(_CHANNEL_BYTES))
+        name = self._topics.speech(group, key)
+        verify = None if self._key is None else functools.partial(verified, self._key, name)
+        topic = _Topic(name, Channel(_CHANNEL_BYTES, verify))
         self._channels[key] = topic
         return topic
+
+    def _make_room(self, cost: int, keep: _Topic) -> None:
+        """Every channel's messages together stay within _ALL_BYTES: the channels nobody here
+        plays from go, oldest first, for what arrives (and if the ones played fill it, what
+        arrives is ignored by its channel's own limit soon enough)."""
+        total = sum(t.channel.size for t in self._channels.values())
+        for k, t in list(self._channels.items()):
+            if total + cost <= _ALL_BYTES:
+                return
+            if t is not keep and not t.joined:
+                total -= t.channel.size
+                del self._channels[k]
 
 
 class Leading:

@@ -223,7 +223,10 @@ class Speaker:
                 speech = await self._own(a, request, cache, key)
                 speech.reason = "; ".join(r for r in (reason, speech.reason) if r)
                 return speech
-            if cache:
+            # Kept only if only a holder of the group key can have sent it: without one, a
+            # stranger on the broker could answer the claim, and would be heard once, not for
+            # good from the cache.
+            if cache and self._groups.trusted:
                 audio = cache.record(audio, key, request.sample_rate)
             audio = self._resumable(a, request, audio)
             return Speech(Source.SHARED, audio, cache, reason=why)

@@ -3,6 +3,7 @@ a hostile publisher on a speech topic can do (nothing but make a member speak fo
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -17,6 +18,7 @@ from edge_tts.mqtt import Kind, Route, Topics
 from edge_tts.policy import CLOCKS_APART_S, play_moment, too_late
 from edge_tts.protocols.share import (
     MAX_PIECE,
+    MESSAGE_COST,
     Channel,
     Claim,
     End,
@@ -27,6 +29,8 @@ from edge_tts.protocols.share import (
     ShareError,
     decode,
     encode,
+    sign,
+    verified,
 )
 
 
@@ -168,22 +172,80 @@ def test_the_limits_hold_at_their_edges() -> None:
     assert decode('{"from": "kök", "k": "claim", "key": "k"}\n'.encode()) == Claim("kök", "k")
 
 
-def test_what_is_ignored_is_counted_and_what_is_kept_is_sized() -> None:
+def test_what_is_ignored_is_counted_and_what_is_kept_is_sized_as_holding_it_costs() -> None:
     claim = encode(Claim("den", "k"))
-    channel = Channel(limit=2 * len(claim))  # room for exactly two
+    cost = len(claim) + MESSAGE_COST  # a 37-byte claim costs ten times that as objects
+    channel = Channel(limit=2 * cost)  # room for exactly two
     assert channel.receive(b"junk") is None and channel.receive(b"more junk") is None
     assert channel.receive(claim) == channel.receive(claim) == Claim("den", "k")
     assert channel.receive(claim) is None  # the third is past the limit
-    assert (channel.ignored, channel.size, len(channel.messages)) == (3, 2 * len(claim), 2)
+    assert (channel.ignored, channel.size, len(channel.messages)) == (3, 2 * cost, 2)
 
 
 def test_a_flood_past_the_limit_is_ignored_not_kept() -> None:
     leader = Leader("den")
-    channel = Channel(limit=3 * (MAX_PIECE + 100))
+    channel = Channel(limit=3 * (MAX_PIECE + 100 + MESSAGE_COST))
     for payload in leader.audio(b"\0" * MAX_PIECE * 10):
         channel.receive(payload)
     assert len(channel.messages) == 3 and channel.ignored == 7
-    assert channel.size <= 3 * (MAX_PIECE + 100)
+    assert channel.size <= 3 * (MAX_PIECE + 100 + MESSAGE_COST)
+
+
+def test_a_flood_of_claims_is_kept_to_a_few_and_the_audio_still_follows() -> None:
+    """455,000 claims once grew a daemon to 1.7 GB and kept it scanning them: a channel keeps
+    32, and the audio of the leader among them is followed as before."""
+    leader = Leader("den")
+    channel = channel_of(encode(Claim("den", "k")), limit=16 << 20)
+    for n in range(10_000):
+        channel.receive(encode(Claim(f"flood-{n}", "k")))
+    follower = Follower(channel, "den", "k")
+    for payload in [*leader.audio(b"ab"), leader.end()]:
+        channel.receive(payload)
+    assert follower.take() == [b"ab"] and follower.done
+    assert sum(isinstance(m, Claim) for m in channel.messages) == 32
+    assert channel.size < 32 * (100 + MESSAGE_COST) + 1000
+
+
+GROUP_KEY = b"0123456789abcdef"
+TOPIC = "edge-tts/group/downstairs/speech/0123456789abcdef"
+
+
+def test_signed_messages_are_believed_only_with_the_key_and_for_their_topic() -> None:
+    message = encode(Piece("den", 0, b"\x01\x02"))
+    signed = sign(GROUP_KEY, TOPIC, message)
+    assert signed != message and verified(GROUP_KEY, TOPIC, signed) == message
+    assert decode(verified(GROUP_KEY, TOPIC, signed) or b"") == Piece("den", 0, b"\x01\x02")
+    assert verified(b"another key, 16+", TOPIC, signed) is None  # a wrong key
+    assert verified(GROUP_KEY, TOPIC + "0", signed) is None  # replayed on another topic
+    assert verified(GROUP_KEY, TOPIC, message) is None  # not signed at all
+    assert verified(GROUP_KEY, TOPIC, signed[:-1] + b"\x03") is None  # the body changed
+    forged = signed.replace(b'"den"', b'"mal"')
+    assert verified(GROUP_KEY, TOPIC, forged) is None  # the header changed
+    for junk in (b"", b"\n", b'{"sig": "x"}\n', signed.split(b"\n")[0]):
+        assert verified(GROUP_KEY, TOPIC, junk) is None
+
+
+def test_with_a_key_a_channel_follows_only_what_was_signed_for_it() -> None:
+    """A stranger who watches the topic answers the real claim at once, under the
+    claimant's name, with its own pieces and a matching end: ignored, and the real leader's
+    audio is followed."""
+    verify = functools.partial(verified, GROUP_KEY, TOPIC)
+    channel = Channel(1 << 20, verify)
+    real, spoof = Leader("den"), Leader("den")
+
+    def signed(payload: bytes) -> bytes:
+        return sign(GROUP_KEY, TOPIC, payload)
+
+    channel.receive(signed(encode(Claim("den", "k"))))
+    follower = Follower(channel, "den", "k")
+    for payload in [*spoof.audio(b"NOISE"), spoof.end()]:
+        assert channel.receive(payload) is None
+    for payload in [*spoof.audio(b"NOISE"), spoof.end()]:  # signed with another key
+        assert channel.receive(sign(b"a guessed key 16", TOPIC, payload)) is None
+    for payload in [*real.audio(b"speech"), real.end()]:
+        channel.receive(signed(payload))
+    assert follower.take() == [b"speech"] and follower.done
+    assert channel.ignored == 4
 
 
 # --- topics and play_at ------------------------------------------------------------------

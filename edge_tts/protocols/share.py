@@ -14,18 +14,33 @@ itself.
 Each message is one line of JSON (at most `_MAX_HEADER` bytes), a newline, and for audio
 the PCM. Anything else is ignored and counted: a broken publisher can make a member speak
 for itself, never crash it. Only members seen online (their retained availability) are
-followed; the broker's own access control is what keeps strangers from publishing there at
-all (anyone who may publish to edge-tts topics may make the speakers speak).
+followed.
+
+Who may be believed: with a group key (`device.group_key`, the same on every member), every
+message carries `"sig"`, an HMAC-SHA256 of its topic, its header and its body under the
+key, and a message without it, or with a wrong one, is ignored: only a holder of the key can
+be followed (and what is followed may be kept in the phrase cache). Without a key, anyone
+who may publish on the broker's edge-tts topics may answer a claim with audio of their own:
+members then play shared audio but never keep it, so a spoof costs one announcement, not
+every later one. A channel holds at most `limit` bytes, each message counted with what
+holding it costs, and at most `_CLAIMS` claims, so a flood of them costs a bounded amount.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 _MAX_HEADER = 512
 MAX_PIECE = 64 * 1024  # bytes of PCM in one message; the leader cuts larger chunks
+# What holding one message costs beyond its payload (its Python objects: the message, its
+# header's strings, the list's slot), counted against a channel's limit with the payload.
+MESSAGE_COST = 400
+_CLAIMS = 32  # claims a channel keeps: far more members than a house has rooms
+_SIG = 32  # hex digits of the HMAC kept in a message
 
 
 @dataclass(frozen=True)
@@ -117,27 +132,66 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
+def sign(key: bytes, topic: str, payload: bytes) -> bytes:
+    """`payload` (one of `encode`'s) with its signature added to its header, last."""
+    line, _, body = payload.partition(b"\n")
+    mac = _mac(key, topic, line, body)
+    return line[:-1] + b', "sig": "' + mac.encode() + b'"}\n' + body
+
+
+def verified(key: bytes, topic: str, payload: bytes) -> bytes | None:
+    """`payload` without its signature if it was signed under `key` for `topic`, else None."""
+    line, newline, body = payload.partition(b"\n")
+    suffix_at = len(line) - len(b', "sig": "') - _SIG - 2
+    if not newline or suffix_at < 1 or not line.endswith(b'"}'):
+        return None
+    unsigned, suffix = line[:suffix_at] + b"}", line[suffix_at:]
+    mac = suffix[len(b', "sig": "') : -2]
+    if not suffix.startswith(b', "sig": "') or not hmac.compare_digest(
+        mac, _mac(key, topic, unsigned, body).encode()
+    ):
+        return None
+    return unsigned + b"\n" + body
+
+
+def _mac(key: bytes, topic: str, line: bytes, body: bytes) -> str:
+    signed = topic.encode() + b"\n" + line + b"\n" + body
+    return hmac.new(key, signed, hashlib.sha256).hexdigest()[:_SIG]
+
+
 class Channel:
     """One group announcement's speech topic, as one member has seen it: every well-formed
-    message, in the order the broker delivered them, up to `limit` bytes of audio."""
+    message (and, given `verify`, only those it passes), in the order the broker delivered
+    them, up to `limit` bytes as holding them costs, and at most `_CLAIMS` claims."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, verify: Callable[[bytes], bytes | None] | None = None) -> None:
         self.messages: list[Message] = []
-        self.size = 0
-        self.ignored = 0  # messages that were not ours, or past the limit
+        self.size = 0  # what the messages held cost, in bytes
+        self.ignored = 0  # messages that were not ours, or past the limits
         self._limit = limit
+        self._verify = verify
+        self._claims = 0
 
     def receive(self, payload: bytes) -> Message | None:
         """Take one message; the message, or None if it was ignored."""
+        cost = len(payload) + MESSAGE_COST
+        if self.size + cost > self._limit:
+            self.ignored += 1
+            return None
+        unsigned = payload if self._verify is None else self._verify(payload)
         try:
-            message = decode(payload)
+            if unsigned is None:
+                raise ShareError("not signed with the group's key")
+            message = decode(unsigned)
         except ShareError:
             self.ignored += 1
             return None
-        if self.size + len(payload) > self._limit:
-            self.ignored += 1
-            return None
-        self.size += len(payload)
+        if isinstance(message, Claim):
+            if self._claims >= _CLAIMS:
+                self.ignored += 1
+                return None
+            self._claims += 1
+        self.size += cost
         self.messages.append(message)
         return message
 

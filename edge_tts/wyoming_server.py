@@ -80,6 +80,13 @@ PIPER = Attribution(name="Piper (rhasspy)", url="https://github.com/rhasspy/pipe
 EDGE_TTS = Attribution(name="edge-tts", url="https://github.com/edge-tts/edge-tts")
 
 
+_STOPPED = Error(
+    text="edge-tts stopped its voice server mid-way (a restart, or a reload of its config): "
+    "ask again",
+    code="restarting",
+)
+
+
 class _Stalled(Exception):
     """The client took none of what was written to it within _WRITE_S; it was dropped."""
 
@@ -336,14 +343,7 @@ class _Client:
             if self._stream is not None or self._requested:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(1):
-                        await async_write_event(
-                            Error(
-                                text="edge-tts stopped its voice server mid-way (a restart, or a reload "
-                                "of its config): ask again",
-                                code="restarting",
-                            ).event(),
-                            self._writer,
-                        )
+                        await async_write_event(_STOPPED.event(), self._writer)
             raise
         except Exception as exc:  # the last line of defence: this client ends, nothing else
             log.exception("%s: could not be served", self._name)

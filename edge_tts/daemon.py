@@ -513,7 +513,7 @@ class Daemon:
             journal=self.journal,
             wyoming=self._wyoming_stats(),
             usage=self.usage.as_dict(),
-            groups=self.groups.as_dict(),
+            groups=self.groups.as_dict() | {"dropped_messages": self.link.lanes.dropped},
             spoken_today=self.usage.spoken_today,
         )
 

@@ -122,6 +122,80 @@ class Topics:
         return None
 
 
+class Lanes:
+    """What the broker delivered and the daemon has not handled yet, in three lanes taken in
+    turn: announcements and stops first, then members' availability, then a group's speech
+    (claims and audio). A flood of speech (any member, or anyone who may publish there, can
+    send it in numbers) never delays a `say`, a `stop` or a `critical`; the speech lane holds
+    at most SPEECH_BYTES as its messages cost (the oldest go first, and a follower that
+    misses a piece says the rest itself) and availability at most AVAILABILITY messages.
+    Both arrive at QoS 0: what is dropped is owed no acknowledgement."""
+
+    SPEECH_BYTES = 4 * 1024 * 1024
+    AVAILABILITY = 2048
+    MESSAGE_COST = 1000  # a delivered message's objects (paho's, aiomqtt's, the topic)
+
+    def __init__(self, topics: Topics) -> None:
+        self._topics = topics
+        self._commands: deque[aiomqtt.Message] = deque()
+        self._availability: deque[aiomqtt.Message] = deque()
+        self._speech: deque[tuple[aiomqtt.Message, int]] = deque()
+        self._speech_bytes = 0
+        self.dropped = 0  # speech and availability let go unhandled (a flood)
+
+    def __len__(self) -> int:
+        return len(self._commands) + len(self._availability) + len(self._speech)
+
+    def append(self, message: aiomqtt.Message) -> None:
+        route = self._topics.route(str(message.topic))
+        kind = route.kind if route is not None else None
+        if kind == Kind.SPEECH:
+            payload = message.payload
+            cost = (len(payload) if isinstance(payload, bytes | bytearray) else 0) + (
+                self.MESSAGE_COST
+            )
+            self._speech.append((message, cost))
+            self._speech_bytes += cost
+            while self._speech_bytes > self.SPEECH_BYTES:
+                self._speech_bytes -= self._speech.popleft()[1]
+                self._dropped()
+        elif kind == Kind.AVAILABILITY:
+            self._availability.append(message)
+            if len(self._availability) > self.AVAILABILITY:
+                self._availability.popleft()
+                self._dropped()
+        else:
+            self._commands.append(message)
+
+    def popleft(self) -> aiomqtt.Message:
+        if self._commands:
+            return self._commands.popleft()
+        if self._availability:
+            return self._availability.popleft()
+        message, cost = self._speech.popleft()
+        self._speech_bytes -= cost
+        return message
+
+    def _dropped(self) -> None:
+        if not self.dropped % 10_000:
+            log.warning(
+                "MQTT: a flood on the group topics; %d messages let go unhandled so far",
+                self.dropped + 1,
+            )
+        self.dropped += 1
+
+
+def inbox(lanes: Callable[[], Lanes]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's queue of delivered messages, holding them in `Lanes` (the container an
+    asyncio.Queue subclass chooses in `_init`, as LifoQueue and PriorityQueue do)."""
+
+    class Inbox(asyncio.Queue[aiomqtt.Message]):
+        def _init(self, maxsize: int) -> None:
+            self._queue = lanes()
+
+    return Inbox
+
+
 @dataclass(frozen=True)
 class Incoming:
     """A message on one of our topics, as the broker delivered it."""
@@ -153,6 +227,7 @@ def make_client(
     will: aiomqtt.Will | None = None,
     timeout: float | None = None,
     persistent: bool = False,
+    queue_type: type[asyncio.Queue[aiomqtt.Message]] | None = None,
 ) -> aiomqtt.Client:
     """A client for the broker; `persistent`: an MQTT 5 session that outlives a disconnect
     by mqtt.session_expiry_s, so QoS 1 announcements published meanwhile are kept for us."""
@@ -177,6 +252,7 @@ def make_client(
         timeout=timeout,
         # Events and state go out at once, not held back by Nagle's algorithm (~40 ms).
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        queue_type=queue_type,
         **session,  # type: ignore[arg-type]
     )
 
@@ -346,6 +422,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.problem: str | None = None  # why the broker cannot be reached now, if it cannot
         self.on_connection: Callable[[], None] = lambda: None  # connected, or no longer
+        self.lanes = Lanes(self.topics)  # the session's delivered messages (a new one each)
         self._was_up = False
         self._outbox: deque[tuple[str, bytes, bool]] = deque(maxlen=_OUTBOX_MAX)
         # A group's claims and audio, apart: however much audio waits, no event is dropped.
@@ -357,6 +434,10 @@ class MqttLink:
         # What a group holds on the broker because it has members (its Home Assistant
         # entity): cleared by the member that leaves it last.
         self.retained_of_group: Callable[[str], list[str]] = lambda group: []
+
+    def _new_lanes(self) -> Lanes:
+        self.lanes = Lanes(self.topics)
+        return self.lanes
 
     @property
     def broker(self) -> str:
@@ -388,7 +469,11 @@ class MqttLink:
     async def _session(self) -> None:
         will = aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True)
         client = make_client(
-            self._config, identifier=f"edge-tts-{self._device}", will=will, persistent=True
+            self._config,
+            identifier=f"edge-tts-{self._device}",
+            will=will,
+            persistent=True,
+            queue_type=inbox(self._new_lanes),
         )
         # A QoS 1 announcement is acknowledged only once it is safe with us (journaled): until
         # then the broker keeps it and delivers it again if this process dies.

@@ -981,3 +981,74 @@ async def test_audio_sent_under_a_members_name_is_never_kept_and_with_a_key_neve
         await house.wait_for(
             lambda: all(house.stats[r]["groups"]["ignored_messages"] >= 2 for r in followers)
         )
+
+
+def test_the_inbox_takes_commands_before_availability_before_speech_and_bounds_a_flood() -> None:
+    """What the broker delivered waits in three lanes: a `say` or `stop` is handled before
+    any of the speech that came ahead of it, and a flood of speech (or of availability) is
+    held to a bound, the oldest let go."""
+    from edge_tts.mqtt import Lanes, Topics
+
+    lanes = Lanes(Topics.of("edge-tts", "den", ("all", "downstairs")))
+
+    def message(topic: str, payload: bytes = b"x") -> aiomqtt.Message:
+        return aiomqtt.Message(topic, payload, 0, False, 0, None)
+
+    piece = b"\0" * 60_000
+    for n in range(200):  # 12 MB of audio on 200 keys: more than the lane holds
+        lanes.append(message(f"edge-tts/group/downstairs/speech/k{n}", piece))
+    for n in range(3000):
+        lanes.append(message(f"edge-tts/m{n}/availability", b"online"))
+    lanes.append(message("edge-tts/den/say", b"Fire!"))
+    lanes.append(message("edge-tts/group/downstairs/stop"))
+    assert [str(lanes.popleft().topic) for _ in range(2)] == [
+        "edge-tts/den/say",
+        "edge-tts/group/downstairs/stop",
+    ]
+    assert str(lanes.popleft().topic) == f"edge-tts/m{3000 - Lanes.AVAILABILITY}/availability"
+    taken = [str(lanes.popleft().topic) for _ in range(len(lanes))]
+    speech = [t for t in taken if "/speech/" in t]
+    kept = Lanes.SPEECH_BYTES // (len(piece) + Lanes.MESSAGE_COST)
+    assert len(speech) == kept and speech[-1].endswith("/k199")  # the newest kept
+    assert lanes.dropped == (200 - kept) + (3000 - Lanes.AVAILABILITY)
+    assert len(lanes) == 0
+
+
+async def test_a_flood_on_the_group_topics_delays_no_announcement_and_the_group_still_speaks(
+    rooms: dict[str, Room], house: Household, dashscope: FakeDashScope, broker: Broker
+) -> None:
+    """600 keys of 60 kB pieces, then 100,000 small claims, as fast as the broker takes them:
+    a critical announcement to the den, sent in the middle, is spoken while it lasts, and the
+    next group announcement is heard whole in every room, synthesized once."""
+    from edge_tts.protocols.share import Claim, Piece, encode
+
+    piece = encode(Piece("mallory", 0, b"\x7f" * 60_000))
+    flooding = asyncio.Event()
+
+    async def flood() -> None:
+        async with aiomqtt.Client(broker.host, broker.port, max_queued_outgoing_messages=0) as c:
+            for n in range(600):
+                await c.publish(f"edge-tts/group/downstairs/speech/k{n}", piece)
+                if n == 100:
+                    flooding.set()
+            for n in range(100_000):
+                await c.publish(
+                    f"edge-tts/group/downstairs/speech/c{n % 1000}", encode(Claim(f"m{n}", "k"))
+                )
+
+    flooder = asyncio.create_task(flood())
+    await flooding.wait()
+    await house.say(
+        "den/say", {"text": "Smoke in the kitchen.", "id": "fire", "priority": "critical"}
+    )
+    outcome = await house.outcomes("fire", ("den",))
+    assert outcome["den"]["event"] == "finished"
+    assert not flooder.done()  # heard while the flood went on
+    await flooder
+    await house.say("group/downstairs/say", {"text": "All clear, everyone.", "id": "clear"})
+    outcomes = await house.outcomes("clear")
+    assert {e["event"] for e in outcomes.values()} == {"finished"}, outcomes
+    assert len(dashscope.tasks) == 2  # the den's own, and the group's once
+    for room in rooms.values():
+        assert room.daemon.running and b"Traceback" not in room.daemon.stderr
+        assert split_speech(room.capture.read())[1].endswith(pcm_for("All clear, everyone."))

@@ -87,15 +87,18 @@ class Topics:
         return self.group(group, f"speech/{key}")
 
     def subscriptions(self) -> list[tuple[str, int]]:
-        """Announcements and stops at QoS 1 (kept for us while we are away); a group's
-        speech at QoS 0: audio is of use only as it happens."""
+        """Announcements and stops, at QoS 1 (kept for us while we are away): the session's."""
         topics = [(self.say, 1), (self.all_say, 1), (self.stop, 1)]
         for group in self.groups:
             topics += [(self.group(group, "say"), 1), (self.group(group, "stop"), 1)]
-            topics.append((self.group(group, "speech/+"), 0))
-        # Who is online: a member sharing a group announcement may go away mid-way.
-        topics.append((f"{self.prefix}/+/availability", 0))
         return topics
+
+    def shared(self) -> list[tuple[str, int]]:
+        """What the members of a group tell each other, on a connection of its own: each
+        group's speech, and who is online (a member sharing an announcement may go away
+        mid-way); at QoS 0, of use only as it happens."""
+        topics = [(self.group(group, "speech/+"), 0) for group in self.groups]
+        return [*topics, (f"{self.prefix}/+/availability", 0)]
 
     def route(self, topic: str) -> Route | None:
         """What a message on `topic` asks; None for a topic that is not ours."""
@@ -125,11 +128,10 @@ class Topics:
 class Lanes:
     """What the broker delivered and the daemon has not handled yet, in three lanes taken in
     turn: announcements and stops first, then members' availability, then a group's speech
-    (claims and audio). A flood of speech (any member, or anyone who may publish there, can
-    send it in numbers) never delays a `say`, a `stop` or a `critical`; the speech lane holds
-    at most SPEECH_BYTES as its messages cost (the oldest go first, and a follower that
-    misses a piece says the rest itself) and availability at most AVAILABILITY messages.
-    Both arrive at QoS 0: what is dropped is owed no acknowledgement."""
+    (claims and audio). Speech (any member, or anyone who may publish there, can send it in
+    numbers) is held to SPEECH_BYTES as its messages cost (the oldest go first, and a
+    follower that misses a piece says the rest itself), availability to AVAILABILITY
+    messages. Both arrive at QoS 0: what is let go is owed no acknowledgement."""
 
     SPEECH_BYTES = 4 * 1024 * 1024
     AVAILABILITY = 2048
@@ -469,11 +471,7 @@ class MqttLink:
     async def _session(self) -> None:
         will = aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True)
         client = make_client(
-            self._config,
-            identifier=f"edge-tts-{self._device}",
-            will=will,
-            persistent=True,
-            queue_type=inbox(self._new_lanes),
+            self._config, identifier=f"edge-tts-{self._device}", will=will, persistent=True
         )
         # A QoS 1 announcement is acknowledged only once it is safe with us (journaled): until
         # then the broker keeps it and delivers it again if this process dies.
@@ -523,7 +521,10 @@ class MqttLink:
         self.problem = None
         self.connected.set()
         self.on_connection()
-        tasks = [asyncio.create_task(self._send_outbox(client), name="mqtt sender")]
+        tasks = [
+            asyncio.create_task(self._send_outbox(client), name="mqtt sender"),
+            asyncio.create_task(self._hear_the_groups(), name="mqtt groups"),
+        ]
         if left:
             leave = self._leave(client, left, now)
             tasks.append(asyncio.create_task(leave, name="mqtt groups left"))
@@ -532,6 +533,28 @@ class MqttLink:
         finally:
             for task in tasks:
                 await _cancel(task)
+
+    async def _hear_the_groups(self) -> None:
+        """What the members of the groups tell each other (`Topics.shared`), on a connection
+        of its own, for as long as the session lasts: a flood there (anyone who may publish
+        on the group topics can make one) waits in the broker's queue for that connection,
+        never ahead of an announcement or a stop on the session's. Its messages wait here in
+        bounded lanes (`Lanes`), the oldest let go."""
+        backoff = Backoff(start=0.5, cap=30.0)
+        while True:
+            client = make_client(
+                self._config,
+                identifier=f"edge-tts-{self._device}-groups",
+                queue_type=inbox(self._new_lanes),
+            )
+            try:
+                async with client:
+                    await client.subscribe(self.topics.shared())
+                    backoff.reset()
+                    await self._receive(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("MQTT: the groups' connection: %s", describe_error(exc))
+            await asyncio.sleep(backoff.next())
 
     async def _leave(self, client: aiomqtt.Client, left: list[str], now: list[str]) -> None:
         """Clear what the groups this device left hold on the broker (their Home Assistant
@@ -587,10 +610,11 @@ class MqttLink:
                     self._post(topic, entity, retain=True)
             elif message.retain and (route is None or route.kind != Kind.AVAILABILITY):
                 # A retained `say` would be spoken again on every connect.
-                log.warning(
-                    "ignoring a retained message on %s (publish announcements without retain)",
-                    message.topic,
-                )
+                if route is not None and route.kind != Kind.SPEECH:  # (a flood: not logged)
+                    log.warning(
+                        "ignoring a retained message on %s (publish announcements without retain)",
+                        message.topic,
+                    )
             else:
                 await self._on_message(Incoming(topic, _bytes(message.payload), message.mid, route))
             if message.qos:

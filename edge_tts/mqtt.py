@@ -126,12 +126,13 @@ class Topics:
 
 
 class Lanes:
-    """What the broker delivered and the daemon has not handled yet, in three lanes taken in
-    turn: announcements and stops first, then members' availability, then a group's speech
-    (claims and audio). Speech (any member, or anyone who may publish there, can send it in
-    numbers) is held to SPEECH_BYTES as its messages cost (the oldest go first, and a
-    follower that misses a piece says the rest itself), availability to AVAILABILITY
-    messages. Both arrive at QoS 0: what is let go is owed no acknowledgement."""
+    """What the groups' connection (`Topics.shared`) delivered and the daemon has not handled
+    yet, in two lanes taken in turn: members' availability first (a leader that went away),
+    then a group's speech (claims and audio). Speech (any member, or anyone who may publish
+    there, can send it in numbers) is held to SPEECH_BYTES as its messages cost (the oldest go
+    first, and a follower that misses a piece says the rest itself), availability to
+    AVAILABILITY messages. Both arrive at QoS 0: what is let go is owed no
+    acknowledgement."""
 
     SPEECH_BYTES = 4 * 1024 * 1024
     AVAILABILITY = 2048
@@ -139,14 +140,13 @@ class Lanes:
 
     def __init__(self, topics: Topics) -> None:
         self._topics = topics
-        self._commands: deque[aiomqtt.Message] = deque()
         self._availability: deque[aiomqtt.Message] = deque()
         self._speech: deque[tuple[aiomqtt.Message, int]] = deque()
         self._speech_bytes = 0
         self.dropped = 0  # speech and availability let go unhandled (a flood)
 
     def __len__(self) -> int:
-        return len(self._commands) + len(self._availability) + len(self._speech)
+        return len(self._availability) + len(self._speech)
 
     def append(self, message: aiomqtt.Message) -> None:
         route = self._topics.route(str(message.topic))
@@ -161,17 +161,13 @@ class Lanes:
             while self._speech_bytes > self.SPEECH_BYTES:
                 self._speech_bytes -= self._speech.popleft()[1]
                 self._dropped()
-        elif kind == Kind.AVAILABILITY:
+        else:  # availability (nothing else is subscribed on that connection)
             self._availability.append(message)
             if len(self._availability) > self.AVAILABILITY:
                 self._availability.popleft()
                 self._dropped()
-        else:
-            self._commands.append(message)
 
     def popleft(self) -> aiomqtt.Message:
-        if self._commands:
-            return self._commands.popleft()
         if self._availability:
             return self._availability.popleft()
         message, cost = self._speech.popleft()

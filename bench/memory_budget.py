@@ -24,9 +24,9 @@ from harness import ROOT, Row, compiled, table
 
 # (what, the modules it is, or "!" and what it makes)
 PARTS: list[tuple[str, list[str]]] = [
-    # First, as in the daemon: what the libraries below import and never use waits. Its row
-    # carries what it imports (pathlib, re, typing, threading), which the rows below need too.
-    ("edge_tts.lean's stand-ins, with pathlib, re, typing", ["edge_tts"]),
+    # First, as in the daemon. Its row carries what it imports (pathlib, re, typing,
+    # threading), which the rows below need too.
+    ("edge_tts itself, with pathlib, re, typing", ["edge_tts"]),
     ("asyncio, with ssl (OpenSSL)", ["asyncio"]),
     # What edge_tts/keeper.py makes once: the system's authorities looked up, not read whole.
     ("the cloud's TLS context", ["!ssl.create_default_context(capath='/etc/ssl/certs')"]),

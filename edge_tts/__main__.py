@@ -53,7 +53,6 @@ def _secrets(config: Config, api_key: Secret | None) -> list[Secret]:
 async def _serve(
     args: argparse.Namespace, config: Config, api_key: Secret | None, redact: RedactSecrets
 ) -> None:
-    memory.smaller_tls_reads()  # before the first connection
     daemon = Daemon(config, api_key, notifier=Notifier())
     memory.keep_for_good()
     task = asyncio.current_task()

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import queue
-import re
 import sys
 import threading
 import time
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import memory
 from .config import AudioConfig
 from .errors import AudioDeviceError
 
@@ -143,24 +141,9 @@ def check_sounddevice(config: AudioConfig) -> str | None:
     return None
 
 
-# What Debian's PortAudio (and Raspberry Pi OS's) loads for JACK: its client library, and the
-# Berkeley DB and C++ runtime that needs.
-_JACK_LIBRARIES = re.compile(r"/lib(jack|db-[0-9.]+|stdc\+\+)\.so[^/]*$")
-
-
 def load_portaudio(config: AudioConfig) -> str | None:
-    """`check_sounddevice`, for a process that stays: the first time, PortAudio's start-up has
-    run JACK's client once, to find no JACK server (it opens a Berkeley DB database on the way:
-    about 3 MiB of code made resident, never run again); unless a JACK server answered, the
-    pages of the libraries PortAudio brought in for it alone are given back to the system."""
-    first = "sounddevice" not in sys.modules
-    before = memory.mapped_files() if first else set()
-    problem = check_sounddevice(config)
-    sd = sys.modules.get("sounddevice")
-    if first and sd is not None and not any("JACK" in a["name"] for a in sd.query_hostapis()):
-        kib = memory.page_out(lambda p: p not in before and bool(_JACK_LIBRARIES.search(p)))
-        log.debug("audio: no JACK server; %d KiB of its libraries given back", kib)
-    return problem
+    """`check_sounddevice`, for a process that stays (PortAudio loaded once, at start)."""
+    return check_sounddevice(config)
 
 
 class Player:

@@ -242,11 +242,6 @@ UNUSED_UNTIL_NEEDED = {
     "xml": "the SSML parser, loaded by the first SSML announcement",
     "edge_tts.checks": "`edge-tts check`'s",
     "wyoming.client": "`edge-tts check`'s",
-    # Imported by paho, websockets and wyoming and never used (edge_tts.lean): waiting.
-    "urllib.request": "paho's, for a SOCKS proxy it reads only with PySocks installed",
-    "http.client": "urllib.request's",
-    "importlib.metadata": "websockets' (a development build's version) and wyoming's",
-    "email": "importlib.metadata's and urllib.request's",
     "difflib": "a config error's did-you-mean",
 }
 

@@ -13,7 +13,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "edge_tts"
 LEVELS: dict[str, int] = {
     # 0: leaves, no edge_tts import but these
     "edge_tts": 0,
-    "edge_tts.lean": 0,
     "edge_tts.memory": 0,
     "edge_tts.errors": 0,
     "edge_tts.paths": 1,

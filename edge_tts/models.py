@@ -111,7 +111,8 @@ def languages(
 ) -> list[str]:
     """The languages a voice profile speaks: what it is told to (language_hints,
     language_type), else what its model speaks; a Piper voice's from its file name
-    (en_US-joe-medium.onnx: en_US)."""
+    (en_US-joe-medium.onnx: en_US, and en: the cloud voices say en, and an English Assist
+    pipeline of Home Assistant's (2026.11) offers only voices that say it too)."""
     if hints:
         return list(hints)
     if engine == "qwen":
@@ -125,7 +126,9 @@ def languages(
         return list(SAMBERT_LANGUAGES)
     name = (model or "en_US-joe-medium").rsplit("/", 1)[-1]
     code = name.split("-", 1)[0]
-    return [code] if re.fullmatch(r"[a-z]{2,3}(_[A-Z]{2})?", code) else ["en"]
+    if not re.fullmatch(r"[a-z]{2,3}(_[A-Z]{2})?", code):
+        return ["en"]
+    return list(dict.fromkeys([code, code.split("_")[0]]))
 
 
 # US dollars per 10,000 billed characters, international deployment, as the CosyVoice

@@ -90,7 +90,7 @@ def expected(text: str, voice: str = "longanyang") -> bytes:
 async def test_describe_lists_every_voice_profile_with_streaming(
     serve: Callable[..., Awaitable[Served]],
 ) -> None:
-    served = await serve(voices__butler=QWEN)
+    served = await serve(voices__butler=QWEN, voices__offline={"engine": "piper"})
     async with served.client() as client:
         await client.write_event(Describe().event())
         heard = await read_until(client, "info")
@@ -98,9 +98,12 @@ async def test_describe_lists_every_voice_profile_with_streaming(
     (program,) = info.tts
     assert program.supports_synthesize_streaming is True
     voices = {v.name: v for v in program.voices}
-    assert set(voices) == {"default", "bright", "butler"}
+    assert set(voices) == {"default", "bright", "butler", "offline"}
     assert voices["default"].attribution.name == "Alibaba Cloud Model Studio"
     assert "en" in voices["default"].languages and "zh" in voices["butler"].languages
+    # The offline voice says its language as the cloud ones do too: an English pipeline
+    # offers it.
+    assert voices["offline"].languages == ["en_US", "en"]
     assert voices["butler"].description == "butler (qwen3-tts-flash-realtime, Cherry)"
 
 

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,18 +134,15 @@ class Journal:
         except OSError as exc:
             self._failed(f"cannot write {self.path}: {exc.strerror or exc}")
             return [], []
-        records = self._read()
-        if len(records) > most:
+        records, overflowed = self._read(most)
+        if overflowed:
             # More than a queue can leave unfinished (its size, as many held, one playing):
             # a damaged or hand-made file. The newest are queued; the whole file is kept for
-            # a person to read, and restoring stays bounded in time.
-            total = len(records)
+            # a person to read, and restoring stays bounded in time and memory.
             aside = self._set_aside()
-            records = dict(list(records.items())[-most:])
             log.warning(
-                "queue journal: %d unfinished entries, more than can be pending: the newest "
-                "%d are queued again, and the file is kept as %s",
-                total,
+                "queue journal: more unfinished entries than can be pending: the newest %d "
+                "are queued again, and the file is kept as %s",
                 most,
                 aside or "nothing (it could not be copied)",
             )
@@ -159,9 +157,9 @@ class Journal:
                     raise BadAnnouncement("no time it was received")
                 a = restore(fields)
             except BadAnnouncement as exc:
-                id = exc.id or (fields.get("id") if isinstance(fields, dict) else None) or ""
-                log.warning("queue journal: entry %s not queued again: %s", id, exc.reason)
-                refused.append(Refused(str(id)[:64], exc.reason))
+                named = exc.id or (fields.get("id") if isinstance(fields, dict) else None) or ""
+                log.warning("queue journal: entry %s not queued again: %s", named, exc.reason)
+                refused.append(Refused(str(named)[:64], exc.reason))
                 continue
             age = max(0.0, now - received)
             a = dataclasses.replace(a, seq=seq, received_at=time.monotonic() - age)
@@ -185,12 +183,14 @@ class Journal:
             )
         return restored, refused
 
-    def _read(self) -> dict[int, dict[str, Any]]:
-        """The entries added and not ended, by sequence number, in the order they arrived.
-        Read a line at a time, each of a bounded length: a line torn by a power cut, too
-        long, or not a record is skipped (and counted in one line of the log)."""
-        added: dict[int, dict[str, Any]] = {}
+    def _read(self, most: int) -> tuple[dict[int, dict[str, Any]], bool]:
+        """The entries added and not ended, by sequence number, in the order they arrived (at
+        most the newest `most`: whether more were let go). Read a line at a time, each of a
+        bounded length: a line torn by a power cut, too long, or not a record is skipped (and
+        counted in one line of the log)."""
+        added: OrderedDict[int, dict[str, Any]] = OrderedDict()  # (the oldest let go in O(1))
         skipped = 0
+        overflowed = False
         try:
             with open(self.path, "rb") as f:
                 for raw in _lines(f, _MAX_LINE):
@@ -200,10 +200,13 @@ class Journal:
                     elif "add" in record:
                         added[record["add"]] = record
                         self._next = max(self._next, record["add"] + 1)
+                        if len(added) > most:  # held to a bound as it is read
+                            added.popitem(last=False)
+                            overflowed = True
                     else:
                         added.pop(record["end"], None)
         except FileNotFoundError:
-            return {}
+            return {}, False
         except OSError as exc:
             aside = self._set_aside()
             log.warning(
@@ -213,10 +216,10 @@ class Journal:
                 exc.strerror or exc,
                 aside or "nothing (it could not be copied)",
             )
-            return added
+            return added, overflowed
         if skipped:
             log.warning("queue journal: %d unreadable lines skipped (a power cut?)", skipped)
-        return added
+        return added, overflowed
 
     def _set_aside(self) -> Path | None:
         """Keep the file as it is (a link: the rewrite replaces the queue's name, not these

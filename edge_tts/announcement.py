@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import time
 import unicodedata
 import uuid
@@ -16,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from .config import GROUP_NAME
 from .errors import BadAnnouncement
 from .ssml import check_ssml
 
@@ -222,7 +222,7 @@ def restore(
     obj = {k: v for k, v in fields.items() if k in _RESTORED and v is not None}
     obj["ssml" if fields.get("ssml") is True else "text"] = fields.get("text")
     group = fields.get("group")
-    if group is not None and (not isinstance(group, str) or not _GROUP.fullmatch(group)):
+    if group is not None and (not isinstance(group, str) or not GROUP_NAME.fullmatch(group)):
         raise BadAnnouncement(f"'group' {excerpt(group)} is not a group name", announcement_id)
     voice, chime = fields.get("voice"), fields.get("chime")
     rules = _Rules(
@@ -240,7 +240,6 @@ def restore(
 
 
 _RESTORED = ("voice", "volume", "priority", "chime", "instructions", "cache", "sent_at", "play_at")
-_GROUP = re.compile(r"[a-z0-9_-]{1,40}")  # as config.GROUP_NAME: topics and an entity name
 
 
 def _loads(body: str) -> Any:

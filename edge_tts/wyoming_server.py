@@ -284,7 +284,7 @@ class _Client:
         self._speaker = server._speaker
         self._stats = server.stats
         self._reader, self._writer = reader, writer
-        self.name = self._name = f"wyoming client {number}"
+        self.name = f"wyoming client {number}"
         self._stream: _Stream | None = None
         # Since when it has been idle (nothing asked) or stalled in a write, on the loop's
         # clock: what the server looks at to make room (None: working).
@@ -301,7 +301,7 @@ class _Client:
         self._stats.clients += 1
         self._server.changed()
         peer = self._writer.get_extra_info("peername")
-        log.info("%s: connected from %s", self._name, peer)
+        log.info("%s: connected from %s", self.name, peer)
         try:
             while True:
                 try:
@@ -311,7 +311,7 @@ class _Client:
                         event = await async_read_event(self._reader)
                         self._waiting(None)
                 except TimeoutError:
-                    log.info("%s: silent for %g s; closed", self._name, _IDLE_S)
+                    log.info("%s: silent for %g s; closed", self.name, _IDLE_S)
                     return
                 except (
                     ValueError,
@@ -335,7 +335,7 @@ class _Client:
                         await self._stream.cancel()
                         self._stream = None
         except (ConnectionError, OSError) as exc:
-            log.info("%s: gone (%s)", self._name, exc)
+            log.info("%s: gone (%s)", self.name, exc)
         except _Stalled:
             pass  # said when it was dropped
         except asyncio.CancelledError:
@@ -346,7 +346,7 @@ class _Client:
                         await async_write_event(_STOPPED.event(), self._writer)
             raise
         except Exception as exc:  # the last line of defence: this client ends, nothing else
-            log.exception("%s: could not be served", self._name)
+            log.exception("%s: could not be served", self.name)
             await self._error(f"internal error: {excerpt(str(exc), 80)}", "internal")
         finally:
             if self._stream is not None:
@@ -358,7 +358,7 @@ class _Client:
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
-            log.info("%s: disconnected", self._name)
+            log.info("%s: disconnected", self.name)
 
     async def _handle(self, event: Event) -> bool:
         if Describe.is_type(event.type):
@@ -416,7 +416,7 @@ class _Client:
         self._check_text(text, len(text))
         self._stats.requests += 1
         a = Announcement(
-            text=text.strip(), voice=voice.name, id=f"{self._name} request {self._stats.requests}"
+            text=text.strip(), voice=voice.name, id=f"{self.name} request {self._stats.requests}"
         )
         self._stats.speaking += 1
         self._requested = True
@@ -428,7 +428,7 @@ class _Client:
                 raise Refused(f"cannot speak: {exc.reason}", "synthesis-failed") from None
             log.info(
                 "%s: speaking %d characters with %s (%s)",
-                self._name,
+                self.name,
                 len(text),
                 voice.name,
                 speech.source,
@@ -463,7 +463,7 @@ class _Client:
                     self._waiting("stalled in a write", loop.time())
                 await async_write_event(event, self._writer)
         except TimeoutError:
-            log.warning("%s: took none of its audio for %g s; dropped", self._name, _WRITE_S)
+            log.warning("%s: took none of its audio for %g s; dropped", self.name, _WRITE_S)
             self.drop()
             raise _Stalled() from None
         finally:
@@ -478,7 +478,7 @@ class _Client:
             self.waiting_for = why
 
     async def _error(self, text: str, code: str) -> None:
-        log.warning("%s: %s", self._name, text)
+        log.warning("%s: %s", self.name, text)
         self._stats.errors += 1
         self._server.changed()
         with contextlib.suppress(ConnectionError, OSError):
@@ -496,7 +496,7 @@ class _Stream:
         self._feed = TextFeed()
         self._chars = 0
         self._task = asyncio.get_running_loop().create_task(
-            self._speak(), name=f"{client._name} stream"
+            self._speak(), name=f"{client.name} stream"
         )
 
     def feed(self, text: str) -> None:

@@ -950,7 +950,7 @@ async def test_audio_sent_under_a_members_name_is_never_kept_and_with_a_key_neve
                 if isinstance(claim, Claim):
                     impostor = Leader(claim.member)
                     for fake in [*impostor.audio(noise), impostor.end()]:
-                        await mallory.publish(str(message.topic), fake)
+                        await mallory.publish(str(message.topic), fake, qos=1)  # all sent
                     return
 
     spoofing = asyncio.create_task(spoof())
